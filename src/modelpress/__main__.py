@@ -1,0 +1,3 @@
+from modelpress.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Artifacts: one file per model, written atomically, reloaded with one call and no unpickling.
+
+Format: ``torch.save({"format", "manifest" (JSON text), "state_dict"})``. Loading uses
+``torch.load(weights_only=True)`` (tensors and plain containers only), rebuilds the architecture from
+the *registered* factory named in the manifest, replays each recipe step's ``rebuild`` to get the same
+module structure, then loads the state dict strictly. The float "before" model is saved in the same
+format, so before/after sizes compare like with like.
+
+Example:
+    >>> artifact_key("a" * 64, "b" * 64, "fbgemm", "2.13.0+cpu")[:12]  # doctest: +ELLIPSIS
+    '...'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelpress.optimize.errors import ModelLoadError
+
+FORMAT = "modelpress-artifact/1"
+
+
+def artifact_key(model_sha256: str, recipe_sha256: str, engine: str, torch_version: str) -> str:
+    """The output id: same input model, recipe, engine and torch → same key (a re-run finds it)."""
+    return hashlib.sha256("\n".join([model_sha256, recipe_sha256, engine, torch_version]).encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write via a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    with _suppress():
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()))
+
+
+def save_artifact(path: Path, model: nn.Module, manifest: dict[str, Any]) -> int:
+    """Save ``model``'s state dict and ``manifest`` atomically; return the file's size in bytes."""
+    payload = {"format": FORMAT, "manifest": json.dumps(manifest, sort_keys=True), "state_dict": model.state_dict()}
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    return os.stat(path).st_size
+
+
+@dataclass
+class LoadedArtifact:
+    model: nn.Module
+    manifest: dict[str, Any]
+
+
+def read_manifest(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader error means the file is not a usable artifact
+        raise ModelLoadError(f"{os.fspath(path)} is not a readable modelpress artifact ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelLoadError(f"{os.fspath(path)} is not a modelpress artifact (format {FORMAT} expected)")
+    return json.loads(payload["manifest"]), payload["state_dict"]
+
+
+def load_artifact(path: str | os.PathLike[str], *, allowlist: tuple[str, ...] = (),
+                  engine: str | None = None) -> LoadedArtifact:
+    """Rebuild the model saved at ``path``: registered factory → recipe steps' structure → weights.
+
+    ``engine`` defaults to the one the artifact was made for (packed int8 weights are engine-specific).
+    """
+    from modelpress.optimize.backends import quantized_engine
+    from modelpress.optimize.recipes import parse_step
+    from modelpress.optimize.steps import rebuild_step
+    from modelpress.optimize.zoo import resolve_model
+
+    manifest, state_dict = read_manifest(path)
+    spec = resolve_model(manifest["model"]["name"], allowlist=allowlist)
+    model = spec.build().eval()
+    eng = engine or manifest.get("engine") or torch.backends.quantized.engine
+    with quantized_engine(eng):
+        for step, meta in zip(manifest["recipe"]["steps"], manifest["steps_meta"], strict=True):
+            model = rebuild_step(model, parse_step(step), meta, engine=eng)
+        model.load_state_dict(state_dict, strict=True)
+    # The engine must also be current when the model runs; record it for the caller.
+    torch.backends.quantized.engine = eng
+    return LoadedArtifact(model.eval(), manifest)

@@ -1,0 +1,1 @@
+"""Handlers for distillation steps (registered with ``steps.register_handler``)."""

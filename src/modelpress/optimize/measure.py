@@ -1,0 +1,177 @@
+"""Measurement, one module, used everywhere: bytes on disk, latency done right, task metrics.
+
+Rules (DEVELOPERS.md, non-negotiable 1): size is the byte count of the serialized artifact, never
+a parameter count (packed int8 weights are not parameters); latency is warm-up, then many timed runs,
+reported as median and p90 with threads, batch size and input shape; the metric is computed on the same
+held-out inputs before and after.
+
+Example:
+    >>> import torch
+    >>> stats = measure_latency(torch.nn.Linear(4, 2), torch.randn(8, 4), warmup=2, runs=5)
+    >>> stats.batch_size, stats.runs
+    (8, 5)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from modelpress.optimize.zoo import Inputs, Metric
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall time of one forward pass, in milliseconds, over ``runs`` timed calls after ``warmup``."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    stdev_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    warmup: int
+    batch_size: int
+    input_shape: list[list[int]]
+    threads: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def as_tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def batch_of(x: Inputs, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+    return tuple(t[start:stop] for t in as_tuple(x))
+
+
+def n_samples(x: Inputs) -> int:
+    return int(as_tuple(x)[0].shape[0])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with exactly ``n`` intra-op threads, restoring the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float:
+    # Linear interpolation between closest ranks (same as numpy's default).
+    k = (len(sorted_vals) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
+
+
+def measure_latency(model: nn.Module, inputs: Inputs, *, warmup: int = 10, runs: int = 50,
+                    threads: int = 1) -> LatencyStats:
+    """Median/p90 latency of ``model(*inputs)`` in inference mode at a fixed thread count."""
+    if runs < 3:
+        raise ValueError("runs must be at least 3 for a median and a spread")
+    if model.training:
+        # A model left in training mode runs dropout and updates BN stats: the numbers would lie.
+        raise ValueError("measure_latency needs a model in eval mode")
+    args = as_tuple(inputs)
+    times: list[float] = []
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            model(*args)
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            model(*args)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+    s = sorted(times)
+    return LatencyStats(
+        median_ms=statistics.median(s), p90_ms=_percentile(s, 0.9), mean_ms=statistics.fmean(s),
+        stdev_ms=statistics.stdev(s), min_ms=s[0], max_ms=s[-1], runs=runs, warmup=warmup,
+        batch_size=int(args[0].shape[0]), input_shape=[list(a.shape) for a in args], threads=threads,
+    )
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of a file on disk: the only size modelpress reports."""
+    return os.stat(path).st_size
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, inputs: Inputs, *, batch_size: int = 256) -> torch.Tensor:
+    """Model outputs over all inputs, in batches, as one float tensor."""
+    outs = []
+    for i in range(0, n_samples(inputs), batch_size):
+        out = model(*batch_of(inputs, i, i + batch_size))
+        outs.append(out.dequantize() if out.is_quantized else out)
+    return torch.cat(outs).float()
+
+
+def compute_metric(metric: Metric, outputs: torch.Tensor, *, labels: torch.Tensor | None,
+                   reference: torch.Tensor | None) -> float:
+    """Task metric from outputs: accuracy vs labels, or fidelity (top-1 agreement / cosine) vs float.
+
+    Example:
+        >>> import torch
+        >>> compute_metric("accuracy", torch.tensor([[0.1, 0.9]]), labels=torch.tensor([1]), reference=None)
+        1.0
+    """
+    if metric == "accuracy":
+        if labels is None:
+            raise ValueError("accuracy needs labels")
+        return float((outputs.argmax(-1) == labels).float().mean())
+    if reference is None:
+        raise ValueError(f"{metric} needs the float model's outputs")
+    if metric == "top1_agreement":
+        return float((outputs.argmax(-1) == reference.argmax(-1)).float().mean())
+    if metric == "cosine":
+        return float(nn.functional.cosine_similarity(outputs, reference, dim=-1).mean())
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def count_params(model: nn.Module) -> int:
+    """Elements in the model's weight tensors, quantized ones included (unlike ``parameters()``).
+
+    Packed int8 weights are not ``nn.Parameter``s, so counting parameters would report 0 for a
+    quantized model; this walks the state dict and unpacks packed params instead.
+    """
+    total = 0
+    for v in model.state_dict().values():
+        for t in _tensors_in(v):
+            total += t.numel()
+    return total
+
+
+def _tensors_in(v: object) -> Iterator[torch.Tensor]:
+    if isinstance(v, torch.Tensor):
+        if v.dtype not in (torch.int64, torch.long) or v.is_quantized:
+            # Skip bookkeeping like BatchNorm's num_batches_tracked.
+            yield v
+    elif isinstance(v, (tuple, list)):
+        for x in v:
+            yield from _tensors_in(x)
+    elif hasattr(v, "__getstate__") and type(v).__name__.endswith("PackedParamsBase"):
+        yield from _tensors_in(v.__getstate__())
+
+
+def count_flops(model: nn.Module, inputs: Inputs) -> int:
+    """Floating-point operations of one forward pass (2 × MACs), counted by torch's FlopCounterMode.
+
+    Count on the float (or pruned float) model: quantized kernels are not counted by the flop counter,
+    and quantization does not change the number of multiply-accumulates.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        model(*as_tuple(inputs))
+    return int(fc.get_total_flops())

@@ -1,0 +1,1 @@
+"""Handlers for pruning steps (registered with ``steps.register_handler``)."""

@@ -1,0 +1,1 @@
+"""Handlers for quantization steps (registered with ``steps.register_handler``)."""

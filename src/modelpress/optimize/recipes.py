@@ -1,0 +1,293 @@
+"""Recipes are data: a frozen, versioned list of step configs that round-trips through JSON and YAML.
+
+Each step type is a pydantic model registered under a ``type`` name; its handler (what it does to a
+model) is registered separately in ``optimize.steps``. Adding a technique = one config class here
+(or in its own module) + one handler, nothing else edited. The canonical JSON of a recipe is what the
+job row and the Celery message carry, and its sha256 is part of the artifact key.
+
+Example:
+    >>> from modelpress.optimize.recipes import Recipe
+    >>> r = Recipe.from_dict({"name": "q", "steps": [{"type": "quantize_dynamic"}]})
+    >>> Recipe.from_json(r.to_json()) == r
+    True
+    >>> r.steps[0].type
+    'quantize_dynamic'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelpress.optimize.errors import RecipeError
+
+RECIPE_SCHEMA_VERSION = 1
+
+
+class StepConfig(BaseModel):
+    """Base of every step config: frozen, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **self.model_dump(mode="json")}
+
+
+_STEP_TYPES: dict[str, type[StepConfig]] = {}
+S = TypeVar("S", bound=type[StepConfig])
+
+
+def register_step(name: str, *, version: int = 1):
+    """Class decorator: make a ``StepConfig`` subclass parseable under ``{"type": name}``."""
+
+    def deco(cls: S) -> S:
+        if name in _STEP_TYPES and _STEP_TYPES[name] is not cls:
+            raise ValueError(f"step type {name!r} registered twice")
+        cls.type = name
+        cls.version = version
+        _STEP_TYPES[name] = cls
+        return cls
+
+    return deco
+
+
+def step_types() -> dict[str, type[StepConfig]]:
+    """The registered step types, by name."""
+    return dict(_STEP_TYPES)
+
+
+def _fmt_validation(prefix: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        parts.append(f"{prefix}{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_step(data: Any, *, where: str = "step") -> StepConfig:
+    """Parse one step dict (``{"type": ..., **params}``) into its registered config."""
+    if isinstance(data, StepConfig):
+        return data
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping with a 'type', got {type(data).__name__}")
+    if "type" not in data:
+        raise RecipeError(f"{where}.type: missing; known types: {', '.join(sorted(_STEP_TYPES))}")
+    kind = data["type"]
+    cls = _STEP_TYPES.get(kind)
+    if cls is None:
+        raise RecipeError(f"{where}.type: unknown step type {kind!r}; known types: {', '.join(sorted(_STEP_TYPES))}")
+    params = {k: v for k, v in data.items() if k != "type"}
+    try:
+        return cls.model_validate(params)
+    except ValidationError as e:
+        raise RecipeError(_fmt_validation(f"{where}.", e)) from None
+
+
+# ---------------------------------------------------------------- the built-in step types
+QuantModuleType = Literal["Linear", "LSTM", "GRU"]
+
+
+@register_step("quantize_dynamic")
+class DynamicQuantConfig(StepConfig):
+    """Dynamic int8: weights int8 ahead of time, activations quantized on the fly per batch."""
+
+    per_channel: bool = Field(default=True, description="Per-output-channel weight scales.")
+    module_types: tuple[QuantModuleType, ...] = Field(default=("Linear", "LSTM", "GRU"), min_length=1)
+    keep_float: tuple[str, ...] = Field(default=(), description="Module names left in float.")
+
+
+@register_step("prune_l1_unstructured")
+class L1UnstructuredPruneConfig(StepConfig):
+    """Zero the smallest-|w| weights, made permanent. Dense storage does not shrink by this alone."""
+
+    amount: float = Field(gt=0.0, lt=1.0, description="Fraction of weights set to zero.")
+    scope: Literal["layer", "global"] = "layer"
+    module_types: tuple[Literal["Linear", "Conv2d", "Conv1d"], ...] = Field(
+        default=("Linear", "Conv2d", "Conv1d"), min_length=1
+    )
+
+
+@register_step("quantize_static")
+class StaticQuantConfig(StepConfig):
+    """Static int8 PTQ (FX graph mode): fuse conv-bn-relu, observe calibration batches, convert."""
+
+    calibration_batches: int = Field(default=8, ge=1, le=10_000)
+    calibration_batch_size: int = Field(default=32, ge=1)
+    per_channel: bool = True
+    keep_float: tuple[str, ...] = Field(default=(), description="Module names left in float.")
+
+
+@register_step("qat")
+class QATConfig(StepConfig):
+    """Quantization-aware training: fine-tune with fake quantization, then convert to int8."""
+
+    epochs: int = Field(default=2, ge=1, le=1000)
+    lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    per_channel: bool = True
+    keep_float: tuple[str, ...] = ()
+
+
+@register_step("prune_structured")
+class StructuredPruneConfig(StepConfig):
+    """Remove whole channels/neurons (coupled layers pruned together); layer shapes shrink."""
+
+    amount: float = Field(gt=0.0, lt=1.0, description="Fraction of channels removed per prunable group.")
+    importance: Literal["l1", "l2"] = "l2"
+    global_ranking: bool = False
+    ignore: tuple[str, ...] = Field(default=(), description="Module names never pruned (e.g. the output layer).")
+
+
+@register_step("finetune")
+class FinetuneConfig(StepConfig):
+    """Train the current model on the spec's training data (after pruning, typically)."""
+
+    epochs: int = Field(default=5, ge=1, le=1000)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+
+
+@register_step("distill")
+class DistillConfig(StepConfig):
+    """Hinton knowledge distillation of the current model (teacher) into a smaller student."""
+
+    student: str | None = Field(default=None, description="Registered student factory; default: width multiplier.")
+    width: float = Field(default=0.5, gt=0.0, le=1.0)
+    temperature: float = Field(default=4.0, gt=0.0)
+    alpha: float = Field(default=0.7, ge=0.0, le=1.0, description="Weight of the soft (teacher) loss.")
+    epochs: int = Field(default=20, ge=1, le=1000)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    compare_baseline: bool = Field(default=True, description="Also train the student alone and record both.")
+
+
+class Budget(BaseModel):
+    """Largest allowed metric drop; ``relative`` makes it a fraction of the float metric.
+
+    Example:
+        >>> Budget(max_drop=0.01).allows(before=0.99, after=0.985)
+        True
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_drop: float = Field(ge=0.0, description="Absolute metric points (e.g. 0.005) or a fraction.")
+    relative: bool = False
+
+    @field_validator("max_drop")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    def allowed_drop(self, before: float) -> float:
+        return self.max_drop * abs(before) if self.relative else self.max_drop
+
+    def allows(self, *, before: float, after: float) -> bool:
+        return (before - after) <= self.allowed_drop(before) + 1e-12
+
+
+class Recipe(BaseModel):
+    """A named, versioned chain of steps plus an optional accuracy budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    version: int = Field(default=RECIPE_SCHEMA_VERSION, ge=1, le=RECIPE_SCHEMA_VERSION)
+    steps: tuple[StepConfig, ...] = Field(min_length=1)
+    budget: Budget | None = None
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _parse_steps(cls, v: Any) -> Any:
+        if not isinstance(v, (list, tuple)):
+            raise ValueError("must be a list of steps")
+        return tuple(parse_step(s, where=f"steps.{i}") for i, s in enumerate(v))
+
+    # --- (de)serialisation ---
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "steps": [s.to_dict() for s in self.steps],
+            "budget": self.budget.model_dump(mode="json") if self.budget else None,
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal recipes give equal strings and hashes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe: expected a mapping, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except RecipeError:
+            raise
+        except ValidationError as e:
+            raise RecipeError(_fmt_validation("recipe.", e)) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"recipe: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Recipe":
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe: not valid YAML ({e})") from None
+        return cls.from_dict(data)
+
+
+BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
+    "dynamic-int8": {"name": "dynamic-int8", "steps": [{"type": "quantize_dynamic"}]},
+    "prune50-dynamic-int8": {
+        "name": "prune50-dynamic-int8",
+        "steps": [
+            {"type": "prune_l1_unstructured", "amount": 0.5, "scope": "layer"},
+            {"type": "quantize_dynamic"},
+        ],
+    },
+}
+
+
+def register_builtin_recipe(data: dict[str, Any]) -> None:
+    """Add a named recipe (validated now, so a bad built-in fails at import, not at 3 a.m.)."""
+    Recipe.from_dict(data)
+    BUILTIN_RECIPES[data["name"]] = data
+
+
+def resolve_recipe(ref: str) -> Recipe:
+    """A built-in recipe name, or a path to a ``.json``/``.yaml``/``.yml`` recipe file.
+
+    Example:
+        >>> resolve_recipe("dynamic-int8").name
+        'dynamic-int8'
+    """
+    if ref in BUILTIN_RECIPES:
+        return Recipe.from_dict(BUILTIN_RECIPES[ref])
+    path = Path(ref)
+    if path.suffix.lower() in {".json", ".yaml", ".yml"}:
+        if not path.is_file():
+            raise RecipeError(f"recipe file {ref!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        return Recipe.from_json(text) if path.suffix.lower() == ".json" else Recipe.from_yaml(text)
+    raise RecipeError(f"unknown recipe {ref!r}; built-in recipes: {', '.join(sorted(BUILTIN_RECIPES))}, or a .json/.yaml file")

@@ -1,0 +1,151 @@
+"""Step handlers: what each recipe step does to a model, found through a config→handler registry.
+
+A handler turns one model into another and never mutates its input (``apply_step`` hands it a deep
+copy, so a handler cannot break that promise by accident). It returns JSON-able ``meta`` describing
+what it did (e.g. which layers stayed float), which is stored in the artifact so that ``rebuild`` can
+re-create the exact module structure when the artifact is loaded.
+
+Example:
+    >>> from modelpress.optimize.recipes import DynamicQuantConfig
+    >>> DynamicQuantConfig in handlers()
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, TypeVar
+
+import torch
+from torch import nn
+
+from modelpress.optimize.backends import QuantBackend, get_backend
+from modelpress.optimize.recipes import DynamicQuantConfig, L1UnstructuredPruneConfig, StepConfig
+from modelpress.optimize.zoo import ModelSpec, TaskData
+
+
+@dataclass
+class StepContext:
+    """What a handler may use besides the model: the spec, its data, the engine, the float reference."""
+
+    spec: ModelSpec
+    data: TaskData
+    engine: str
+    backend: QuantBackend = field(default_factory=get_backend)
+    seed: int = 0
+    reference: nn.Module | None = None
+    log: Callable[[str], None] = lambda msg: None
+
+
+@dataclass
+class StepOutput:
+    model: nn.Module
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class StepHandler(Protocol):
+    def apply(self, model: nn.Module, cfg: Any, ctx: StepContext) -> StepOutput: ...
+
+    def rebuild(self, model: nn.Module, cfg: Any, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        """Re-create the structure ``apply`` produced (weights are loaded afterwards)."""
+        ...
+
+
+_HANDLERS: dict[type[StepConfig], StepHandler] = {}
+H = TypeVar("H")
+
+
+def register_handler(cfg_cls: type[StepConfig]) -> Callable[[H], H]:
+    def deco(handler_cls: H) -> H:
+        _HANDLERS[cfg_cls] = handler_cls()  # type: ignore[operator]
+        return handler_cls
+
+    return deco
+
+
+def handlers() -> dict[type[StepConfig], StepHandler]:
+    return dict(_HANDLERS)
+
+
+def handler_for(cfg: StepConfig) -> StepHandler:
+    try:
+        return _HANDLERS[type(cfg)]
+    except KeyError:
+        raise NotImplementedError(f"no handler registered for step type {cfg.type!r}") from None
+
+
+def apply_step(model: nn.Module, cfg: StepConfig, ctx: StepContext) -> StepOutput:
+    """Run one step on a copy of ``model``; the result is in eval mode."""
+    out = handler_for(cfg).apply(copy.deepcopy(model), cfg, ctx)
+    out.model.eval()
+    return out
+
+
+def rebuild_step(model: nn.Module, cfg: StepConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+    return handler_for(cfg).rebuild(model, cfg, meta, engine=engine).eval()
+
+
+# ------------------------------------------------------------------------------- handlers
+@register_handler(DynamicQuantConfig)
+class DynamicQuantHandler:
+    def apply(self, model: nn.Module, cfg: DynamicQuantConfig, ctx: StepContext) -> StepOutput:
+        q = ctx.backend.quantize_dynamic(model, engine=ctx.engine, per_channel=cfg.per_channel,
+                                         module_types=cfg.module_types, keep_float=cfg.keep_float)
+        quantized = sorted(n for n, m in q.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized"))
+        if not quantized:
+            # A quantization step that changes nothing is a user error, not a success with 1.0× size.
+            from modelpress.optimize.errors import UserInputError
+
+            raise UserInputError(f"quantize_dynamic found no {'/'.join(cfg.module_types)} module to quantize")
+        return StepOutput(q, {"backend": ctx.backend.name, "quantized_modules": quantized,
+                              "float_modules": list(cfg.keep_float)})
+
+    def rebuild(self, model: nn.Module, cfg: DynamicQuantConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        return get_backend(meta.get("backend", "torch.ao")).quantize_dynamic(
+            model, engine=engine, per_channel=cfg.per_channel, module_types=cfg.module_types,
+            keep_float=meta.get("float_modules", cfg.keep_float))
+
+
+_PRUNABLE: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Conv1d": nn.Conv1d}
+
+
+@register_handler(L1UnstructuredPruneConfig)
+class L1UnstructuredPruneHandler:
+    def apply(self, model: nn.Module, cfg: L1UnstructuredPruneConfig, ctx: StepContext) -> StepOutput:
+        import torch.nn.utils.prune as prune
+
+        types = tuple(_PRUNABLE[t] for t in cfg.module_types)
+        targets = [(m, "weight") for m in model.modules() if isinstance(m, types)]
+        if not targets:
+            from modelpress.optimize.errors import UserInputError
+
+            raise UserInputError(f"prune_l1_unstructured found no {'/'.join(cfg.module_types)} layer")
+        if cfg.scope == "global":
+            prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=cfg.amount)
+        else:
+            for m, name in targets:
+                prune.l1_unstructured(m, name, amount=cfg.amount)
+        for m, name in targets:
+            prune.remove(m, name)  # make permanent: plain weights with zeros, no mask/orig pair
+        zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
+        total = sum(m.weight.numel() for m, _ in targets)
+        return StepOutput(model, {"sparsity": zeros / total, "pruned_layers": len(targets)})
+
+    def rebuild(self, model: nn.Module, cfg: L1UnstructuredPruneConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        return model  # structure unchanged: zeros come back with the weights
+
+
+def global_sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero entries over all float weight tensors named ``*weight``."""
+    zeros = total = 0
+    for k, v in model.state_dict().items():
+        if k.endswith("weight") and isinstance(v, torch.Tensor) and v.is_floating_point():
+            zeros += int((v == 0).sum())
+            total += v.numel()
+    return zeros / total if total else 0.0
+
+
+# Technique modules register their handlers on import; importing them here means any code that can
+# apply a step can apply every built-in step.
+from modelpress.optimize import quantization, pruning, distillation  # noqa: E402,F401
