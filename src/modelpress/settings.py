@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=1800, gt=0, description="Seconds; SoftTimeLimitExceeded.")
     task_time_limit: int = Field(default=2100, gt=0, description="Seconds; the child is killed.")
     max_attempts: int = Field(default=3, ge=1, description="Deliveries before a job is failed for good.")
+    heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between heartbeats of a running job.")
+    heartbeat_stale_after: float = Field(default=60.0, gt=0, description="A running job silent this long is lost.")
     latency_warmup: int = Field(default=10, ge=0)
     latency_runs: int = Field(default=50, ge=3)
     flower_basic_auth: SecretStr | None = Field(default=None, description="user:password for Flower.")

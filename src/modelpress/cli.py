@@ -1,0 +1,305 @@
+"""``modelpress`` command line. Imports no torch: the worker children and ``report`` do that.
+
+Example:
+    $ modelpress demo
+    $ modelpress submit --model mlp --recipe dynamic-int8 --backend fbgemm
+    $ modelpress worker --backend fbgemm
+    $ modelpress jobs --format json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from modelpress.settings import BACKENDS, Settings, native_backend
+
+DEMO_MODELS = ("mlp", "digits_cnn")
+DEMO_RECIPES = ("dynamic-int8", "prune50-dynamic-int8")
+
+
+# ------------------------------------------------------------------------------- helpers
+def ensure_db(settings: Settings) -> None:
+    """The embedded SQLite database upgrades itself; a server database is migrated explicitly."""
+    if settings.effective_database_url.startswith("sqlite"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+        from modelpress.models_db.migrate import upgrade
+
+        upgrade(settings.effective_database_url)
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def jobs_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of job rows (sizes in bytes, latency at the recorded batch size)."""
+    head = ["job", "model", "recipe", "backend", "status", "bytes before", "bytes after", "smaller",
+            "batch", "ms before", "ms after", "faster", "metric", "before", "after", "engine", "host"]
+    body = []
+    for r in rows:
+        body.append([
+            r["id"][:8], r["model_name"], r["recipe_name"], r["backend"], r["status"] + (" (reused)" if r.get("reused") else ""),
+            _fmt_bytes(r["size_before_bytes"]), _fmt_bytes(r["size_after_bytes"]),
+            _ratio(r["size_before_bytes"], r["size_after_bytes"]),
+            str(r["latency_batch_size"] or "-"), _num(r["latency_before_median_ms"]), _num(r["latency_after_median_ms"]),
+            _ratio(r["latency_before_median_ms"], r["latency_after_median_ms"]),
+            r["metric_name"] or "-", _num(r["metric_before"], ".4f"), _num(r["metric_after"], ".4f"),
+            r["engine_used"] or "-", r["worker_host"] or "-",
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
+    errors = [f"  {r['id'][:8]}: {r['error']}" for r in rows if r.get("error")]
+    if errors:
+        lines += ["", "notes:"] + errors
+    return "\n".join(lines)
+
+
+def _producer(settings: Settings):  # type: ignore[no-untyped-def]
+    from modelpress.api import Producer
+
+    ensure_db(settings)
+    return Producer(settings)
+
+
+def _rows(settings: Settings, **filters: Any) -> list[dict[str, Any]]:
+    from modelpress.models_db import list_jobs, make_engine, make_sessionmaker
+
+    eng = make_engine(settings.effective_database_url)
+    try:
+        with make_sessionmaker(eng)() as s:
+            return [j.to_dict() for j in list_jobs(session=s, **filters)]
+    finally:
+        eng.dispose()
+
+
+def wait_for(settings: Settings, ids: list[str], *, timeout: float, quiet: bool = False) -> list[dict[str, Any]]:
+    """Poll the job table until every job is finished; print a one-line progress as it goes."""
+    from modelpress.models_db import FINISHED
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _rows(settings, ids=ids, limit=None)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        done = sum(counts.get(s, 0) for s in FINISHED)
+        if not quiet and sys.stderr.isatty():
+            bar = "#" * int(30 * done / max(1, len(ids)))
+            sys.stderr.write(f"\r[{bar:<30}] {done}/{len(ids)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            sys.stderr.flush()
+        if done == len(ids):
+            if not quiet and sys.stderr.isatty():
+                sys.stderr.write("\n")
+            return rows
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(ids) - done} of {len(ids)} jobs not finished after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def start_worker_process(settings_env: dict[str, str], backend: str, log_path: Path,
+                         concurrency: int = 1) -> subprocess.Popen[bytes]:
+    """Start ``modelpress worker`` as a real OS process (its own Celery parent and prefork children)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelpress", "worker", "--backend", backend, "--concurrency", str(concurrency)],
+            env=settings_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def stop_worker_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # warm shutdown: finish the current job
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ------------------------------------------------------------------------------- commands
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    ensure_db(settings)
+    backends = args.backends.split(",")
+    print(f"modelpress demo: broker {settings.redacted()['broker_url']}, database {settings.redacted()['database_url']}")
+    print(f"starting {len(backends)} worker process(es): {', '.join(backends)}; logs in {settings.home / 'logs'}")
+    env = {**os.environ, "MODELPRESS_HOME": str(settings.home)}
+    procs = [start_worker_process(env, b, settings.home / "logs" / f"worker-{b}.log") for b in backends]
+    try:
+        producer = _producer(settings)
+        reqs = [producer.validate(model=m, recipe=r, backend=backends[0]) for m in args.models.split(",")
+                for r in args.recipes.split(",")]
+        # One job for every other backend too, so the table shows routing by target backend.
+        reqs += [producer.validate(model=DEMO_MODELS[0], recipe=DEMO_RECIPES[0], backend=b) for b in backends[1:]]
+        ids = producer.submit_many(reqs, batch_name="demo")
+        producer.close()
+        print(f"submitted {len(ids)} jobs; waiting for the workers (the first job trains the digits CNN)")
+        rows = wait_for(settings, ids, timeout=args.timeout)
+    finally:
+        for p in procs:
+            stop_worker_process(p)
+    print(jobs_table(rows))
+    print("\nsizes are bytes of the saved artifact files; latency is the median of "
+          f"{settings.latency_runs} timed runs after {settings.latency_warmup} warm-up runs, "
+          f"{settings.worker_threads} thread(s); `modelpress show JOB` has p90, batch 1 and every other number.")
+    return 0 if all(r["status"] in ("succeeded", "rejected") for r in rows) else 1
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from modelpress.optimize.errors import UserInputError
+
+    producer = _producer(settings)
+    try:
+        if args.manifest:
+            from modelpress.manifest import submit_manifest
+
+            return submit_manifest(producer, args.manifest, force=args.force)
+        missing = [f"--{n}" for n in ("model", "recipe", "backend") if getattr(args, n) is None]
+        if missing:
+            print(f"error: {', '.join(missing)} required (or give a manifest file)", file=sys.stderr)
+            return 2
+        job_id = producer.submit(model=args.model, recipe=args.recipe, backend=args.backend, weights=args.weights)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        producer.close()
+    print(job_id)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from modelpress.workers.app import make_app
+    from modelpress.workers.runtime import configure_worker
+
+    backend = args.backend or native_backend()
+    ensure_db(settings)
+    configure_worker(backend, settings.worker_threads)
+    app = make_app(settings)
+    argv = ["worker", "-Q", backend, "-c", str(args.concurrency or settings.worker_concurrency),
+            "-n", f"{backend}-{os.getpid()}@%h", "-l", args.loglevel, "-P", "prefork", "-E"]
+    if args.max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
+    app.worker_main(argv=argv)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    ensure_db(settings)
+    rows = _rows(settings, status=args.status, batch_id=args.batch, limit=args.limit)
+    print(json.dumps(rows, indent=1) if args.format == "json" else jobs_table(rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from modelpress.models_db import get_job, make_engine, make_sessionmaker
+
+    ensure_db(settings)
+    eng = make_engine(settings.effective_database_url)
+    with make_sessionmaker(eng)() as s:
+        job = get_job(session=s, job_id=args.job)
+        row = job.to_dict() if job else None
+    eng.dispose()
+    if row is None:
+        print(f"error: no job {args.job!r}", file=sys.stderr)
+        return 2
+    print(json.dumps(row, indent=1))
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    rows = wait_for(settings, args.jobs, timeout=args.timeout)
+    print(jobs_table(rows))
+    return 0 if all(r["status"] != "failed" for r in rows) else 1
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from modelpress.models_db import migrate
+
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    if args.action == "upgrade":
+        migrate.upgrade(url, args.revision or "head")
+    elif args.action == "downgrade":
+        migrate.downgrade(url, args.revision or "-1")
+    print(f"database at revision {migrate.current(url)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelpress", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="optimize the built-in models through real worker processes, print a table")
+    d.add_argument("--models", default=",".join(DEMO_MODELS))
+    d.add_argument("--recipes", default=",".join(DEMO_RECIPES))
+    d.add_argument("--backends", default=",".join([native_backend()] + [b for b in BACKENDS if b != native_backend()]))
+    d.add_argument("--timeout", type=float, default=1800)
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("submit", help="enqueue one job (or every job of a manifest)")
+    s.add_argument("manifest", nargs="?", help="a manifest YAML file (many models × recipes × backends)")
+    s.add_argument("--model", help="registered model name, or module:function inside the allow-list")
+    s.add_argument("--recipe", help="built-in recipe name or a .json/.yaml recipe file")
+    s.add_argument("--backend", help=f"target backend: {', '.join(BACKENDS)}")
+    s.add_argument("--weights", help="state dict file (.safetensors, or torch.save loaded with weights_only)")
+    s.add_argument("--force", action="store_true", help="run again even if an identical job succeeded")
+    s.set_defaults(func=cmd_submit)
+
+    w = sub.add_parser("worker", help="run a Celery worker for one backend's queue")
+    w.add_argument("--backend", choices=BACKENDS, help="default: the host's native backend")
+    w.add_argument("--concurrency", type=int)
+    w.add_argument("--loglevel", default="INFO")
+    w.add_argument("--max-tasks-per-child", type=int)
+    w.set_defaults(func=cmd_worker)
+
+    j = sub.add_parser("jobs", help="list jobs")
+    j.add_argument("--format", choices=("table", "json"), default="table")
+    j.add_argument("--status")
+    j.add_argument("--batch")
+    j.add_argument("--limit", type=int, default=200)
+    j.set_defaults(func=cmd_jobs)
+
+    sh = sub.add_parser("show", help="one job, every field, as JSON")
+    sh.add_argument("job", help="job id or a unique prefix (6+ characters)")
+    sh.set_defaults(func=cmd_show)
+
+    wt = sub.add_parser("wait", help="wait for jobs to finish; exit 1 if any failed")
+    wt.add_argument("jobs", nargs="+")
+    wt.add_argument("--timeout", type=float, default=3600)
+    wt.set_defaults(func=cmd_wait)
+
+    db = sub.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=("upgrade", "downgrade", "current"))
+    db.add_argument("revision", nargs="?")
+    db.set_defaults(func=cmd_db)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except Exception as e:  # noqa: BLE001 - pydantic's message names the bad variable
+        print(f"error: invalid MODELPRESS_* settings: {e}", file=sys.stderr)
+        return 2
+    return int(args.func(args, settings) or 0)

@@ -1,0 +1,41 @@
+"""Engines and sessions for SQLite (embedded default) and PostgreSQL (psycopg 3).
+
+Example:
+    >>> eng = make_engine("sqlite://")
+    >>> eng.dialect.name
+    'sqlite'
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str) -> Engine:
+    """An engine tuned for many processes sharing one job table."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # WAL lets readers (CLI, progress bars) run while a worker writes; busy_timeout makes
+            # concurrent writers wait instead of failing with "database is locked".
+            cur = dbapi_conn.cursor()
+            if u.database and u.database != ":memory:":
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if u.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3 already; be explicit for 2.0.
+        u = u.set(drivername="postgresql+psycopg")
+    return create_engine(u, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

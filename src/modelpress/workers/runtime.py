@@ -1,0 +1,49 @@
+"""Per-process worker state and the signal handlers that set torch up in each child.
+
+The parent process never imports torch: a parent that ran a parallel op deadlocks its forked
+children in libgomp (field notes). Each child sets its thread count and quantized engine in
+``worker_process_init``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+from dataclasses import dataclass
+
+from celery.signals import worker_process_init
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerIdentity:
+    backend: str | None = None
+    threads: int = 1
+    host: str = socket.gethostname()
+    arch: str = platform.machine()
+
+
+IDENTITY = WorkerIdentity()
+
+
+def configure_worker(backend: str, threads: int) -> None:
+    """Called in the parent before Celery starts: environment for children, no torch import."""
+    IDENTITY.backend = backend
+    IDENTITY.threads = threads
+    # Belt and braces with set_num_threads below: OpenMP reads these when torch is first imported.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    worker_process_init.connect(_init_child, weak=False)
+
+
+def _init_child(**_: object) -> None:
+    import torch
+
+    torch.set_num_threads(IDENTITY.threads)
+    if IDENTITY.backend:
+        torch.backends.quantized.engine = IDENTITY.backend
+    log.info("worker child %s: torch %s, engine %s, %d thread(s)", os.getpid(), torch.__version__,
+             torch.backends.quantized.engine, torch.get_num_threads())
