@@ -1,0 +1,183 @@
+"""Shared fixtures: real Redis, real PostgreSQL, real worker processes.
+
+A service that is down fails the test (it is never skipped): ``.ci/run`` starts Redis and PostgreSQL
+before the suite, and a developer without them sees at once what to start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REDIS_URL = os.environ.get("MODELPRESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_URL = os.environ.get("MODELPRESS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _require_redis() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({e}); start it (see .ci/run) — queue tests need a real broker")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    _require_redis()
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"mp_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({e}); start it (see .ci/run)")
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each database test runs on SQLite and on PostgreSQL (its own empty database)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    base = request.getfixturevalue("pg_url")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"mp_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+class Workers:
+    """Real ``modelpress worker`` processes sharing one environment; stopped at teardown."""
+
+    def __init__(self, env: dict[str, str], home: Path) -> None:
+        self.env, self.home = env, home
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, backend: str, *, name: str | None = None, concurrency: int = 1,
+              extra_env: dict[str, str] | None = None, wait: bool = True) -> subprocess.Popen[bytes]:
+        name = name or backend
+        log = open(self.home / f"worker-{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelpress", "worker", "--backend", backend, "--concurrency", str(concurrency)],
+            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs[name] = proc
+        if wait:
+            self.wait_ready(name)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.home / f"worker-{name}.log").read_text(errors="replace")
+
+    def wait_ready(self, name: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+            if " ready." in self.log(name):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"worker {name} not ready after {timeout} s:\n{self.log(name)[-3000:]}")
+
+    def stop(self, name: str, timeout: float = 30) -> None:
+        import signal
+
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def queue_env(home: Path, *, broker: str, database: str, prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPRESS_")}
+    env.update({
+        "MODELPRESS_HOME": str(home),
+        "MODELPRESS_BROKER_URL": broker,
+        "MODELPRESS_DATABASE_URL": database,
+        "MODELPRESS_QUEUE_PREFIX": prefix,
+        # Queue tests check routing and rows, not timing: few latency runs keep them quick.
+        "MODELPRESS_LATENCY_WARMUP": "1",
+        "MODELPRESS_LATENCY_RUNS": "5",
+        "MODELPRESS_HEARTBEAT_INTERVAL": "1",
+        "MODELPRESS_HEARTBEAT_STALE_AFTER": "10",
+    })
+    return env
+
+
+@pytest.fixture
+def queue(tmp_path: Path, redis_url: str, pg_url: str) -> Iterator[tuple[dict[str, str], Workers]]:
+    """Redis broker (an isolated key prefix) + PostgreSQL job table + a Workers launcher."""
+    from modelpress.models_db.migrate import upgrade
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"mp_q_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    db = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(db)
+    env = queue_env(tmp_path, broker=redis_url, database=db, prefix=f"mptest-{uuid.uuid4().hex[:8]}:")
+    workers = Workers(env, tmp_path)
+    try:
+        yield env, workers
+    finally:
+        workers.stop_all()
+        with admin.connect() as c:
+            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def settings_from_env(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The Settings a process started with ``env`` would read."""
+    from modelpress.settings import Settings
+
+    kwargs = {k[len("MODELPRESS_"):].lower(): v for k, v in env.items() if k.startswith("MODELPRESS_")}
+    return Settings(**kwargs)
+
+
+def hostname() -> str:
+    return socket.gethostname()

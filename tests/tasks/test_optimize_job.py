@@ -1,0 +1,39 @@
+"""The optimize task through a real worker: failures are recorded with a reason and the queue goes on."""
+
+from __future__ import annotations
+
+import torch
+
+from modelpress.api import Producer
+from modelpress.cli import wait_for
+from modelpress.optimize.zoo import SeedMLP
+from tests.conftest import settings_from_env
+
+
+def test_weights_that_do_not_load_fail_the_job_with_the_reason_and_the_next_job_still_runs(queue, tmp_path):
+    env, workers = queue
+    workers.start("fbgemm")
+    settings = settings_from_env(env)
+    corrupt = tmp_path / "corrupt.pt"
+    good = tmp_path / "good.pt"
+    torch.save(SeedMLP().state_dict(), good)
+    corrupt.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # truncated zip
+    wrong = tmp_path / "wrong_shape.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"fc1.weight": torch.zeros(3, 3)}, str(wrong))
+
+    producer = Producer(settings)
+    bad_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(corrupt))
+    wrong_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(wrong))
+    good_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(good))
+    producer.close()
+    rows = {r["id"]: r for r in wait_for(settings, [bad_id, wrong_id, good_id], timeout=180, quiet=True)}
+
+    assert rows[bad_id]["status"] == "failed"
+    assert "could not be read safely" in rows[bad_id]["error"]
+    assert rows[bad_id]["attempts"] == 1  # a user error is not retried
+    assert rows[wrong_id]["status"] == "failed"
+    assert "do not fit the architecture" in rows[wrong_id]["error"]
+    assert rows[good_id]["status"] == "succeeded", rows[good_id]["error"]
+    assert rows[good_id]["model_sha256"] == rows[good_id]["model_weights_uri"].rsplit("/", 1)[-1].split(".")[0]

@@ -1,0 +1,14 @@
+"""The producer side (CLI, API, Celery app, task module) never imports torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_cli_api_and_worker_modules_import_without_torch():
+    code = ("import sys, modelpress, modelpress.cli, modelpress.api, modelpress.workers, "
+            "modelpress.tasks.optimize_job, modelpress.optimize.recipes; "
+            "modelpress.cli.build_parser(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
