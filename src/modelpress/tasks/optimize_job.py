@@ -117,7 +117,8 @@ def run_job(task: Task, job_id: str) -> str:
             task.app.send_task(OPTIMIZE_TASK, args=[job_id], **route_for(job.backend))
             return "rerouted"
         stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_after)
-        token = f"{IDENTITY.host}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        # Node name (e.g. "qnnpack-4242@host") first: the row then says which worker held the job.
+        token = f"{task.request.hostname or IDENTITY.host}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         claimed = claim_job(session=s, job_id=job_id, host=IDENTITY.host, arch=IDENTITY.arch,
                             task_id=task.request.id, stale_before=stale_before,
                             max_attempts=settings.max_attempts, token=token)
