@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 17:56:58.612256
+Create Date: 2026-11-25 18:03:49.865224
 """
 from typing import Sequence, Union
 
@@ -21,9 +21,16 @@ def upgrade() -> None:
     op.create_table('batches',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('source', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_batches'))
+    )
+    op.create_table('locks',
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('holder', sa.String(length=200), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_locks'))
     )
     op.create_table('jobs',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -41,6 +48,10 @@ def upgrade() -> None:
     sa.Column('celery_task_id', sa.String(length=64), nullable=True),
     sa.Column('claim_token', sa.String(length=128), nullable=True),
     sa.Column('reused', sa.Boolean(), nullable=False),
+    sa.Column('reused_from_job_id', sa.String(length=32), nullable=True),
+    sa.Column('time_limit_s', sa.Integer(), nullable=True),
+    sa.Column('night', sa.String(length=10), nullable=True),
+    sa.Column('regression', sa.JSON(), nullable=True),
     sa.Column('size_before_bytes', sa.BigInteger(), nullable=True),
     sa.Column('size_after_bytes', sa.BigInteger(), nullable=True),
     sa.Column('latency_batch_size', sa.Integer(), nullable=True),
@@ -64,7 +75,8 @@ def upgrade() -> None:
     sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], name=op.f('fk_jobs_batch_id_batches')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs')),
+    sa.UniqueConstraint('model_name', 'recipe_sha256', 'backend', 'night', name='uq_jobs_nightly')
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_jobs_batch_id'), ['batch_id'], unique=False)
@@ -84,5 +96,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_jobs_batch_id'))
 
     op.drop_table('jobs')
+    op.drop_table('locks')
     op.drop_table('batches')
     # ### end Alembic commands ###

@@ -292,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=("upgrade", "downgrade", "current"))
     db.add_argument("revision", nargs="?")
     db.set_defaults(func=cmd_db)
+
+    import importlib
+
+    from modelpress.commands import COMMAND_MODULES
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).add_commands(sub)
     return p
 
 

@@ -11,7 +11,20 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names on every database, so migrations can drop/alter them by name.
@@ -58,6 +71,7 @@ class Batch(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="manual")  # manual | manifest | nightly | demo
     source: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -66,6 +80,8 @@ class Batch(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # A night's recompression enqueues each (model, recipe, backend) once, however often it is triggered.
+    __table_args__ = (UniqueConstraint("model_name", "recipe_sha256", "backend", "night", name="uq_jobs_nightly"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -92,6 +108,10 @@ class Job(Base):
     # because several children on one host may race for one job.
     claim_token: Mapped[str | None] = mapped_column(String(128))
     reused: Mapped[bool] = mapped_column(Boolean, default=False)
+    reused_from_job_id: Mapped[str | None] = mapped_column(String(32))  # dedupe: the job whose result this is
+    time_limit_s: Mapped[int | None] = mapped_column(Integer)  # the job's own limit, from its recipe
+    night: Mapped[str | None] = mapped_column(String(10))  # YYYY-MM-DD (UTC) for nightly jobs
+    regression: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what got worse than the previous night
 
     # --- measured results (all from optimize.OptimizeResult) ---
     size_before_bytes: Mapped[int | None] = mapped_column(BigInteger)
@@ -132,3 +152,13 @@ class Job(Base):
                 v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
             out[col.key] = v
         return out
+
+
+class Lock(Base):
+    """A named lease (e.g. the one beat scheduler allowed to run): holder + expiry, taken atomically."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
