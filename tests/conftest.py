@@ -6,6 +6,7 @@ before the suite, and a developer without them sees at once what to start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -37,24 +38,34 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """Create an empty PostgreSQL database, yield its URL, then drop it (connections terminated)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    name = f"mp_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as e:  # noqa: BLE001
+        admin.dispose()
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({e}); start it (see .ci/run)")
-    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    with fresh_pg_database("mp_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -63,19 +74,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
         return
-    base = request.getfixturevalue("pg_url")
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"mp_t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    with fresh_pg_database("mp_t") as url:
+        yield url
 
 
 class Workers:
@@ -146,29 +146,18 @@ def queue_env(home: Path, *, broker: str, database: str, prefix: str) -> dict[st
 
 
 @pytest.fixture
-def queue(tmp_path: Path, redis_url: str, pg_url: str) -> Iterator[tuple[dict[str, str], Workers]]:
+def queue(tmp_path: Path, redis_url: str) -> Iterator[tuple[dict[str, str], Workers]]:
     """Redis broker (an isolated key prefix) + PostgreSQL job table + a Workers launcher."""
     from modelpress.models_db.migrate import upgrade
 
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"mp_q_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    db = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    upgrade(db)
-    env = queue_env(tmp_path, broker=redis_url, database=db, prefix=f"mptest-{uuid.uuid4().hex[:8]}:")
-    workers = Workers(env, tmp_path)
-    try:
-        yield env, workers
-    finally:
-        workers.stop_all()
-        with admin.connect() as c:
-            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    with fresh_pg_database("mp_q") as db:
+        upgrade(db)
+        env = queue_env(tmp_path, broker=redis_url, database=db, prefix=f"mptest-{uuid.uuid4().hex[:8]}:")
+        workers = Workers(env, tmp_path)
+        try:
+            yield env, workers
+        finally:
+            workers.stop_all()
 
 
 def settings_from_env(env: dict[str, str]):  # type: ignore[no-untyped-def]
