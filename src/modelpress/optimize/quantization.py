@@ -1,1 +1,281 @@
-"""Handlers for quantization steps (registered with ``steps.register_handler``)."""
+"""Handlers for quantization steps (registered with ``steps.register_handler``).
+
+Three steps, all routed through a ``QuantBackend`` (``optimize.backends``):
+
+* ``quantize_dynamic``: int8 weights for Linear/LSTM/GRU (and, optionally, 8-bit embedding tables);
+  activations quantized per batch at run time.
+* ``quantize_static``: FX graph mode PTQ: conv-bn-relu fused, observers calibrated on the spec's
+  calibration inputs, converted to int8 kernels end to end.
+* ``qat``: FX quantization-aware training: a short fine-tune with fake quantization, then int8.
+
+Each handler's ``apply`` records in its meta what ``rebuild`` needs to re-create the same module structure
+from a freshly built model (``artifacts.load_artifact`` then loads the weights): the backend, the layers
+kept float (``float_modules``, which the accuracy-budget fallback sets) and, for FX, the example input
+shapes. FX models are rebuilt by running prepare → convert *without* calibration: the observed scales and
+zero points come back with the state dict.
+
+Each handler also offers ``sensitivity`` (per-layer, measured) for the fallback in ``pipeline``.
+
+Example:
+    >>> from modelpress.optimize.recipes import StaticQuantConfig
+    >>> from modelpress.optimize.steps import handler_for
+    >>> type(handler_for(StaticQuantConfig())).__name__
+    'StaticQuantHandler'
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from modelpress.optimize.backends import (
+    QuantizationInputError,
+    effective_activation_bits,
+    get_backend,
+    is_quantized_module,
+    quantized_module_names,
+)
+from modelpress.optimize.measure import as_tuple, batch_of, n_samples, predict
+from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig, register_builtin_recipe
+from modelpress.optimize.sensitivity import SensitivityReport, requantize_sensitivity, swap_sensitivity
+from modelpress.optimize.steps import StepContext, StepOutput, register_handler
+from modelpress.optimize.zoo import Inputs
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+                               torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)}
+
+
+def _describe_inputs(example: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
+    return [{"shape": list(t.shape), "dtype": str(t.dtype)} for t in example]
+
+
+def _inputs_from_meta(meta: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    # Only shapes and dtypes matter to FX prepare; zeros keep rebuild independent of any data.
+    try:
+        return tuple(torch.zeros(d["shape"], dtype=_DTYPES[d["dtype"]]) for d in meta["example_inputs"])
+    except (KeyError, TypeError) as e:
+        raise QuantizationInputError(f"artifact step meta lacks usable example_inputs ({e}); re-run the job") from None
+
+
+def _fused_modules(prepared: nn.Module) -> dict[str, str]:
+    from torch.ao.nn.intrinsic import _FusedModule
+
+    out = {}
+    for name, m in prepared.named_modules():
+        if isinstance(m, _FusedModule) or type(m).__module__.startswith("torch.ao.nn.intrinsic.qat"):
+            out[name] = type(m).__name__
+    return out
+
+
+def _count(model: nn.Module, types: tuple[type[nn.Module], ...]) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, types))
+
+
+def _require_quantized(model: nn.Module, step: str, what: str) -> list[str]:
+    names = quantized_module_names(model)
+    if not names:
+        # A quantization step that changes nothing is a user error, not a success with 1.0x size.
+        raise QuantizationInputError(f"{step} found no {what} to quantize (or every one is in keep_float)")
+    return names
+
+
+# --------------------------------------------------------------------------------------- dynamic
+@register_handler(DynamicQuantConfig)
+class DynamicQuantHandler:
+    """Dynamic int8 (eager). Supersedes the first version in ``steps.py`` (same meta, more options)."""
+
+    def _quantize(self, model: nn.Module, cfg: DynamicQuantConfig, engine: str, backend: str,
+                  keep_float: Sequence[str]) -> nn.Module:
+        return get_backend(backend).quantize_dynamic(
+            model, engine=engine, per_channel=cfg.per_channel, module_types=cfg.module_types,
+            keep_float=tuple(keep_float), quantize_embeddings=cfg.quantize_embeddings, reduce_range=cfg.reduce_range)
+
+    def apply(self, model: nn.Module, cfg: DynamicQuantConfig, ctx: StepContext) -> StepOutput:
+        q = self._quantize(model, cfg, ctx.engine, cfg.backend, cfg.keep_float)
+        what = "/".join(cfg.module_types) + ("/Embedding" if cfg.quantize_embeddings else "") + " module"
+        quantized = _require_quantized(q, "quantize_dynamic", what)
+        embeddings = [n for n in quantized if type(q.get_submodule(n)).__name__ in ("Embedding", "EmbeddingBag")]
+        return StepOutput(q, {
+            "backend": cfg.backend, "quantized_modules": quantized, "float_modules": list(cfg.keep_float),
+            "quantized_embeddings": embeddings, "per_channel": cfg.per_channel,
+            "activation_bits": effective_activation_bits(ctx.engine, cfg.reduce_range),
+        })
+
+    def rebuild(self, model: nn.Module, cfg: DynamicQuantConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        return self._quantize(model, cfg, engine, meta.get("backend", cfg.backend),
+                              meta.get("float_modules", cfg.keep_float))
+
+    def sensitivity(self, model_in: nn.Module, out: StepOutput, cfg: DynamicQuantConfig, ctx: StepContext, *,
+                    inputs: Inputs, reference: torch.Tensor, method: str, batch_size: int) -> SensitivityReport:
+        # Eager dynamic quantization keeps module names, so float and int8 modules can be swapped in place.
+        return swap_sensitivity(model_in, out.model, out.meta["quantized_modules"], inputs, reference=reference,
+                                method=method, batch_size=batch_size)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------- static (FX)
+def _calibration_plan(calib: Inputs, cfg: StaticQuantConfig) -> list[tuple[int, int]]:
+    n = n_samples(calib)
+    if n == 0:
+        raise QuantizationInputError("quantize_static needs calibration inputs, and the model's spec has none")
+    bs = cfg.calibration_batch_size
+    return [(i * bs, min((i + 1) * bs, n)) for i in range(cfg.calibration_batches) if i * bs < n]
+
+
+@register_handler(StaticQuantConfig)
+class StaticQuantHandler:
+    """Static int8 post-training quantization in FX graph mode."""
+
+    def _quantize(self, model: nn.Module, cfg: StaticQuantConfig, ctx: StepContext,
+                  keep_float: Sequence[str]) -> StepOutput:
+        backend = get_backend(cfg.backend)
+        calib = ctx.data.calib_inputs
+        plan = _calibration_plan(calib, cfg)
+        example = batch_of(calib, 0, 1)
+        prepared = backend.prepare_static(model, example, engine=ctx.engine, per_channel=cfg.per_channel,
+                                          keep_float=tuple(keep_float))
+        fused = _fused_modules(prepared)
+        # no_grad, not inference_mode: observers update their buffers in place, and buffers made outside
+        # inference mode may not be updated inside it.
+        with torch.no_grad():
+            for start, stop in plan:
+                prepared(*batch_of(calib, start, stop))
+        q = backend.convert(prepared, engine=ctx.engine)
+        quantized = _require_quantized(q, "quantize_static", "conv/linear layer")
+        meta = {
+            "backend": cfg.backend, "quantized_modules": quantized, "float_modules": list(keep_float),
+            "fused_modules": fused,
+            "batchnorm_folded": _count(model, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
+            - _count(q, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)),
+            "calibration_batches": len(plan), "calibration_batches_requested": cfg.calibration_batches,
+            "calibration_samples": plan[-1][1], "example_inputs": _describe_inputs(example),
+            **backend.describe(engine=ctx.engine, per_channel=cfg.per_channel, qat=False),
+        }
+        return StepOutput(q, meta)
+
+    def apply(self, model: nn.Module, cfg: StaticQuantConfig, ctx: StepContext) -> StepOutput:
+        return self._quantize(model, cfg, ctx, cfg.keep_float)
+
+    def rebuild(self, model: nn.Module, cfg: StaticQuantConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        backend = get_backend(meta.get("backend", cfg.backend))
+        prepared = backend.prepare_static(model, _inputs_from_meta(meta), engine=engine,
+                                          per_channel=cfg.per_channel,
+                                          keep_float=tuple(meta.get("float_modules", cfg.keep_float)))
+        with warnings.catch_warnings():
+            # Uncalibrated observers warn and give placeholder scales; the state dict loaded next replaces them.
+            warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
+            return backend.convert(prepared, engine=engine)
+
+    def sensitivity(self, model_in: nn.Module, out: StepOutput, cfg: StaticQuantConfig, ctx: StepContext, *,
+                    inputs: Inputs, reference: torch.Tensor, method: str, batch_size: int) -> SensitivityReport:
+        # An int8 graph passes quantized tensors between layers: a float module cannot be swapped in, so
+        # each trial re-runs prepare → calibrate → convert with a different keep_float.
+        def quantize(keep: tuple[str, ...]) -> nn.Module:
+            return self._quantize(model_in, cfg, ctx, keep).model
+
+        return requantize_sensitivity(quantize, out.meta["quantized_modules"], inputs, reference=reference,
+                                      method=method, quantized_model=out.model,  # type: ignore[arg-type]
+                                      base_keep_float=cfg.keep_float, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------------------- QAT (FX)
+@register_handler(QATConfig)
+class QATHandler:
+    """Quantization-aware training in FX graph mode: fake-quant fine-tune on the spec's training data."""
+
+    def _train(self, model: nn.Module, cfg: QATConfig, ctx: StepContext, keep_float: Sequence[str]) -> StepOutput:
+        data = ctx.data
+        if data.train_inputs is None:
+            raise QuantizationInputError(f"qat needs training inputs, and model {ctx.spec.name!r} has none; "
+                                         "use quantize_static instead")
+        x = data.train_inputs
+        n = n_samples(x)
+        if data.train_labels is not None:
+            target, kind = data.train_labels, "labels"
+            loss_fn = nn.functional.cross_entropy
+        else:
+            # No labels (fidelity tasks): train the int8-simulated model to reproduce the float outputs.
+            target, kind = predict(model, x), "reference"
+            loss_fn = nn.functional.mse_loss
+        backend = get_backend(cfg.backend)
+        example = batch_of(x, 0, 1)
+        prepared = backend.prepare_qat(model, example, engine=ctx.engine, per_channel=cfg.per_channel,
+                                       keep_float=tuple(keep_float))
+        fused = _fused_modules(prepared)
+        g = torch.Generator().manual_seed(ctx.seed)
+        torch.manual_seed(ctx.seed)
+        opt = torch.optim.Adam(prepared.parameters(), lr=cfg.lr)
+        losses, steps = [], 0
+        prepared.train()
+        for epoch in range(cfg.epochs):
+            if cfg.freeze_bn_after is not None and epoch >= cfg.freeze_bn_after:
+                prepared.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+            perm = torch.randperm(n, generator=g)
+            total, seen = 0.0, 0
+            for i in range(0, n, cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                opt.zero_grad()
+                loss = loss_fn(prepared(*(t[idx] for t in as_tuple(x))), target[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(idx)
+                seen += len(idx)
+                steps += 1
+            losses.append(total / seen)
+        q = backend.convert(prepared, engine=ctx.engine)
+        quantized = _require_quantized(q, "qat", "conv/linear layer")
+        meta = {
+            "backend": cfg.backend, "quantized_modules": quantized, "float_modules": list(keep_float),
+            "fused_modules": fused, "target": kind, "epochs": cfg.epochs, "optimizer_steps": steps,
+            "train_samples": n, "epoch_losses": losses, "example_inputs": _describe_inputs(example),
+            **backend.describe(engine=ctx.engine, per_channel=cfg.per_channel, qat=True),
+        }
+        return StepOutput(q, meta)
+
+    def apply(self, model: nn.Module, cfg: QATConfig, ctx: StepContext) -> StepOutput:
+        return self._train(model, cfg, ctx, cfg.keep_float)
+
+    def rebuild(self, model: nn.Module, cfg: QATConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        backend = get_backend(meta.get("backend", cfg.backend))
+        prepared = backend.prepare_qat(model, _inputs_from_meta(meta), engine=engine, per_channel=cfg.per_channel,
+                                       keep_float=tuple(meta.get("float_modules", cfg.keep_float)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
+            return backend.convert(prepared, engine=engine)
+
+    def sensitivity(self, model_in: nn.Module, out: StepOutput, cfg: QATConfig, ctx: StepContext, *,
+                    inputs: Inputs, reference: torch.Tensor, method: str, batch_size: int) -> SensitivityReport:
+        # Honest but costly: every trial is a full (short) QAT run with one layer's qconfig changed.
+        def quantize(keep: tuple[str, ...]) -> nn.Module:
+            return self._train(model_in, cfg, ctx, keep).model
+
+        return requantize_sensitivity(quantize, out.meta["quantized_modules"], inputs, reference=reference,
+                                      method=method, quantized_model=out.model,  # type: ignore[arg-type]
+                                      base_keep_float=cfg.keep_float, batch_size=batch_size)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when any module of ``model`` is a torch.ao quantized module.
+
+    Example:
+        >>> is_quantized(torch.nn.Linear(2, 2))
+        False
+    """
+    return any(is_quantized_module(m) for m in model.modules())
+
+
+# Recipes for the sentence-embedding model (and any Linear-heavy model): int8 Linear layers with per-channel
+# weights, 8-bit embedding table, and a 0.01 budget that lets the fallback keep the measured-most-sensitive
+# layers float. The "-8bit" variant uses 8-bit activations where the kernel is measured exact (VNNI).
+register_builtin_recipe({
+    "name": "dynamic-int8-fallback",
+    "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True}],
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
+register_builtin_recipe({
+    "name": "dynamic-int8-8bit-fallback",
+    "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True, "reduce_range": False}],
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})

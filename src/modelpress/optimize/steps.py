@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from modelpress.optimize.backends import QuantBackend, get_backend
-from modelpress.optimize.recipes import DynamicQuantConfig, L1UnstructuredPruneConfig, StepConfig
+from modelpress.optimize.recipes import DynamicQuantConfig, StepConfig
 from modelpress.optimize.zoo import ModelSpec, TaskData
 
 
@@ -105,35 +105,6 @@ class DynamicQuantHandler:
         return get_backend(meta.get("backend", "torch.ao")).quantize_dynamic(
             model, engine=engine, per_channel=cfg.per_channel, module_types=cfg.module_types,
             keep_float=meta.get("float_modules", cfg.keep_float))
-
-
-_PRUNABLE: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Conv1d": nn.Conv1d}
-
-
-@register_handler(L1UnstructuredPruneConfig)
-class L1UnstructuredPruneHandler:
-    def apply(self, model: nn.Module, cfg: L1UnstructuredPruneConfig, ctx: StepContext) -> StepOutput:
-        import torch.nn.utils.prune as prune
-
-        types = tuple(_PRUNABLE[t] for t in cfg.module_types)
-        targets = [(m, "weight") for m in model.modules() if isinstance(m, types)]
-        if not targets:
-            from modelpress.optimize.errors import UserInputError
-
-            raise UserInputError(f"prune_l1_unstructured found no {'/'.join(cfg.module_types)} layer")
-        if cfg.scope == "global":
-            prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=cfg.amount)
-        else:
-            for m, name in targets:
-                prune.l1_unstructured(m, name, amount=cfg.amount)
-        for m, name in targets:
-            prune.remove(m, name)  # make permanent: plain weights with zeros, no mask/orig pair
-        zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
-        total = sum(m.weight.numel() for m, _ in targets)
-        return StepOutput(model, {"sparsity": zeros / total, "pruned_layers": len(targets)})
-
-    def rebuild(self, model: nn.Module, cfg: L1UnstructuredPruneConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
-        return model  # structure unchanged: zeros come back with the weights
 
 
 def global_sparsity(model: nn.Module) -> float:

@@ -120,28 +120,57 @@ def read_state_dict(path: str | os.PathLike[str], *, max_bytes: int) -> dict[str
     size = p.stat().st_size
     if size > max_bytes:
         raise ModelLoadError(f"weights file {p.name} is {size} bytes, over the limit of {max_bytes} bytes")
+    is_safetensors = p.suffix.lower() == ".safetensors"
+    if not is_safetensors:
+        _check_zip_unpacked_size(p, max_bytes)
     try:
-        if p.suffix == ".safetensors":
+        if is_safetensors:
             from safetensors.torch import load_file
 
             sd: Any = load_file(str(p), device="cpu")
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every reader error means "this file is not usable weights"
+        # ...except Celery's soft time limit (billiard raises it inside whatever runs): it must reach the task.
+        if type(e).__module__.startswith(("billiard", "celery")):
+            raise
+        first_line = (str(e).splitlines() or [""])[0][:300]
         raise ModelLoadError(
-            f"weights file {p.name} could not be read safely ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+            f"weights file {p.name} could not be read safely ({type(e).__name__}: {first_line}); "
             "save it with safetensors or torch.save(model.state_dict())"
         ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelLoadError(f"weights file {p.name} does not hold a state dict of tensors")
+    odd = [str(k)[:60] for k, v in sd.items()
+           if not isinstance(k, str) or v.layout != torch.strided or v.device.type != "cpu"]
+    if odd:
+        raise ModelLoadError(f"weights file {p.name} holds entries that are not named dense CPU tensors: "
+                             f"{', '.join(odd[:5])}")
     return sd
+
+
+def _check_zip_unpacked_size(p: Path, max_bytes: int) -> None:
+    # torch.save files are zips; a compressed member could unpack to far more than the file's size
+    # (a zip bomb), so the limit applies to what the directory says it unpacks to, before torch reads it.
+    import zipfile
+
+    if not zipfile.is_zipfile(p):
+        return
+    try:
+        with zipfile.ZipFile(p) as zf:
+            unpacked = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return  # torch.load reports the damage in its own words below
+    if unpacked > max_bytes:
+        raise ModelLoadError(f"weights file {p.name} unpacks to {unpacked} bytes, over the limit of {max_bytes} bytes")
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load a state dict strictly, with an error a person can act on; refuse NaN/Inf."""
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [k for k, v in state_dict.items()
+           if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
     if bad:
         raise ModelLoadError(f"weights contain NaN or Inf in {', '.join(bad[:5])}")
     try:
@@ -279,6 +308,10 @@ def _digits_pretrained(model: nn.Module, cache_dir: Path | None) -> None:
     if cache is not None and cache.is_file():
         load_weights(model, read_state_dict(cache, max_bytes=1 << 30))
         return
+    # Seeded initial weights too (not only the training loop): otherwise the built-in weights would
+    # depend on whatever the process drew from the global RNG before, under one and the same id.
+    torch.manual_seed(0)
+    model.load_state_dict(type(model)().state_dict())
     xtr, ytr, _, _ = _digits_split()
     train_classifier(model, xtr, ytr, epochs=15, seed=0)
     if cache is not None:

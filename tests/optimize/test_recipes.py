@@ -1,0 +1,121 @@
+"""Recipes are data: every registered step type round-trips through JSON and YAML; bad input names its field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from modelpress.optimize.errors import RecipeError, UserInputError
+from modelpress.optimize.recipes import BUILTIN_RECIPES, Recipe, parse_step, resolve_recipe, step_types
+from modelpress.optimize.steps import handlers
+
+
+def _sample(schema: dict[str, Any], prop: dict[str, Any]) -> Any:
+    # A valid value for a *required* field, derived from its JSON schema (so new step types need no edit here).
+    if "$ref" in prop:
+        prop = schema["$defs"][prop["$ref"].split("/")[-1]]
+    kind = prop.get("type")
+    if kind == "number":
+        lo = prop.get("exclusiveMinimum", prop.get("minimum", 0.0))
+        hi = prop.get("exclusiveMaximum", prop.get("maximum", lo + 2.0))
+        return (lo + hi) / 2
+    if kind == "integer":
+        return max(1, prop.get("minimum", 1))
+    if kind == "boolean":
+        return True
+    if kind == "string":
+        return prop["enum"][0] if "enum" in prop else "x"
+    if "enum" in prop:
+        return prop["enum"][0]
+    raise AssertionError(f"no sample value for required field schema {prop}")
+
+
+def _minimal_step(name: str) -> dict[str, Any]:
+    cls = step_types()[name]
+    schema = cls.model_json_schema()
+    props = schema.get("properties", {})
+    return {"type": name, **{f: _sample(schema, props[f]) for f in schema.get("required", [])}}
+
+
+@pytest.mark.parametrize("name", sorted(step_types()))
+def test_every_registered_step_type_round_trips_through_json_and_yaml(name):
+    recipe = Recipe.from_dict({"name": f"rt-{name}", "steps": [_minimal_step(name)]})
+    assert recipe.steps[0].type == name
+    assert Recipe.from_json(recipe.to_json()) == recipe
+    again = Recipe.from_yaml(yaml.safe_dump(recipe.to_dict()))
+    assert again == recipe and again.sha256 == recipe.sha256
+    # Every field is written out (defaults included), so the canonical JSON pins the whole config.
+    assert set(json.loads(recipe.to_json())["steps"][0]) == {"type", *type(recipe.steps[0]).model_fields}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_RECIPES))
+def test_every_builtin_recipe_validates_round_trips_and_has_a_handler_for_each_step(name):
+    recipe = resolve_recipe(name)
+    assert recipe.name == name
+    assert Recipe.from_json(recipe.to_json()) == recipe
+    assert Recipe.from_yaml(yaml.safe_dump(recipe.to_dict())) == recipe
+    missing = [s.type for s in recipe.steps if type(s) not in handlers()]
+    assert not missing, f"recipe {name} uses step types without a registered handler: {missing}"
+
+
+@pytest.mark.parametrize("name", ["prune_structured", "finetune", "distill", "prune_l1_unstructured"])
+def test_non_default_values_of_the_training_and_pruning_steps_survive_the_round_trip(name):
+    values = {
+        "prune_structured": {"amount": 0.3, "importance": "l1", "global_ranking": True, "ignore": ["fc2"]},
+        "finetune": {"epochs": 7, "lr": 0.01, "batch_size": 16, "target": "reference"},
+        "distill": {"student": "mine", "width": 0.25, "temperature": 2.0, "alpha": 0.5, "epochs": 3,
+                    "lr": 0.01, "batch_size": 8, "compare_baseline": False},
+        "prune_l1_unstructured": {"amount": 0.9, "scope": "global", "module_types": ["Linear"]},
+    }[name]
+    step = parse_step({"type": name, **values})
+    assert {k: v for k, v in step.to_dict().items() if k in values} == values
+    recipe = Recipe.from_dict({"name": "nd", "steps": [step.to_dict()]})
+    assert Recipe.from_yaml(yaml.safe_dump(recipe.to_dict())).steps[0] == step
+
+
+def test_an_unknown_step_type_is_refused_with_the_field_and_the_known_types():
+    with pytest.raises(RecipeError) as e:
+        Recipe.from_dict({"name": "x", "steps": [{"type": "quantize_dynamic"}, {"type": "prune_magic"}]})
+    assert "steps.1.type" in str(e.value) and "prune_magic" in str(e.value) and "prune_structured" in str(e.value)
+    assert isinstance(e.value, UserInputError)
+
+
+@pytest.mark.parametrize("name", sorted(step_types()))
+def test_an_unknown_field_is_refused_naming_the_field_for_every_step_type(name):
+    with pytest.raises(RecipeError, match=r"steps\.0\.amunt"):
+        Recipe.from_dict({"name": "x", "steps": [{**_minimal_step(name), "amunt": 0.5}]})
+
+
+@pytest.mark.parametrize(("step", "field"), [
+    ({"type": "prune_structured", "amount": 1.5}, "steps.0.amount"),
+    ({"type": "prune_structured"}, "steps.0.amount"),
+    ({"type": "finetune", "epochs": 0}, "steps.0.epochs"),
+    ({"type": "finetune", "target": "teacher"}, "steps.0.target"),
+    ({"type": "distill", "alpha": 1.2}, "steps.0.alpha"),
+    ({"type": "distill", "width": 0}, "steps.0.width"),
+    ({"type": "prune_l1_unstructured", "amount": 0.5, "scope": "row"}, "steps.0.scope"),
+])
+def test_out_of_range_values_are_refused_naming_the_field(step, field):
+    with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
+        Recipe.from_dict({"name": "x", "steps": [step]})
+
+
+def test_a_recipe_without_steps_or_with_bad_json_or_yaml_is_refused():
+    with pytest.raises(RecipeError, match="steps"):
+        Recipe.from_dict({"name": "x", "steps": []})
+    with pytest.raises(RecipeError, match="not valid JSON"):
+        Recipe.from_json("{")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        Recipe.from_yaml("steps: [")
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'"):
+        resolve_recipe("nope")
+
+
+def test_a_recipe_file_in_yaml_resolves_to_the_same_recipe_as_its_json(tmp_path):
+    recipe = resolve_recipe("prune50-finetune")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
+    (tmp_path / "r.json").write_text(recipe.to_json())
+    assert resolve_recipe(str(tmp_path / "r.yaml")) == resolve_recipe(str(tmp_path / "r.json")) == recipe
