@@ -176,7 +176,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if missing:
             print(f"error: {', '.join(missing)} required (or give a manifest file)", file=sys.stderr)
             return 2
-        job_id = producer.submit(model=args.model, recipe=args.recipe, backend=args.backend, weights=args.weights)
+        job_id = producer.submit(model=args.model, recipe=args.recipe, backend=args.backend, weights=args.weights,
+                                 reuse=not args.force)
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -226,6 +227,14 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    from modelpress.commands.batches import batch_to_wait_for, wait_batch
+
+    batch = args.batch or batch_to_wait_for(settings, args.jobs)
+    if batch:
+        return wait_batch(settings, batch, timeout=args.timeout)
+    if not args.jobs:
+        print("error: give job ids, or --batch BATCH", file=sys.stderr)
+        return 2
     rows = wait_for(settings, args.jobs, timeout=args.timeout)
     print(jobs_table(rows))
     return 0 if all(r["status"] != "failed" for r in rows) else 1
@@ -283,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("job", help="job id or a unique prefix (6+ characters)")
     sh.set_defaults(func=cmd_show)
 
-    wt = sub.add_parser("wait", help="wait for jobs to finish; exit 1 if any failed")
-    wt.add_argument("jobs", nargs="+")
+    wt = sub.add_parser("wait", help="wait for jobs (or a batch) to finish; exit 1 if any failed")
+    wt.add_argument("jobs", nargs="*", help="job ids, or one batch id")
+    wt.add_argument("--batch", help="follow a batch with a live progress bar per backend")
     wt.add_argument("--timeout", type=float, default=3600)
     wt.set_defaults(func=cmd_wait)
 

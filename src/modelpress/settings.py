@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
 Backend = Literal["fbgemm", "qnnpack"]
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, description="Celery broker; default filesystem:// under home.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home.")
     artifact_store: str | None = Field(default=None, description="Directory (or fsspec URL) for artifacts.")
-    factory_allowlist: tuple[str, ...] = Field(
+    factory_allowlist: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Module prefixes whose `module:function` model factories may be loaded."
     )
     max_weights_bytes: int = Field(default=2 * 1024**3, gt=0, description="Refuse larger weight files.")
@@ -59,7 +59,54 @@ class Settings(BaseSettings):
     latency_warmup: int = Field(default=10, ge=0)
     latency_runs: int = Field(default=50, ge=3)
     flower_basic_auth: SecretStr | None = Field(default=None, description="user:password for Flower.")
+    flower_address: str = Field(default="127.0.0.1", description="Interface `modelpress flower` binds to.")
+    flower_port: int = Field(default=5555, ge=1, le=65535, description="Port `modelpress flower` listens on.")
+    # --- nightly recompression (docs/operations.md) ---
+    nightly_schedule: str = Field(
+        default="0 2 * * *",
+        description="When beat submits the night's jobs: a 5-field crontab in UTC (minute hour day month "
+                    "weekday), or a number of seconds (an interval, for tests); empty disables it.")
+    # NoDecode: comma-separated in the environment ("mlp,digits_cnn"), not JSON.
+    nightly_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Models recompressed each night; empty means every registered model.")
+    nightly_recipes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("dynamic-int8",), description="Recipes (built-in names or files) applied each night.")
+    nightly_backends: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=BACKENDS, description="Target backends each night.")
+    regression_metric_drop: float = Field(
+        default=0.005, ge=0, description="A night's metric may be this much (absolute) below the last good one.")
+    regression_latency_increase: float = Field(
+        default=0.20, ge=0, description="A night's median latency may be this fraction above the last good one.")
+    regression_size_increase: float = Field(
+        default=0.01, ge=0, description="A night's artifact may be this fraction larger than the last good one.")
+    beat_lease_seconds: float = Field(
+        default=60.0, gt=0, description="The scheduler lease: a beat silent this long is replaced by a standby.")
+    reconcile_interval: float = Field(default=300.0, gt=0, description="Seconds between reconciler runs (beat).")
     queue_prefix: str = Field(default="", description="Redis key prefix, isolates deployments/tests.")
+    # --- faults: reconciler, shutdown, per-job limits (docs/faults.md) ---
+    reconcile_queued_grace: float = Field(
+        default=600.0, gt=0,
+        description="A queued job whose message is not in the broker is re-published once it has waited this "
+                    "long since it was last published (so a backlog is not flooded with duplicates).")
+    reconcile_queue: str | None = Field(
+        default=None, description="Queue the periodic `modelpress.reconcile` task goes to: `ops` (the default, "
+                                  "read by `modelpress ops-worker`) or a backend's queue. It needs no torch.")
+    job_hard_limit_grace: int = Field(
+        default=60, gt=0, description="Seconds between a recipe's own time_limit_s (soft) and the hard kill.")
+    worker_soft_shutdown_timeout: float = Field(
+        default=60.0, ge=0, description="On a cold shutdown (SIGQUIT), running jobs get this long to finish "
+                                        "before they are cancelled and their messages returned to the queue.")
+    worker_max_memory_per_child: int | None = Field(
+        default=3 * 1024 * 1024, gt=0,
+        description="KiB (Celery's unit): a child above this resident size is replaced after its current job.")
+
+    @field_validator("reconcile_queue")
+    @classmethod
+    def _reconcile_queue_exists(cls, v: str | None) -> str | None:
+        # A typo here would send every reconcile message to a queue nobody reads.
+        if v is not None and v not in (*BACKENDS, "ops"):
+            raise ValueError(f"MODELPRESS_RECONCILE_QUEUE {v!r} is not a queue; choose ops or one of: {', '.join(BACKENDS)}")
+        return v
 
     @field_validator("home")
     @classmethod
@@ -68,11 +115,28 @@ class Settings(BaseSettings):
         # cwd; an absolute home keeps producer and workers on the same folders.
         return Path(v).expanduser().resolve()
 
-    @field_validator("factory_allowlist", mode="before")
+    @field_validator("factory_allowlist", "nightly_models", "nightly_recipes", "nightly_backends", mode="before")
     @classmethod
     def _split_allowlist(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("nightly_backends")
+    @classmethod
+    def _known_backends(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in v if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        return v
+
+    @field_validator("nightly_schedule")
+    @classmethod
+    def _valid_schedule(cls, v: str) -> str:
+        v = v.strip()
+        if v and not _is_number(v) and len(v.split()) != 5:
+            raise ValueError(f"MODELPRESS_NIGHTLY_SCHEDULE {v!r} is neither a 5-field crontab "
+                             "(minute hour day month weekday, UTC) nor a number of seconds")
         return v
 
     @model_validator(mode="after")
@@ -126,6 +190,13 @@ class Settings(BaseSettings):
         out["database_url"] = make_url(self.effective_database_url).render_as_string(hide_password=True)
         out["broker_url"] = _mask_url(self.effective_broker_url)
         return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def _mask_url(url: str) -> str:

@@ -70,7 +70,12 @@ def is_quantized_module(module: nn.Module) -> bool:
 
 
 def quantized_module_names(model: nn.Module) -> list[str]:
-    """Qualified names of the quantized modules of ``model`` (their packed-param children excluded)."""
+    """Qualified names of the quantized modules of ``model`` (their packed-param children excluded).
+
+    Example:
+        >>> quantized_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        []
+    """
     out = []
     for name, m in model.named_modules():
         if is_quantized_module(m) and not type(m).__name__.endswith("PackedParams"):
@@ -84,7 +89,11 @@ def _is_kept_float(name: str, keep_float: Sequence[str]) -> bool:
 
 
 def check_module_names(model: nn.Module, names: Sequence[str], *, what: str = "keep_float") -> None:
-    """Raise an actionable error when ``names`` are not modules of ``model``."""
+    """Raise an actionable error when ``names`` are not modules of ``model``.
+
+    Example:
+        >>> check_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2)), ["0"])
+    """
     known = {n for n, _ in model.named_modules()}
     unknown = [k for k in names if k not in known]
     if unknown:
@@ -143,7 +152,12 @@ def full_range_activations_exact(engine: str) -> bool:
 
 
 def effective_activation_bits(engine: str, reduce_range: bool | None) -> int:
-    """Bits the dynamic Linear kernel quantizes activations to: qnnpack ignores ``reduce_range``."""
+    """Bits the dynamic Linear kernel quantizes activations to: qnnpack ignores ``reduce_range``.
+
+    Example:
+        >>> effective_activation_bits("fbgemm", None), effective_activation_bits("qnnpack", True)
+        (7, 8)
+    """
     if engine == "qnnpack":
         return 8
     return 7 if reduce_range in (None, True) else 8
@@ -437,11 +451,21 @@ _BACKENDS: dict[str, QuantBackend] = {"torch.ao": TorchAOQuantization()}
 
 
 def register_backend(backend: QuantBackend) -> None:
-    """Make another quantization library selectable by name (e.g. a torchao ``quantize_`` path)."""
+    """Make another quantization library selectable by name (e.g. a torchao ``quantize_`` path).
+
+    Example:
+        >>> register_backend(TorchAOQuantization())  # re-registering the default is harmless
+    """
     _BACKENDS[backend.name] = backend
 
 
 def get_backend(name: str = "torch.ao") -> QuantBackend:
+    """The registered backend called ``name``; an unknown name is a ``RecipeError`` listing the known ones.
+
+    Example:
+        >>> type(get_backend()).__name__
+        'TorchAOQuantization'
+    """
     try:
         return _BACKENDS[name]
     except KeyError:

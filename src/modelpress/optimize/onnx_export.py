@@ -124,7 +124,12 @@ def export_onnx(model: nn.Module, example_inputs: Inputs, path: str | os.PathLik
 
 
 def run_onnx(path: str | os.PathLike[str], inputs: Inputs, *, threads: int = 1) -> torch.Tensor:
-    """Run the ONNX file at ``path`` in onnxruntime (CPU, ``threads`` intra-op threads); first output."""
+    """Run the ONNX file at ``path`` in onnxruntime (CPU, ``threads`` intra-op threads); first output.
+
+    Example:
+        >>> run_onnx("/tmp/lin.onnx", torch.randn(5, 4)).shape  # doctest: +SKIP
+        torch.Size([5, 2])
+    """
     _require_packages()
     import onnxruntime as ort
 
@@ -142,6 +147,11 @@ def export_and_check(model: nn.Module, example_inputs: Inputs, path: str | os.Pa
     """Export ``model`` and compare onnxruntime's outputs with torch's on the example and ``check_inputs``.
 
     Raises ``RuntimeError`` when the outputs differ by more than ``atol`` (the export is wrong, not the input).
+
+    Example:
+        >>> rep = export_and_check(torch.nn.Linear(4, 2).eval(), torch.randn(2, 4), "/tmp/l.onnx")  # doctest: +SKIP
+        >>> rep.max_abs_diff < 1e-5  # doctest: +SKIP
+        True
     """
     import onnxruntime as ort
 

@@ -258,7 +258,10 @@ def optimize_model(*, model_name: str, recipe: Recipe, engine: str, store: str |
 
     data = spec.data()
     eval_bs = _eval_batch_size(spec)
-    base_manifest = {"model": {"name": spec.name, "version": spec.version, "content_sha256": content},
+    # "name" is the reference the model was resolved by (entry point or allow-listed module:attr), so that
+    # load_artifact can resolve it again; "spec_name" is the spec's own name.
+    base_manifest = {"model": {"name": model_name, "spec_name": spec.name, "version": spec.version,
+                               "content_sha256": content},
                      "engine": engine, "torch_version": tv}
     float_path = store / "float" / f"{spec.name}-{content[:16]}.mpz"
     size_before = save_artifact(float_path, float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})

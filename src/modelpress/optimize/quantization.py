@@ -220,7 +220,7 @@ class QATHandler:
                 loss = loss_fn(prepared(*(t[idx] for t in as_tuple(x))), target[idx])
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 seen += len(idx)
                 steps += 1
             losses.append(total / seen)

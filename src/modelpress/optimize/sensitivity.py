@@ -45,7 +45,12 @@ METHODS: tuple[str, ...] = ("leave_one_float", "quantize_one")
 
 @dataclass(frozen=True)
 class LayerSensitivity:
-    """One layer's measurement: the trial model's output error and the layer's effect on it."""
+    """One layer's measurement: the trial model's output error and the layer's effect on it.
+
+    Example:
+        >>> LayerSensitivity("fc1", error=0.01, effect=0.04).effect
+        0.04
+    """
 
     name: str
     error: float  # relative squared output error of the trial model vs the reference
@@ -63,7 +68,12 @@ class SensitivityReport:
     seconds: float
 
     def ranking(self) -> list[str]:
-        """Layer names, most sensitive first."""
+        """Layer names, most sensitive first.
+
+        Example:
+            >>> SensitivityReport("quantize_one", 0.0, (LayerSensitivity("a", 0.2, 0.2),), 8, 0.1).ranking()
+            ['a']
+        """
         return [s.name for s in self.layers]
 
     def to_dict(self) -> dict[str, object]:
@@ -150,6 +160,15 @@ def requantize_sensitivity(quantize: Callable[[tuple[str, ...]], nn.Module], can
 
     ``quantize`` maps a tuple of module names to keep in float to a quantized model. ``quantized_model``
     (all candidates quantized) saves one run for the leave_one_float baseline.
+
+    Example:
+        >>> from torch.ao.quantization import quantize_dynamic
+        >>> f = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> def quantize(keep):
+        ...     return quantize_dynamic(f, {n for n in ("0", "2") if n not in keep}, inplace=False)
+        >>> x = torch.randn(16, 8)
+        >>> requantize_sensitivity(quantize, ["0", "2"], x, reference=f(x).detach()).samples
+        16
     """
     _check_method(method)
     t0 = time.perf_counter()

@@ -131,12 +131,22 @@ def _seq_spec(cell: str) -> ModelSpec:
 
 
 def seq_lstm_spec() -> ModelSpec:
-    """The LSTM key-majority classifier."""
+    """The LSTM key-majority classifier.
+
+    Example:
+        >>> seq_lstm_spec().name
+        'seq_lstm'
+    """
     return _seq_spec("lstm")
 
 
 def seq_gru_spec() -> ModelSpec:
-    """The GRU key-majority classifier."""
+    """The GRU key-majority classifier.
+
+    Example:
+        >>> type(seq_gru_spec().build().rnn).__name__
+        'GRU'
+    """
     return _seq_spec("gru")
 
 
@@ -208,7 +218,12 @@ def bundled_sentences() -> list[str]:
 
 
 def calibration_sentences() -> list[str]:
-    """32 further sentences (disjoint from the held-out ones) for calibration and sensitivity."""
+    """32 further sentences (disjoint from the held-out ones) for calibration and sensitivity.
+
+    Example:
+        >>> len(calibration_sentences())
+        32
+    """
     return _read_lines("calib_sentences.txt")
 
 
@@ -220,7 +235,13 @@ def _tokenizer() -> Any:
 
 
 def tokenize(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask, padded (and truncated) to exactly ``MINILM_SEQ_LEN`` tokens."""
+    """Token ids and attention mask, padded (and truncated) to exactly ``MINILM_SEQ_LEN`` tokens.
+
+    Example:
+        >>> ids, mask = tokenize(["Hello world."])  # doctest: +SKIP
+        >>> tuple(ids.shape), int(mask.sum())  # doctest: +SKIP
+        ((1, 128), 4)
+    """
     enc = _tokenizer()(sentences, padding="max_length", truncation=True, max_length=MINILM_SEQ_LEN,
                        return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
@@ -256,7 +277,12 @@ def _minilm_input(b: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def minilm_spec() -> ModelSpec:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d), fixed 128-token inputs."""
+    """all-MiniLM-L6-v2 sentence embeddings (384-d), fixed 128-token inputs.
+
+    Example:
+        >>> minilm_spec().latency_batches
+        (1, 32)
+    """
     return ModelSpec(
         name="minilm_l6_v2", version=1, build=MiniLMEmbedder, data=_minilm_data, metric="cosine",
         make_input=_minilm_input, latency_batches=(1, MINILM_EVAL_BATCH), pretrained=_minilm_pretrained,

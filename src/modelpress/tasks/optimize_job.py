@@ -8,7 +8,9 @@ Errors are sorted once, here:
 - Anything else is a bug: the job fails with the exception text; retrying a bug only burns CPU.
 
 A message for a job that is finished, or running elsewhere with a live heartbeat, does nothing;
-one claimed through a stale heartbeat (its worker died) takes over. Torch is imported only here, in
+one claimed through a stale heartbeat (its worker died) takes over. A run whose heartbeat is refused
+(taken over meanwhile) abandons itself; a hard time limit is recorded by ``JobTask.on_failure`` in the
+Celery parent (docs/faults.md). Torch is imported only here, in
 the worker child, never in the Celery parent.
 """
 
@@ -38,7 +40,7 @@ from modelpress.models_db import (
 )
 from modelpress.models_db.schema import JobStatus, utcnow
 from modelpress.settings import Settings
-from modelpress.workers.routing import OPTIMIZE_TASK, route_for
+from modelpress.workers.routing import OPTIMIZE_TASK
 from modelpress.workers.runtime import IDENTITY
 
 log = logging.getLogger(__name__)
@@ -65,15 +67,34 @@ class _Heartbeat:
 
     def __init__(self, sessions: Any, job_id: str, token: str, interval: float) -> None:
         self._stop = threading.Event()
+        self.lost = threading.Event()  # set when the row says another claim (or the reconciler) took the job
         self._t = threading.Thread(target=self._run, args=(sessions, job_id, token, interval), daemon=True)
 
     def _run(self, sessions: Any, job_id: str, token: str, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
                 with sessions() as s:
-                    heartbeat(session=s, job_id=job_id, token=token)
+                    mine = heartbeat(session=s, job_id=job_id, token=token)
             except Exception:  # noqa: BLE001 - a missed beat is not fatal; a stale one is handled by others
                 log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+                continue
+            if not mine:
+                self._abandon(job_id)
+                return
+
+    def _abandon(self, job_id: str) -> None:
+        # Our beats were missed long enough (e.g. a database outage) that the job was requeued and may
+        # run elsewhere: stop this run instead of finishing it twice. SIGUSR1 is how billiard delivers
+        # Celery's soft time limit, so every code path already unwinds cleanly from it; only send it
+        # where that handler is installed (elsewhere SIGUSR1 would kill the process).
+        import signal
+
+        log.warning("job %s: this worker no longer holds the job (taken over after a stale heartbeat); "
+                    "abandoning this run", job_id)
+        self.lost.set()
+        handler = signal.getsignal(signal.SIGUSR1)
+        if callable(handler) and self._stop.is_set() is False:
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def __enter__(self) -> "_Heartbeat":
         self._t.start()
@@ -114,7 +135,10 @@ def run_job(task: Task, job_id: str) -> str:
             return "already-finished"
         if IDENTITY.backend and job.backend != IDENTITY.backend:
             # Misrouted (e.g. published by hand): pass it on to the right queue, touch nothing.
-            task.app.send_task(OPTIMIZE_TASK, args=[job_id], **route_for(job.backend))
+            from modelpress.workers.app import job_message_options
+
+            task.app.send_task(OPTIMIZE_TASK, args=[job_id],
+                               **job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s))
             return "rerouted"
         stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_after)
         # Node name (e.g. "qnnpack-4242@host") first: the row then says which worker held the job.
@@ -137,38 +161,60 @@ def run_job(task: Task, job_id: str) -> str:
                 raise task.retry(countdown=settings.heartbeat_stale_after, max_retries=settings.max_attempts * 4)
             return "not-claimed"
         recipe_json, model_name, weights = job.recipe_json, job.model_name, job.model_weights_uri
+        input_sha256 = job.model_sha256  # the producer's content id: staged weights' sha256, or the built-in id
 
     def finish(status: str, **values: Any) -> None:
         with sessions() as s2:
             if status == JobStatus.failed.value:
-                fail_job(session=s2, job_id=job_id, token=token, error=values.pop("error"), values=values)
+                recorded = fail_job(session=s2, job_id=job_id, token=token, error=values.pop("error"), values=values)
             else:
-                finish_job(session=s2, job_id=job_id, status=status, token=token, values=values)
+                recorded = finish_job(session=s2, job_id=job_id, status=status, token=token, values=values)
+        # One "recorded" line per job across all workers is what the fault tests count.
+        if recorded:
+            log.info("job %s: recorded %s", job_id, status)
+        else:
+            log.warning("job %s: result %s not recorded: this worker no longer holds the job", job_id, status)
 
     import torch  # only now, in the child
 
     from modelpress.optimize import Recipe, UserInputError, optimize_model
+    from modelpress.store import fetch_weights, publish_artifact, worker_dir
 
     engine = IDENTITY.backend or job.backend
     common = {"engine_used": torch.backends.quantized.engine, "torch_version": torch.__version__,
               "modelpress_version": __version__}
+    hb = _Heartbeat(sessions, job_id, token, settings.heartbeat_interval)
     try:
-        with _Heartbeat(sessions, job_id, token, settings.heartbeat_interval):
+        with hb:
             recipe = Recipe.from_json(recipe_json)
+            # Through the store with a hash check: torch reads exactly the bytes that were submitted,
+            # and a row cannot point a worker at a file outside the store.
+            local_weights = fetch_weights(settings, weights, sha256=input_sha256) if weights else None
             result = optimize_model(
-                model_name=model_name, recipe=recipe, engine=engine, store=settings.effective_artifact_store,
-                weights=weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
+                model_name=model_name, recipe=recipe, engine=engine, store=worker_dir(settings),
+                weights=local_weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
                 threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
                 log=lambda m: log.info("job %s: %s", job_id[:8], m),
             ).to_dict()
-        finish(result["status"], **{**common, **result_columns(result)})
+        columns = result_columns(result)
+        if input_sha256:
+            # Dedupe looks rows up by the id the producer computed; the pipeline's own id for a
+            # built-in model stays in ``measurements``.
+            columns["model_sha256"] = input_sha256
+        columns["artifact_uri"] = publish_artifact(settings, result["artifact_path"],
+                                                   rejected=result["status"] == "rejected")
+        finish(result["status"], **{**common, **columns})
         return result["status"]
     except UserInputError as e:
         finish(JobStatus.failed.value, error=str(e), **common)
         return "failed"
     except SoftTimeLimitExceeded:
-        finish(JobStatus.failed.value, error=f"the job exceeded its soft time limit of {settings.task_soft_time_limit} s "
-                                             "(raise MODELPRESS_TASK_SOFT_TIME_LIMIT or use a lighter recipe)", **common)
+        if hb.lost.is_set():
+            return "abandoned"  # someone else holds the job now; it records the result, not us
+        soft = _soft_limit(task, settings)
+        finish(JobStatus.failed.value, error=f"the job exceeded its soft time limit of {soft} s (raise the recipe's "
+                                             "time_limit_s or MODELPRESS_TASK_SOFT_TIME_LIMIT, or use a lighter recipe)",
+               **common)
         return "failed"
     except Retry:
         raise
@@ -194,9 +240,67 @@ def _naive(dt: Any) -> Any:
     return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
 
 
+def _soft_limit(task: Task, settings: Settings) -> int:
+    """The soft limit this message ran under: the job's own (``time_limit_s``) or the deployment's."""
+    limits = getattr(task.request, "timelimit", None) or (None, None)
+    return int(limits[1] or settings.task_soft_time_limit)
+
+
+def _backoff(task: Task) -> int:
+    return min(300, 5 * 2 ** (task.request.retries or 0))
+
+
+class JobTask(Task):
+    """Base of ``modelpress.optimize``: what must happen even when the task body never returns.
+
+    Example:
+        >>> app.task(name="x", base=JobTask)  # doctest: +SKIP
+    """
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # A hard time limit kills the child; Celery then calls this in the *parent* (no torch there).
+        # The message is acknowledged (a retry would hit the limit again), so the row is failed here
+        # with the reason, instead of waiting for the reconciler to spend the remaining attempts on it.
+        from celery.exceptions import TimeLimitExceeded
+
+        if not isinstance(exc, TimeLimitExceeded) or not args:
+            return
+        from modelpress.models_db.jobs import fail_job_of_task
+
+        settings: Settings = self.app.modelpress_settings  # type: ignore[attr-defined]
+        hard = f"{exc.args[0]:g}" if exc.args and isinstance(exc.args[0], (int, float)) else settings.task_time_limit
+        engine = make_engine(settings.effective_database_url)  # disposed at once: the parent forks later
+        try:
+            with make_sessionmaker(engine)() as s:
+                done = fail_job_of_task(
+                    session=s, job_id=str(args[0]), task_id=task_id,
+                    error=f"the job exceeded its hard time limit of {hard} s and its process was killed (it did not "
+                          "stop at the soft limit); raise the recipe's time_limit_s or use a lighter recipe")
+            log.warning("job %s: hard time limit of %s s; %s", args[0], hard,
+                        "recorded failed" if done else "the job was no longer held by this task")
+        except Exception:  # noqa: BLE001 - the reconciler finds the stale row and ends it
+            log.warning("job %s: could not record its hard time limit", args[0], exc_info=True)
+        finally:
+            engine.dispose()
+
+
 def register(app: Celery) -> None:
     """Register the task on ``app`` under its explicit name."""
 
-    @app.task(name=OPTIMIZE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=OPTIMIZE_TASK, bind=True, base=JobTask, acks_late=True, reject_on_worker_lost=True)
     def optimize(self: Task, job_id: str) -> str:
-        return run_job(self, job_id)
+        try:
+            return run_job(self, job_id)
+        except Retry:
+            raise
+        except _transient_errors() as e:
+            # The database (or broker) was unreachable while looking the job up, claiming it or recording
+            # a failure: try again later rather than drop the message. Whatever the row says then decides.
+            log.warning("job %s: transient error outside the job's run, will retry: %s: %s", job_id,
+                        type(e).__name__, e)
+            raise self.retry(exc=e, countdown=_backoff(self), max_retries=_retries(self)) from None
+
+
+def _retries(task: Task) -> int:
+    # Enough retries to ride out an outage of a few minutes at the capped backoff.
+    return 3 * task.app.modelpress_settings.max_attempts  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ Example:
     >>> from modelpress.settings import Settings
     >>> app = make_app(Settings(home="/tmp/mp-doc"))
     >>> sorted(q.name for q in app.conf.task_queues)
-    ['fbgemm', 'qnnpack']
+    ['fbgemm', 'ops', 'qnnpack']
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from typing import Any
 
 from celery import Celery
 
-from modelpress.settings import Settings
-from modelpress.workers.routing import task_queues
+from modelpress.settings import BACKENDS, Settings
+from modelpress.workers.routing import task_queues, route_for
+
+RECONCILE_TASK = "modelpress.reconcile"
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -37,8 +39,13 @@ def make_app(settings: Settings) -> Celery:
         for folder in settings.broker_folders().values():
             __import__("os").makedirs(folder, exist_ok=True)
     app = Celery("modelpress", broker=settings.effective_broker_url, set_as_current=False)
+    from modelpress.nightly import NIGHTLY_TASK
+    from modelpress.workers.beat import beat_schedule, ops_queue, ops_route
+
     app.conf.update(
-        task_queues=task_queues(),
+        # ops: light bookkeeping (nightly submission) consumed by `modelpress ops-worker`, so it never
+        # waits behind a backlog of optimize jobs on the backend queues.
+        task_queues=[*task_queues(), ops_queue()],
         task_create_missing_queues=False,
         task_default_queue=None,
         task_serializer="json",
@@ -51,7 +58,25 @@ def make_app(settings: Settings) -> Celery:
         task_time_limit=settings.task_time_limit,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
+        # A lost broker connection cancels running acks-late jobs: their messages may be redelivered
+        # elsewhere, and the job table (claim + heartbeat) decides who finishes them.
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # SIGQUIT (cold shutdown): give running jobs this long, then cancel them and return their
+        # messages; "on idle" also returns held ETA messages (our retries) to Redis.
+        worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
+        worker_enable_soft_shutdown_on_idle=True,
+        # Celery checks after each job: a child whose resident size grew past this (KiB) is replaced,
+        # so a leak in one model's job does not accumulate for days.
+        worker_max_memory_per_child=settings.worker_max_memory_per_child,
+        # The reconciler goes to the ops queue by default (`modelpress ops-worker`): on a backend queue it
+        # would wait behind the very backlog whose lost jobs it is meant to find.
+        task_routes=[{RECONCILE_TASK: (ops_route() if (settings.reconcile_queue or "ops") == "ops"
+                                       else route_for(settings.reconcile_queue)),
+                      NIGHTLY_TASK: ops_route()}, route_back],
+        # Beat: crontabs are read in UTC (MODELPRESS_NIGHTLY_SCHEDULE), whatever the host's zone.
+        beat_schedule=beat_schedule(settings),
+        timezone="UTC",
+        enable_utc=True,
         # Each child imports torch once (~2 s, more under load); the default 4 s would kill it.
         worker_proc_alive_timeout=60,
         worker_send_task_events=True,  # Flower shows tasks live
@@ -59,7 +84,50 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.modelpress_settings = settings  # type: ignore[attr-defined]
+    from modelpress.reconcile import register as register_reconcile
     from modelpress.tasks.optimize_job import register
 
+    from modelpress.nightly import register as register_nightly
+
     register(app)
+    register_reconcile(app)
+    register_nightly(app)
     return app
+
+
+def route_back(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **_: Any) -> dict[str, Any] | None:
+    """Router for ``task.retry()``: send the retry back to the queue its message was delivered from.
+
+    A retry's options carry the delivery's exchange and routing key but no queue name, and there is no
+    default queue (on purpose: nothing may land on a queue no worker reads), so without this every retry
+    failed to publish ("'NoneType' object has no attribute 'pop'") and the message was dropped.
+
+    Example:
+        >>> route_back("modelpress.optimize", [], {}, {"exchange": "qnnpack", "routing_key": "qnnpack"})
+        {'queue': 'qnnpack'}
+    """
+    key = options.get("routing_key")
+    if "queue" not in options and key in BACKENDS:
+        return {"queue": key}
+    return None
+
+
+def job_message_options(settings: Settings, *, backend: str, time_limit_s: int | None) -> dict[str, Any]:
+    """``send_task`` options for one job's message: its backend's queue, and its own time limits.
+
+    A job with ``time_limit_s`` (from its recipe) gets that soft limit and a hard kill
+    ``job_hard_limit_grace`` later, never beyond the deployment's hard limit (the Redis visibility
+    timeout is sized for that one).
+
+    Example:
+        >>> s = Settings(home="/tmp/mp-doc", job_hard_limit_grace=5)
+        >>> opts = job_message_options(s, backend="fbgemm", time_limit_s=20)
+        >>> opts["queue"], opts["soft_time_limit"], opts["time_limit"]
+        ('fbgemm', 20, 25)
+    """
+    opts: dict[str, Any] = dict(route_for(backend))
+    if time_limit_s:
+        hard = min(time_limit_s + settings.job_hard_limit_grace, settings.task_time_limit)
+        opts["soft_time_limit"] = min(time_limit_s, hard - 1)
+        opts["time_limit"] = hard
+    return opts

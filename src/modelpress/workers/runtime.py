@@ -13,7 +13,7 @@ import platform
 import socket
 from dataclasses import dataclass
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,18 @@ def configure_worker(backend: str, threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     worker_process_init.connect(_init_child, weak=False)
+    worker_ready.connect(_reconcile_on_ready, weak=False, dispatch_uid="modelpress-reconcile-on-ready")
+
+
+def _reconcile_on_ready(sender: object = None, **_: object) -> None:
+    # In the parent, in a thread (no torch; the consumer is not held up by a slow database): a worker
+    # restarted after a crash finds the jobs its predecessor held, without waiting for beat or for
+    # Redis's visibility timeout (an hour by default, field notes).
+    from modelpress.reconcile import reconcile_at_worker_start
+
+    app = getattr(sender, "app", None)
+    if app is not None and hasattr(app, "modelpress_settings"):
+        reconcile_at_worker_start(app)
 
 
 def _init_child(**_: object) -> None:

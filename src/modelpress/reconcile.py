@@ -1,0 +1,304 @@
+"""The reconciler: the job table re-creates what the broker lost, and ends what can never finish.
+
+The SQL job table is the record of truth; broker messages are only hints that a job should run now
+(field notes: a Redis restart without persistence loses every queued message; a killed whole worker
+holds its unacked message for ``visibility_timeout``; the filesystem broker loses it for good). One
+pass, ``reconcile_once``, does three things, each a conditional UPDATE so that any number of
+reconcilers (every worker at start, beat, the CLI) may run at once:
+
+1. **Poison**: a job that used up ``max_attempts`` claims — queued, or running with a stale
+   heartbeat — is failed with the reason. The rest of the batch goes on.
+2. **Lost workers**: a running job whose heartbeat is older than ``heartbeat_stale_after`` goes back
+   to ``queued`` and its message is published again.
+3. **Lost messages**: a queued job last published more than ``reconcile_queued_grace`` ago whose
+   message is not in the broker's queue (looked up on Redis and the filesystem broker) is published
+   again and stamped (``heartbeat_at`` on a queued row = last published at), so a long backlog is
+   not flooded with copies. A copy that does get through is harmless: the claim lets one run it.
+
+It runs as the Celery task ``modelpress.reconcile`` (beat schedules it by name), in each worker's
+parent when the worker is ready (no torch there), and as ``modelpress reconcile``.
+
+Example:
+    >>> from modelpress.settings import Settings
+    >>> summary = reconcile_once(Settings(home="/tmp/mp-doc"))  # doctest: +SKIP
+    >>> summary.to_dict()["republished"]  # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from modelpress.models_db import fail_job, make_engine, make_sessionmaker
+from modelpress.models_db.jobs import (
+    fail_exhausted_job,
+    mark_republished,
+    queued_jobs_published_before,
+    requeue_stale_job,
+    stale_running_jobs,
+)
+from modelpress.models_db.schema import Job, JobStatus, utcnow
+from modelpress.settings import BACKENDS, Settings
+from modelpress.workers.app import RECONCILE_TASK, job_message_options, make_app
+from modelpress.workers.routing import OPTIMIZE_TASK, UnknownBackendError
+
+log = logging.getLogger(__name__)
+
+# Bound the work of one pass; the next pass takes the rest.
+BATCH_LIMIT = 1000
+# Ready messages looked at per queue before giving up on the broker look-up (then: grace period only).
+MAX_SCANNED_MESSAGES = 200_000
+
+
+@dataclass
+class ReconcileSummary:
+    """What one pass did, by job id.
+
+    Example:
+        >>> ReconcileSummary(republished=["ab12"]).total
+        1
+    """
+
+    requeued_stale: list[str] = field(default_factory=list)   # running, worker lost → queued + published
+    republished: list[str] = field(default_factory=list)      # queued, message lost → published again
+    failed_poison: list[str] = field(default_factory=list)    # attempts used up → failed
+    failed_unroutable: list[str] = field(default_factory=list)  # backend with no queue → failed
+    still_in_broker: int = 0       # queued past the grace period, but their message is still waiting
+    broker_checked: bool = False   # False: the broker's queues could not be read; grace period only
+    broker_reachable: bool = True  # False: nothing was published this pass (rows left for the next)
+
+    @property
+    def total(self) -> int:
+        return len(self.requeued_stale) + len(self.republished) + len(self.failed_poison) + len(self.failed_unroutable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"requeued {len(self.requeued_stale)} job(s) of lost workers, re-published {len(self.republished)} "
+                f"lost message(s), failed {len(self.failed_poison)} poison and {len(self.failed_unroutable)} "
+                f"unroutable job(s); {self.still_in_broker} queued job(s) still have their message"
+                + ("" if self.broker_reachable else "; the broker was unreachable, nothing was published"))
+
+
+def _naive_utc(dt: datetime | None) -> datetime | None:
+    # SQLite gives naive datetimes for timezone=True columns; they are UTC.
+    return dt.replace(tzinfo=None) if dt is not None and dt.tzinfo else dt
+
+
+def _poison_reason(job: Job) -> str:
+    if job.status == JobStatus.running.value:
+        why = ("the process running it was lost each time (killed, out of memory, or crashed in native code)")
+    else:
+        why = "it could not be completed"
+    return f"gave up after {job.attempts} attempts: {why}; last error: {job.error or 'none recorded'}"
+
+
+# ----------------------------------------------------------------------------- broker look-up
+def _job_id_of(raw: bytes | str) -> str | None:
+    """The job id carried by one serialized optimize message, or None if it is not one."""
+    try:
+        msg = json.loads(raw)
+        if msg.get("headers", {}).get("task") != OPTIMIZE_TASK:
+            return None
+        body = msg["body"]
+        if msg.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _redis_messages(settings: Settings, queues: Iterable[str]) -> Iterator[bytes]:
+    import redis
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    client = redis.Redis.from_url(settings.effective_broker_url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        for q in queues:
+            # kombu keeps one list per priority step: "q", "q\x06\x163", ... (prefixed by global_keyprefix).
+            for pri in PRIORITY_STEPS:
+                key = settings.queue_prefix + (f"{q}{Channel.sep}{pri}" if pri else q)
+                start, page = 0, 500
+                while start < MAX_SCANNED_MESSAGES:
+                    items = client.lrange(key, start, start + page - 1)
+                    yield from items
+                    if len(items) < page:
+                        break
+                    start += page
+                else:
+                    raise OverflowError(f"more than {MAX_SCANNED_MESSAGES} messages in {key!r}")
+    finally:
+        client.close()
+
+
+def _filesystem_messages(settings: Settings) -> Iterator[bytes]:
+    folder = Path(settings.broker_folders()["data_folder_in"])
+    for i, path in enumerate(folder.glob("*.msg")):
+        if i >= MAX_SCANNED_MESSAGES:
+            raise OverflowError(f"more than {MAX_SCANNED_MESSAGES} messages in {folder}")
+        try:
+            yield path.read_bytes()
+        except FileNotFoundError:  # consumed while we looked
+            continue
+
+
+def broker_job_ids(settings: Settings, queues: Iterable[str] = BACKENDS) -> set[str] | None:
+    """Ids of the jobs whose optimize message is waiting (ready, not yet delivered) in the broker.
+
+    None when the broker cannot be read this way (another transport, too many messages, an error):
+    the caller then relies on the grace period alone. Delivered-but-unacknowledged messages are not
+    counted: if their worker died, the job needs a new message.
+
+    Example:
+        >>> broker_job_ids(Settings(home="/tmp/mp-doc", broker_url="redis://127.0.0.1:6379/0"))  # doctest: +SKIP
+        set()
+    """
+    url = settings.effective_broker_url
+    try:
+        if url.startswith(("redis://", "rediss://")):
+            raws: Iterable[bytes] = _redis_messages(settings, queues)
+        elif settings.is_embedded_broker:
+            raws = _filesystem_messages(settings)
+        else:
+            return None
+        return {j for j in (_job_id_of(r) for r in raws) if j}
+    except Exception as e:  # noqa: BLE001 - a failed look-up must not stop the pass; the grace period still bounds it
+        log.warning("reconcile: could not read the broker's queues (%s: %s); using the grace period alone",
+                    type(e).__name__, e)
+        return None
+
+
+def _broker_reachable(app: Any) -> bool:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=5)
+        return True
+    except Exception as e:  # noqa: BLE001 - any failure means "do not publish now"
+        log.warning("reconcile: broker unreachable (%s: %s); no messages will be published this pass",
+                    type(e).__name__, e)
+        return False
+
+
+# ----------------------------------------------------------------------------- the pass
+def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None = None) -> ReconcileSummary:
+    """One reconciliation pass over the job table; safe to run anywhere, any number of times at once.
+
+    Example:
+        >>> s = reconcile_once(Settings(home="/tmp/mp-doc"))  # doctest: +SKIP
+        >>> print(s)  # doctest: +SKIP
+        requeued 0 job(s) of lost workers, re-published 0 lost message(s), failed 0 poison ...
+    """
+    own_app = app is None
+    app = make_app(settings) if own_app else app
+    now = now or utcnow()
+    stale_before = now - timedelta(seconds=settings.heartbeat_stale_after)
+    published_before = now - timedelta(seconds=settings.reconcile_queued_grace)
+    summary = ReconcileSummary()
+    engine = make_engine(settings.effective_database_url)
+    sessions = make_sessionmaker(engine)
+
+    def publish(s: Any, job: Job) -> bool:
+        try:
+            opts = job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s)
+        except UnknownBackendError as e:
+            if fail_job(session=s, job_id=job.id, error=f"cannot be run: {e}"):
+                summary.failed_unroutable.append(job.id)
+            return False
+        app.send_task(OPTIMIZE_TASK, args=[job.id], **opts)
+        return True
+
+    try:
+        with sessions() as s:
+            stale = list(stale_running_jobs(session=s, stale_before=stale_before, limit=BATCH_LIMIT))
+            waiting = list(queued_jobs_published_before(session=s, before=published_before, limit=BATCH_LIMIT))
+
+            # 1. Poison: used up its attempts. Failing it needs no broker.
+            for job in [j for j in stale + waiting if j.attempts >= settings.max_attempts]:
+                if fail_exhausted_job(session=s, job_id=job.id, max_attempts=settings.max_attempts,
+                                      stale_before=stale_before, error=_poison_reason(job)):
+                    summary.failed_poison.append(job.id)
+                    log.warning("reconcile: job %s failed for good: %s", job.id, _poison_reason(job))
+            poisoned = set(summary.failed_poison)
+            stale = [j for j in stale if j.id not in poisoned and j.attempts < settings.max_attempts]
+            waiting = [j for j in waiting if j.id not in poisoned and j.attempts < settings.max_attempts]
+            if not stale and not waiting:
+                return summary
+
+            summary.broker_reachable = _broker_reachable(app)
+            if not summary.broker_reachable:
+                return summary
+
+            # 2. Lost workers: requeue, then publish (row first, message second, as the producer does).
+            for job in stale:
+                last = _naive_utc(job.heartbeat_at)
+                if requeue_stale_job(session=s, job_id=job.id, stale_before=stale_before,
+                                     error=f"requeued by the reconciler: no heartbeat from {job.worker_host or '?'} "
+                                           f"since {last.isoformat(timespec='seconds') if last else 'the claim'} "
+                                           f"(attempt {job.attempts} of {settings.max_attempts})"):
+                    if publish(s, job):
+                        summary.requeued_stale.append(job.id)
+
+            # 3. Lost messages: only jobs whose message is not waiting in the broker.
+            present = broker_job_ids(settings) if waiting else set()
+            summary.broker_checked = present is not None
+            for job in waiting:
+                if present is not None and job.id in present:
+                    summary.still_in_broker += 1
+                    continue
+                if mark_republished(session=s, job_id=job.id, published_before=published_before):
+                    if publish(s, job):
+                        summary.republished.append(job.id)
+    finally:
+        engine.dispose()
+        if own_app:
+            app.close()
+    if summary.total:
+        log.info("reconcile: %s", summary)
+    return summary
+
+
+def register(app: Any) -> None:
+    """Register ``modelpress.reconcile`` on ``app`` (beat schedules it by this name).
+
+    Example:
+        >>> from modelpress.workers.app import make_app  # doctest: +SKIP
+        >>> make_app(settings).send_task("modelpress.reconcile")  # doctest: +SKIP
+    """
+
+    # Not acks_late: a lost reconcile message costs nothing, the next one does the same work.
+    @app.task(name=RECONCILE_TASK, bind=True, acks_late=False, ignore_result=True)
+    def reconcile(self: Any) -> dict[str, Any]:
+        return reconcile_once(self.app.modelpress_settings, app=self.app).to_dict()
+
+
+def reconcile_at_worker_start(app: Any) -> None:
+    """Run the reconciler in a worker's parent process, in a thread, twice: now, and once the heartbeats
+    of jobs that were running on a worker that just died have had time to go stale.
+
+    Example:
+        >>> reconcile_at_worker_start(app)  # doctest: +SKIP
+    """
+    import threading
+    import time
+
+    settings: Settings = app.modelpress_settings
+
+    def run() -> None:
+        for delay in (0.0, settings.heartbeat_stale_after + 2 * settings.heartbeat_interval):
+            time.sleep(delay)
+            try:
+                summary = reconcile_once(settings, app=app)
+                log.info("reconcile at worker start (pid %d): %s", os.getpid(), summary)
+            except Exception:  # noqa: BLE001 - beat and the next worker start try again
+                log.warning("reconcile at worker start failed", exc_info=True)
+
+    threading.Thread(target=run, name="modelpress-reconcile", daemon=True).start()

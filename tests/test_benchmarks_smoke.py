@@ -1,0 +1,85 @@
+"""Smoke test of the benchmarks: each script runs at tiny sizes and writes JSON with the promised fields.
+
+Numbers are not asserted here (they depend on the machine and its load); speed goals are judged by the
+benchmarks themselves (``benchmarks/run_all.py``, docs/benchmarks.md). This only proves that the one
+command works end to end — real Redis and real worker processes included — and that its outputs have
+the fields the docs are rendered from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def _latency_fields(lat: dict) -> None:
+    for b in ("1", "32"):
+        assert {"median_ms", "p90_ms", "runs", "threads", "input_shape"} <= set(lat[b])
+        assert lat[b]["threads"] == 1
+
+
+def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis_url: str) -> None:
+    out, docs = tmp_path / "results", tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out), "--docs", str(docs),
+         "--args-throughput", f"--redis-url {redis_url}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "load average" in proc.stderr
+
+    docs_text = docs.read_text()
+    for section in ("## Machine", "## Commands", "## Compression quality", "## Pipeline throughput",
+                    "## Measurement stability"):
+        assert section in docs_text
+    assert "benchmarks/compression.py" in docs_text and "benchmarks/throughput.py" in docs_text
+
+    machine_keys = {"date_utc", "cpu_model", "logical_cpus", "versions", "load_average", "git_commit"}
+    docs_by_name = {}
+    for name in ("compression", "throughput", "stability"):
+        d = json.loads((out / f"{name}.json").read_text())
+        assert (out / f"{name}.md").is_file()
+        assert d["benchmark"] == name and d["command"].startswith(".venv/bin/python benchmarks/")
+        assert machine_keys <= set(d["machine"]) and {"torch", "onnxruntime"} <= set(d["machine"]["versions"])
+        assert "duration_s" in d and "load_average_at_end" in d
+        docs_by_name[name] = d
+
+    comp = docs_by_name["compression"]
+    (model,) = comp["models"]
+    assert not model.get("error"), model
+    variants = {v["label"]: v for v in model["variants"]}
+    assert {"float (torch)", "float (ONNX Runtime)", "ORT int8 per-tensor", "ORT int8 per-channel",
+            "modelpress dynamic-int8"} <= set(variants)
+    for v in variants.values():
+        assert v["status"] == "ok", v
+        assert v["size_bytes"] > 0 and v["metric"] is not None
+        _latency_fields(v["latency"])
+        assert {"smaller_than_float", "size_fraction_of_float", "faster_than_float", "vs_peer"} <= set(v)
+    assert comp["target"] is not None and {"met", "verdict", "peer"} <= set(comp["target"])
+
+    thr = docs_by_name["throughput"]
+    assert {"wall_s", "jobs_per_minute", "job_s", "reuse_call_ms"} <= set(thr["inprocess"])
+    assert thr["plain_parallel"]["procs"] == 2 and thr["plain_parallel"]["wall_s"] > 0
+    configs = {c["config"]: c for c in thr["queue"]}
+    assert set(configs) == {"1x1", "2x1"}
+    for c in configs.values():
+        assert not c["not_succeeded"], c["not_succeeded"]
+        assert {"wall_s", "jobs_per_minute", "task_s", "idle_gap_ms", "submit_ms_per_job", "peak_rss",
+                "peak_rss_max_child_bytes"} <= set(c)
+        assert c["peak_rss_max_child_bytes"] and c["peak_rss_max_child_bytes"] > 0
+    assert configs["1x1"]["noop"]["jobs"] == 3
+    assert {"per_job_overhead_ms", "per_job_overhead_pct_of_1s_job", "overhead_target_met", "noop_round_trip_ms",
+            "speedup_2x1", "scaling_target_met_2x1", "plain_speedup_2procs"} <= set(thr["analysis"])
+
+    stab = docs_by_name["stability"]
+    (m,) = stab["models"]
+    assert not m.get("error") and not m["recipe_error"], m
+    kinds = {(s["variant"], s["batch_size"]) for s in m["series"]}
+    assert ("float", 1) in kinds and ("dynamic-int8", 1) in kinds and ("speed-up float/dynamic-int8", 1) in kinds
+    for s in m["series"]:
+        assert {"cv", "noise_band"} <= set(s)
+        assert len(s.get("medians_ms") or s.get("ratios")) == 3
