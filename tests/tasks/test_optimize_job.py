@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from modelpress.api import Producer
 from modelpress.cli import wait_for
+from modelpress.optimize.errors import ModelLoadError
 from modelpress.optimize.zoo import SeedMLP
 from tests.conftest import settings_from_env
 
 
-def test_weights_that_do_not_load_fail_the_job_with_the_reason_and_the_next_job_still_runs(queue, tmp_path):
+def test_weights_that_do_not_load_are_refused_or_fail_the_job_with_the_reason_and_the_next_job_still_runs(queue, tmp_path):
     env, workers = queue
     workers.start("fbgemm")
     settings = settings_from_env(env)
@@ -24,16 +26,17 @@ def test_weights_that_do_not_load_fail_the_job_with_the_reason_and_the_next_job_
     save_file({"fc1.weight": torch.zeros(3, 3)}, str(wrong))
 
     producer = Producer(settings)
-    bad_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(corrupt))
+    # A truncated file is caught at submit, before any row exists ...
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(corrupt))
+    # ... weights that parse but do not fit the architecture can only be found by the worker.
     wrong_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(wrong))
     good_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(good))
     producer.close()
-    rows = {r["id"]: r for r in wait_for(settings, [bad_id, wrong_id, good_id], timeout=180, quiet=True)}
+    rows = {r["id"]: r for r in wait_for(settings, [wrong_id, good_id], timeout=180, quiet=True)}
 
-    assert rows[bad_id]["status"] == "failed"
-    assert "could not be read safely" in rows[bad_id]["error"]
-    assert rows[bad_id]["attempts"] == 1  # a user error is not retried
     assert rows[wrong_id]["status"] == "failed"
     assert "do not fit the architecture" in rows[wrong_id]["error"]
+    assert rows[wrong_id]["attempts"] == 1  # a user error is not retried
     assert rows[good_id]["status"] == "succeeded", rows[good_id]["error"]
     assert rows[good_id]["model_sha256"] == rows[good_id]["model_weights_uri"].rsplit("/", 1)[-1].split(".")[0]
