@@ -161,6 +161,8 @@ def run_job(task: Task, job_id: str) -> str:
                 raise task.retry(countdown=settings.heartbeat_stale_after, max_retries=settings.max_attempts * 4)
             return "not-claimed"
         recipe_json, model_name, weights = job.recipe_json, job.model_name, job.model_weights_uri
+        # A night's job exists to measure again (drift, regressions): never answer it from the cache.
+        reuse_cached = job.night is None
         input_sha256 = job.model_sha256  # the producer's content id: staged weights' sha256, or the built-in id
 
     def finish(status: str, **values: Any) -> None:
@@ -194,7 +196,7 @@ def run_job(task: Task, job_id: str) -> str:
                 model_name=model_name, recipe=recipe, engine=engine, store=worker_dir(settings),
                 weights=local_weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
                 threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
-                log=lambda m: log.info("job %s: %s", job_id[:8], m),
+                log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
             ).to_dict()
         columns = result_columns(result)
         if input_sha256:
