@@ -214,15 +214,18 @@ def measure_all(variants: list[dict[str, Any]], spec: Any, batches: Sequence[int
             per_round = max(1, math.ceil(total / a.rounds))
             plan[v["label"]] = (per_round, min(a.warmup, max(1, per_round // 2)))
             v.setdefault("latency", {})[str(b)] = {"times": []}
+        rounds: dict[str, list[float]] = {v["label"]: [] for v in live}
         for _ in range(a.rounds):
             for v in live:
                 per_round, warm = plan[v["label"]]
-                v["latency"][str(b)]["times"] += time_calls(v["_model"], args, warmup=warm, runs=per_round,
-                                                             threads=a.threads)
+                t = time_calls(v["_model"], args, warmup=warm, runs=per_round, threads=a.threads)
+                v["latency"][str(b)]["times"] += t
+                rounds[v["label"]].append(C.percentile(t, 0.5))
         for v in live:
             t = v["latency"][str(b)].pop("times")
             per_round, warm = plan[v["label"]]
             v["latency"][str(b)] = {"median_ms": C.percentile(t, 0.5), "p90_ms": C.percentile(t, 0.9),
+                                    "round_medians_ms": rounds[v["label"]],
                                     "min_ms": min(t), "runs": len(t), "rounds": a.rounds,
                                     "warmup_per_round": warm, "batch_size": b,
                                     "input_shape": [list(x.shape) for x in args], "threads": a.threads}
@@ -333,8 +336,8 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
         v.pop("_model", None)
     add_ratios(variants, a.batches)
     return {"name": name, "spec_name": spec.name, "spec_source": source, "metric": spec.metric,
-            "eval_description": data.description, "extra_metric_names": sorted(extra_fns), "params": n_params, "onnx_exporter": exporter,
-            "onnx_export_error": export_error, "peer": PEER, "skipped_recipes": [r for r, _ in skipped],
+            "eval_description": data.description, "extra_metric_names": sorted(extra_fns), "params": n_params,
+            "onnx_exporter": exporter, "onnx_export_error": export_error, "peer": PEER, "skipped_recipes": [r for r, _ in skipped],
             "variants": variants, "seconds": round(time.monotonic() - t_model, 1)}
 
 
@@ -405,11 +408,18 @@ def judge_target(model: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]
         return out
     pm = peer["latency"][b]["median_ms"]
     met = mine < pm
-    out.update(met=met, speed_vs_peer=pm / mine, verdict=(
+    # A win counts as clear only when ours was faster in every interleaved round (no overlap of the
+    # per-round medians); otherwise the difference is within this run's noise.
+    ours_r, peer_r = best["latency"][b].get("round_medians_ms", []), peer["latency"][b].get("round_medians_ms", [])
+    clear = bool(ours_r and peer_r) and (max(ours_r) < min(peer_r) if met else min(ours_r) > max(peer_r))
+    out.update(met=met, clear=clear, speed_vs_peer=pm / mine, verdict=(
         f"{'MET' if met else 'NOT MET'}: best within budget is {best['label']} — {model['metric']} {best['metric']:.4f}, "
         f"{best['size_fraction_of_float']:.4f}× float, b{b} {mine:.4g} ms vs ORT per-channel int8 {pm:.4g} ms "
         f"({pm / mine:.2f}× {'faster' if met else 'as fast'}; ORT {model['metric']} {peer['metric']:.4f}, "
-        f"{peer['size_fraction_of_float']:.4f}× float)"))
+        f"{peer['size_fraction_of_float']:.4f}× float). "
+        + (f"The difference held in each of the {len(ours_r)} interleaved rounds." if clear else
+           f"Not a clear difference: the per-round medians overlap (ours {', '.join(f'{x:.4g}' for x in ours_r)} ms; "
+           f"ORT {', '.join(f'{x:.4g}' for x in peer_r)} ms).")))
     return out
 
 

@@ -400,12 +400,17 @@ def analyse(doc: dict[str, Any]) -> dict[str, Any]:
         out["per_job_overhead_pct_of_job"] = 100 * ov / job_ms
         out["per_job_overhead_pct_of_1s_job"] = ov / 10
         out["overhead_target_ms"] = 1000 * OVERHEAD_TARGET_FRACTION
-        out["overhead_target_met"] = ov <= 1000 * OVERHEAD_TARGET_FRACTION
         out["in_task_extra_ms"] = 1000 * one["task_s"]["mean"] - job_ms
+        estimates = [ov]
         if one.get("noop"):
             rt = one["noop"]["round_trip_ms"]["median"]
             out["noop_round_trip_ms"] = rt
             out["noop_overhead_ms"] = rt - ip["reuse_call_ms"]["median"]
+            estimates.append(out["noop_overhead_ms"])
+        # Judged on the larger of the two estimates: the wall difference can come out negative on a busy
+        # machine, and a target must not be "met" by noise.
+        out["overhead_judged_ms"] = max(estimates)
+        out["overhead_target_met"] = out["overhead_judged_ms"] <= 1000 * OVERHEAD_TARGET_FRACTION
         for name, c in cfgs.items():
             if name != "1x1":
                 s = one["wall_s"] / c["wall_s"]
@@ -452,8 +457,10 @@ def render(doc: dict[str, Any]) -> str:
     if "per_job_overhead_ms" in an:
         lines.append(f"- Per-job queue overhead (1×1 wall − in-process wall) / jobs: **{an['per_job_overhead_ms']:.1f} ms** = "
                      f"{an['per_job_overhead_pct_of_job']:.2f} % of this job ({1000 * ip['job_s']['mean']:.0f} ms), "
-                     f"{an['per_job_overhead_pct_of_1s_job']:.2f} % of a 1-second job — target ≤ 2 % "
-                     f"({an['overhead_target_ms']:.0f} ms): **{'met' if an['overhead_target_met'] else 'NOT met'}**.")
+                     f"{an['per_job_overhead_pct_of_1s_job']:.2f} % of a 1-second job.")
+        lines.append(f"- Target ≤ 2 % of a 1-second job ({an['overhead_target_ms']:.0f} ms), judged on the larger of "
+                     f"this and the no-op estimate below ({an['overhead_judged_ms']:.1f} ms = "
+                     f"{an['overhead_judged_ms'] / 10:.2f} %): **{'met' if an['overhead_target_met'] else 'NOT met'}**.")
         lines.append(f"- Of which inside the task (claim, heartbeat thread, finish row; task time − in-process job "
                      f"time): {an['in_task_extra_ms']:.1f} ms.")
     if "noop_round_trip_ms" in an:

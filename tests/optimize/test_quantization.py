@@ -225,6 +225,22 @@ def test_qat_fine_tunes_with_fake_quant_then_converts_to_int8(digits, tmp_path):
         assert torch.equal(predict(out.model, data.eval_inputs), predict(loaded, data.eval_inputs))
 
 
+def test_qat_freezes_batchnorm_statistics_from_the_requested_epoch(digits, monkeypatch):
+    spec, model, data = digits
+    frozen_in_epoch: list[int] = []
+    real = torch.ao.nn.intrinsic.qat.freeze_bn_stats
+
+    def spy(mod: nn.Module) -> None:
+        if type(mod).__name__ == "GraphModule":  # apply() visits the root once per call
+            frozen_in_epoch.append(len(frozen_in_epoch))
+        real(mod)
+
+    monkeypatch.setattr(torch.ao.nn.intrinsic.qat, "freeze_bn_stats", spy)
+    out = apply_step(model, QATConfig(epochs=3, freeze_bn_after=1, batch_size=256), _ctx(spec, data))
+    assert len(frozen_in_epoch) == 2, "frozen at the start of epochs 1 and 2, not epoch 0"
+    assert out.meta["bn_frozen_from_epoch"] == 1
+
+
 def test_qat_without_labels_trains_towards_the_float_outputs(builtin_cache):
     spec, model = _load("mlp", builtin_cache)
     data = spec.data()

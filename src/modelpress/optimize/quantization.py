@@ -229,6 +229,7 @@ class QATHandler:
         meta = {
             "backend": cfg.backend, "quantized_modules": quantized, "float_modules": list(keep_float),
             "fused_modules": fused, "target": kind, "epochs": cfg.epochs, "optimizer_steps": steps,
+            "bn_frozen_from_epoch": cfg.freeze_bn_after if cfg.freeze_bn_after is not None and cfg.freeze_bn_after < cfg.epochs else None,
             "train_samples": n, "epoch_losses": losses, "example_inputs": _describe_inputs(example),
             **backend.describe(engine=ctx.engine, per_channel=cfg.per_channel, qat=True),
         }

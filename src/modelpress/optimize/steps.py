@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from modelpress.optimize.backends import QuantBackend, get_backend
-from modelpress.optimize.recipes import DynamicQuantConfig, StepConfig
+from modelpress.optimize.recipes import StepConfig
 from modelpress.optimize.zoo import ModelSpec, TaskData
 
 
@@ -58,6 +58,10 @@ H = TypeVar("H")
 
 def register_handler(cfg_cls: type[StepConfig]) -> Callable[[H], H]:
     def deco(handler_cls: H) -> H:
+        # Two handlers for one step type would make the winner depend on import order: refuse.
+        existing = _HANDLERS.get(cfg_cls)
+        if existing is not None and type(existing).__qualname__ != getattr(handler_cls, "__qualname__", None):
+            raise ValueError(f"step type {cfg_cls.type!r} already has handler {type(existing).__qualname__}")
         _HANDLERS[cfg_cls] = handler_cls()  # type: ignore[operator]
         return handler_cls
 
@@ -87,26 +91,6 @@ def rebuild_step(model: nn.Module, cfg: StepConfig, meta: dict[str, Any], *, eng
 
 
 # ------------------------------------------------------------------------------- handlers
-@register_handler(DynamicQuantConfig)
-class DynamicQuantHandler:
-    def apply(self, model: nn.Module, cfg: DynamicQuantConfig, ctx: StepContext) -> StepOutput:
-        q = ctx.backend.quantize_dynamic(model, engine=ctx.engine, per_channel=cfg.per_channel,
-                                         module_types=cfg.module_types, keep_float=cfg.keep_float)
-        quantized = sorted(n for n, m in q.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized"))
-        if not quantized:
-            # A quantization step that changes nothing is a user error, not a success with 1.0× size.
-            from modelpress.optimize.errors import UserInputError
-
-            raise UserInputError(f"quantize_dynamic found no {'/'.join(cfg.module_types)} module to quantize")
-        return StepOutput(q, {"backend": ctx.backend.name, "quantized_modules": quantized,
-                              "float_modules": list(cfg.keep_float)})
-
-    def rebuild(self, model: nn.Module, cfg: DynamicQuantConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
-        return get_backend(meta.get("backend", "torch.ao")).quantize_dynamic(
-            model, engine=engine, per_channel=cfg.per_channel, module_types=cfg.module_types,
-            keep_float=meta.get("float_modules", cfg.keep_float))
-
-
 def global_sparsity(model: nn.Module) -> float:
     """Fraction of exactly-zero entries over all float weight tensors named ``*weight``."""
     zeros = total = 0
