@@ -39,7 +39,7 @@ from modelpress.optimize.backends import (
     quantized_module_names,
 )
 from modelpress.optimize.measure import as_tuple, batch_of, n_samples, predict
-from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig, register_builtin_recipe
+from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig
 from modelpress.optimize.sensitivity import SensitivityReport, requantize_sensitivity, swap_sensitivity
 from modelpress.optimize.steps import StepContext, StepOutput, register_handler
 from modelpress.optimize.zoo import Inputs
@@ -265,18 +265,3 @@ def is_quantized(model: nn.Module) -> bool:
         False
     """
     return any(is_quantized_module(m) for m in model.modules())
-
-
-# Recipes for the sentence-embedding model (and any Linear-heavy model): int8 Linear layers with per-channel
-# weights, 8-bit embedding table, and a 0.01 budget that lets the fallback keep the measured-most-sensitive
-# layers float. The "-8bit" variant uses 8-bit activations where the kernel is measured exact (VNNI).
-register_builtin_recipe({
-    "name": "dynamic-int8-fallback",
-    "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True}],
-    "budget": {"max_drop": 0.01, "max_float_layers": 8},
-})
-register_builtin_recipe({
-    "name": "dynamic-int8-8bit-fallback",
-    "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True, "reduce_range": False}],
-    "budget": {"max_drop": 0.01, "max_float_layers": 8},
-})

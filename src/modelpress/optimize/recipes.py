@@ -375,3 +375,19 @@ def resolve_recipe(ref: str) -> Recipe:
         text = path.read_text(encoding="utf-8")
         return Recipe.from_json(text) if path.suffix.lower() == ".json" else Recipe.from_yaml(text)
     raise RecipeError(f"unknown recipe {ref!r}; built-in recipes: {', '.join(sorted(BUILTIN_RECIPES))}, or a .json/.yaml file")
+
+
+# Defined here, not in the torch modules, so that a producer (no torch) knows every built-in name.
+# Recipes for the sentence-embedding model (and any Linear-heavy model): int8 Linear layers with per-channel
+# weights, 8-bit embedding table, and a 0.01 budget that lets the fallback keep the measured-most-sensitive
+# layers float. The "-8bit" variant uses 8-bit activations where the kernel is measured exact (VNNI).
+register_builtin_recipe({
+    "name": "dynamic-int8-fallback",
+    "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True}],
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
+register_builtin_recipe({
+    "name": "dynamic-int8-8bit-fallback",
+    "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True, "reduce_range": False}],
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
