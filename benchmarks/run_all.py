@@ -50,7 +50,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
 
 
 def run_one(name: str, extra: list[str], out: Path) -> dict[str, Any]:
-    argv = [*extra, "--out", str(out)]
+    argv = [*extra, "--out", _shown(out)]  # relative to the repository root (the child's cwd) when inside it
     cmd = [sys.executable, str(HERE / f"{name}.py"), *argv]
     print(f"\n=== {name}: {C.command_line(f'{name}.py', argv)}", file=sys.stderr, flush=True)
     t0 = time.monotonic()

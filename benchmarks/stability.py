@@ -95,25 +95,31 @@ def render(doc: dict[str, Any]) -> str:
            f"Each model's latency measured {args['repeats']} times in one process (each time {args['warmup']} "
            f"warm-up + {args['runs']} timed calls, median, {args['threads']} thread — what a job reports). "
            "Noise band = (max − min) / median of the repeated medians: a difference smaller than this between "
-           "two single measurements is not real on this machine. CV = stdev / mean of the medians.", ""]
+           "two single measurements is not real on this machine. The p10–p90 band is the same without the "
+           "extremes (one outlier stretches the noise band). CV = stdev / mean of the medians.", ""]
+    def robust(vals: list[float]) -> str:
+        # (p90 − p10) / median: the band most repeats fall in, not stretched by one outlier.
+        return f"{100 * (C.percentile(vals, 0.9) - C.percentile(vals, 0.1)) / C.percentile(vals, 0.5):.1f} %"
+
     rows = []
     for m in doc["models"]:
         if m.get("error"):
-            rows.append([m["name"], "–", "–", "–", "–", "–", "–", "–", m["error"][:120]])
+            rows.append([m["name"], "–", "–", "–", "–", "–", "–", "–", "–", m["error"][:120]])
             continue
         for s in m["series"]:
             if "ratios" in s:
                 rows.append([m["name"], s["variant"], s["batch_size"], f"{s['min_ratio']:.3f}×",
                              f"{s['ratio_median']:.3f}×", f"{s['max_ratio']:.3f}×", f"{100 * s['cv']:.1f} %",
-                             f"{100 * s['noise_band']:.1f} %", ""])
+                             f"{100 * s['noise_band']:.1f} %", robust(s["ratios"]), ""])
             else:
                 rows.append([m["name"], s["variant"], s["batch_size"], C.fmt(s["min_ms"], ".4g"),
                              C.fmt(s["median_of_medians_ms"], ".4g"), C.fmt(s["max_ms"], ".4g"),
-                             f"{100 * s['cv']:.1f} %", f"{100 * s['noise_band']:.1f} %",
+                             f"{100 * s['cv']:.1f} %", f"{100 * s['noise_band']:.1f} %", robust(s["medians_ms"]),
                              f"p90 median {C.fmt(s['p90']['median'], '.4g')} ms"])
         if m.get("recipe_error"):
-            rows.append([m["name"], m["recipe"], "–", "–", "–", "–", "–", "–", m["recipe_error"][:120]])
-    out.append(C.md_table(["model", "what", "batch", "min (ms or ×)", "median", "max", "CV", "noise band", "note"],
+            rows.append([m["name"], m["recipe"], "–", "–", "–", "–", "–", "–", "–", m["recipe_error"][:120]])
+    out.append(C.md_table(["model", "what", "batch", "min (ms or ×)", "median", "max", "CV", "noise band",
+                           "p10–p90 band", "note"],
                           rows))
     return "\n".join(out) + "\n"
 

@@ -280,6 +280,16 @@ class Pool:
                     pass
 
 
+def drop_prefix(redis_url: str, prefix: str) -> None:
+    """Delete this run's Redis keys (kombu bindings, queues): the prefix was ours alone."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{prefix}*", count=500))
+    if keys:
+        r.delete(*keys)
+
+
 def wait_all(sessions: Any, ids: list[str], timeout: float, poll: float) -> None:
     from modelpress.models_db import FINISHED, count_by_status
 
@@ -342,6 +352,7 @@ def queue_config(a: argparse.Namespace, workers: int, conc: int, runs: int, db_u
     finally:
         pool.stop()
         producer.close()
+        drop_prefix(a.redis_url, env["MODELPRESS_QUEUE_PREFIX"])
     bad = [r for r in rows if r["status"] != "succeeded"]
     end = max(r["finished"] for r in rows if r["finished"] is not None)
     wall = end - t0

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import entry_points
@@ -124,17 +123,10 @@ class NightResult:
                 f"(batch {self.batch_id})")
 
 
-_SESSIONS: dict[tuple[int, str], Any] = {}
-
-
 def _sessions(settings: Settings) -> Any:
-    # One engine per process and database: a pooled connection must never cross a fork.
-    from modelpress.models_db import make_engine, make_sessionmaker
+    from modelpress.models_db.engine import process_sessionmaker
 
-    key = (os.getpid(), settings.effective_database_url)
-    if key not in _SESSIONS:
-        _SESSIONS[key] = make_sessionmaker(make_engine(settings.effective_database_url))
-    return _SESSIONS[key]
+    return process_sessionmaker(settings.effective_database_url)
 
 
 def submit_night(settings: Settings, *, app: _Publisher, night: str | None = None) -> NightResult:

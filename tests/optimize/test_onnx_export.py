@@ -16,16 +16,6 @@ from modelpress.optimize.recipes import Recipe
 from modelpress.optimize.zoo import materialize, resolve_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Module scope: it must be in force before the module-scoped fixtures that train or load models
-    # (two OpenMP threads on two shared cores ran training several times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory):
     cache = tmp_path_factory.getbasetemp() / "builtin-cache"

@@ -23,16 +23,6 @@ from modelpress.optimize.zoo import ModelSpec, TaskData
 FAST = {"warmup": 1, "runs": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Module scope: it must be in force before the module-scoped fixtures that train or load models
-    # (two OpenMP threads on two shared cores ran training several times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Built-in weights are cached per session (shared with the other test files): train each model once.

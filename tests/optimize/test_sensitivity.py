@@ -18,16 +18,6 @@ from modelpress.optimize.steps import StepContext, apply_step, handler_for
 from modelpress.optimize.zoo import ModelSpec, TaskData
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Module scope: it must be in force before the module-scoped fixtures that train or load models
-    # (two OpenMP threads on two shared cores ran training several times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def outlier_mlp() -> nn.Sequential:
     """A 3-layer MLP whose middle layer has one huge weight on an input that is always 0.
 

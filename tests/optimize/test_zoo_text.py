@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,21 +25,6 @@ from modelpress.optimize.zoo_text import (
     key_majority_data,
     top1_retrieval_agreement,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Module scope: it must be in force before the module-scoped fixtures that train or load models
-    # (two OpenMP threads on two shared cores ran training several times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "builtin-cache"
 
 
 # ------------------------------------------------------------------------- generated sequence task

@@ -270,8 +270,18 @@ def _report_zoo(args: argparse.Namespace, settings: "Settings") -> int:
     zoo_rows = run_zoo_report(store=worker_dir(settings), models=models, recipes=recipes or DEFAULT_REPORT_RECIPES,
                               engine=engine, threads=settings.worker_threads, warmup=settings.latency_warmup,
                               runs=settings.latency_runs, log=log)
+    comparisons = []
+    if args.distill_seeds > 0 and "digits_cnn" in (models or ["digits_cnn"]):
+        # Distillation is judged against the same student trained alone, over several seeds: one seed
+        # on a 360-image test set cannot tell a real gain from noise.
+        from modelpress.optimize.distillation import compare_distillation
+
+        print("report: distilled vs alone over seeds", file=sys.stderr, flush=True)
+        comparisons.append(compare_distillation("digits_cnn", seeds=tuple(range(args.distill_seeds)),
+                                                cache_dir=worker_dir(settings) / "builtin"))
     return _emit(rows_from_zoo(zoo_rows), args, title="modelpress zoo report",
-                 subtitle=f"engine {engine}, measured in-process", default_text=format_report(zoo_rows))
+                 subtitle=f"engine {engine}, measured in-process",
+                 default_text=format_report(zoo_rows, comparisons=comparisons))
 
 
 # ----------------------------------------------------------------------------- registration
@@ -295,5 +305,7 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     r.add_argument("--zoo", action="store_true", help="run registered models × recipes in-process instead")
     r.add_argument("--models", help="with --zoo: comma-separated models (default: every registered one)")
     r.add_argument("--recipes", help="with --zoo: comma-separated recipes (default: the zoo report's list)")
+    r.add_argument("--distill-seeds", type=int, default=3,
+                   help="with --zoo: seeds for the distilled-vs-alone student comparison on digits (0: skip)")
     r.add_argument("--engine", choices=BACKENDS, help="with --zoo: quantized engine (default: the native one)")
     r.set_defaults(func=cmd_report)

@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,3 +41,19 @@ def make_engine(url: str) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+_PROCESS_SESSIONS: dict[tuple[int, str], sessionmaker[Session]] = {}
+
+
+def process_sessionmaker(url: str) -> sessionmaker[Session]:
+    """One engine per (process, URL), made on first use: a pooled connection must never cross a fork.
+
+    Example:
+        >>> process_sessionmaker("sqlite://") is process_sessionmaker("sqlite://")
+        True
+    """
+    key = (os.getpid(), url)
+    if key not in _PROCESS_SESSIONS:
+        _PROCESS_SESSIONS[key] = make_sessionmaker(make_engine(url))
+    return _PROCESS_SESSIONS[key]

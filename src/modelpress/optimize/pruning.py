@@ -191,6 +191,94 @@ def apply_structure(model: nn.Module, changes: dict[str, dict[str, Any]]) -> nn.
 
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
+# Recurrent layers whose hidden size prune_structured can shrink: one layer, one direction, no projection.
+_RNN_TYPES: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU)
+_RNN_GATES = {nn.LSTM: 4, nn.GRU: 3}
+# Recurrent modules Torch-Pruning's dependency graph cannot see through (or that we have no pruner for).
+_UNSUPPORTED_RECURRENT = (nn.RNN, nn.RNNCell, nn.LSTMCell, nn.GRUCell)
+
+
+class _RecurrentPruner:
+    """Torch-Pruning pruning function for the hidden size of a one-layer, unidirectional LSTM/GRU.
+
+    Torch-Pruning 1.6's own ``LSTMPruner`` indexes the gate-stacked weights along the wrong dimensions
+    (an IndexError on the zoo's LSTM) and it has none for GRU. PyTorch stacks the gates along dim 0:
+    ``weight_ih`` is ``[gates*H, in]``, ``weight_hh`` is ``[gates*H, H]``, biases ``[gates*H]``. Removing
+    hidden unit ``j`` removes row ``j + g*H`` of every gate ``g`` and, in ``weight_hh``, column ``j`` (the
+    recurrent input). Pruning the layer's input removes columns of ``weight_ih``.
+    """
+
+    @staticmethod
+    def _keep(n: int, idxs: Any) -> torch.Tensor:
+        drop = {int(i) for i in idxs}
+        return torch.tensor([i for i in range(n) if i not in drop], dtype=torch.long)
+
+    @staticmethod
+    def _set(layer: nn.RNNBase, name: str, t: torch.Tensor) -> None:
+        old = getattr(layer, name)
+        # setattr on an RNN updates its cached flat-weight list as well.
+        setattr(layer, name, nn.Parameter(t.contiguous().clone(), requires_grad=old.requires_grad))
+
+    def prune_out_channels(self, layer: nn.RNNBase, idxs: Any) -> nn.Module:
+        h = layer.hidden_size
+        keep = self._keep(h, idxs)
+        rows = torch.cat([keep + g * h for g in range(_RNN_GATES[type(layer)])])
+        with torch.no_grad():
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+                p = getattr(layer, name, None)
+                if p is None:
+                    continue
+                t = p.data[rows]
+                if name == "weight_hh_l0":
+                    t = t[:, keep]
+                self._set(layer, name, t)
+        layer.hidden_size = len(keep)
+        layer._init_flat_weights()
+        return layer
+
+    def prune_in_channels(self, layer: nn.RNNBase, idxs: Any) -> nn.Module:
+        keep = self._keep(layer.input_size, idxs)
+        with torch.no_grad():
+            self._set(layer, "weight_ih_l0", layer.weight_ih_l0.data[:, keep])
+        layer.input_size = len(keep)
+        layer._init_flat_weights()
+        return layer
+
+    def get_out_channels(self, layer: nn.RNNBase) -> int:
+        return layer.hidden_size
+
+    def get_in_channels(self, layer: nn.RNNBase) -> int:
+        return layer.input_size
+
+
+def _recurrent_pruner() -> Any:
+    import torch_pruning as tp
+
+    # Built lazily: Torch-Pruning is an optional import of this module.
+    cls = type("RecurrentPruner", (_RecurrentPruner, tp.pruner.BasePruningFunc), {})
+    return cls()
+
+
+def _check_recurrent(modules: dict[str, nn.Module], ignored: list[str]) -> list[str]:
+    """Refuse, up front, recurrent layers whose channels cannot be removed correctly; return the prunable ones."""
+    bad = []
+    for name, m in modules.items():
+        if any(name == i or name.startswith(i + ".") for i in ignored):
+            continue
+        if isinstance(m, _UNSUPPORTED_RECURRENT):
+            bad.append(f"{name} ({type(m).__name__})")
+        elif isinstance(m, _RNN_TYPES) and type(m) not in _RNN_GATES:
+            bad.append(f"{name} ({type(m).__name__}, a subclass)")
+        elif isinstance(m, _RNN_TYPES) and (m.num_layers != 1 or m.bidirectional or getattr(m, "proj_size", 0)):
+            bad.append(f"{name} ({type(m).__name__} with num_layers={m.num_layers}, bidirectional={m.bidirectional}, "
+                       f"proj_size={getattr(m, 'proj_size', 0)})")
+    if bad:
+        raise UserInputError(
+            "prune_structured supports recurrent layers only as one-layer, unidirectional nn.LSTM/nn.GRU without "
+            f"proj_size; not supported here: {', '.join(bad)}. Add them to `ignore` (their neighbours' channels "
+            "coupled to them are then left alone too) or use prune_l1_unstructured / quantize_dynamic")
+    return [n for n, m in modules.items() if type(m) in _RNN_GATES and n not in ignored]
+
 
 def output_layers(model: nn.Module, example: Inputs) -> list[str]:
     """Name of the last Linear/Conv layer run in a forward pass: the output layer, never to be pruned.
@@ -252,22 +340,36 @@ class StructuredPruneHandler:
         params_before, flops_before = count_params(model), count_flops(model, probe)
         shape_before = _output_shape(model, example)
         before = module_structure(model)
+        recurrent = _check_recurrent(modules, ignored)
+        rnn_pruner = _recurrent_pruner()
 
-        pruner = tp.pruner.BasePruner(
-            model, list(as_tuple(example)),
-            importance=tp.importance.GroupMagnitudeImportance(p=1 if cfg.importance == "l1" else 2),
-            global_pruning=cfg.global_ranking,
-            pruning_ratio=cfg.amount,
-            ignored_layers=[modules[n] for n in ignored],
-        )
-        pruned_groups, refused_groups = 0, 0
-        for group in pruner.step(interactive=True):
-            # DepGraph's own guard: refuse a group that would remove every channel of some layer.
-            if not pruner.DG.check_pruning_group(group):
-                refused_groups += 1
-                continue
-            group.prune()
-            pruned_groups += 1
+        try:
+            pruner = tp.pruner.BasePruner(
+                model, list(as_tuple(example)),
+                importance=tp.importance.GroupMagnitudeImportance(p=1 if cfg.importance == "l1" else 2),
+                global_pruning=cfg.global_ranking,
+                pruning_ratio=cfg.amount,
+                ignored_layers=[modules[n] for n in ignored],
+                # Our LSTM/GRU pruning function replaces Torch-Pruning's (wrong for LSTM, absent for GRU).
+                customized_pruners={t: rnn_pruner for t in _RNN_TYPES},
+                root_module_types=[nn.modules.conv._ConvNd, nn.Linear, *_RNN_TYPES],
+            )
+            pruned_groups, refused_groups = 0, 0
+            for group in pruner.step(interactive=True):
+                # DepGraph's own guard: refuse a group that would remove every channel of some layer.
+                if not pruner.DG.check_pruning_group(group):
+                    refused_groups += 1
+                    continue
+                group.prune()
+                pruned_groups += 1
+        except (IndexError, KeyError, AssertionError, NotImplementedError) as e:
+            # Torch-Pruning's dependency graph fails this way on layers it cannot follow; the model may be
+            # half pruned, so it must not be used further.
+            raise UserInputError(
+                f"prune_structured: Torch-Pruning could not prune {type(model).__name__} consistently "
+                f"({type(e).__name__}: {str(e)[:200]}); add the layers it cannot handle to `ignore` (module types "
+                f"here: {', '.join(sorted({type(m).__name__ for m in modules.values() if not list(m.children())}))})"
+            ) from None
         model.eval()
 
         diff = structure_diff(before, module_structure(model))
@@ -294,6 +396,11 @@ class StructuredPruneHandler:
             "structure": diff,  # what rebuild re-creates; the rest is for people
             "channels": _channel_summary(before, diff),
             "ignored_layers": ignored,
+            "recurrent_layers": {n: {"type": type(modules[n]).__name__,
+                                     "hidden_size": [before[n]["attrs"]["hidden_size"],
+                                                     diff.get(n, {}).get("attrs", {}).get(
+                                                         "hidden_size", before[n]["attrs"]["hidden_size"])]}
+                                 for n in recurrent},
             "auto_ignored_output_layers": auto_ignored,
             "pruned_groups": pruned_groups,
             "refused_groups": refused_groups,

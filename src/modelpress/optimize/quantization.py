@@ -33,9 +33,12 @@ from torch import nn
 
 from modelpress.optimize.backends import (
     QuantizationInputError,
+    TorchAOQuantization,
+    _make_portable,
     effective_activation_bits,
     get_backend,
     is_quantized_module,
+    quantized_engine,
     quantized_module_names,
 )
 from modelpress.optimize.measure import as_tuple, batch_of, n_samples, predict
@@ -115,6 +118,100 @@ class DynamicQuantHandler:
                                 method=method, batch_size=batch_size)  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------------------- FX special modules
+# torch.ao's default (QAT) qconfig mappings give every module the engine's int8 activation/weight qconfig.
+# Two module kinds cannot take it:
+# * nn.Embedding/EmbeddingBag: a lookup has no int8-activation kernel; torch.ao quantizes it weight-only with
+#   one float scale/offset per row (``float_qparams``). QAT's Embedding asserts exactly that qscheme (the
+#   AssertionError seen on seq_lstm/seq_gru), and static PTQ silently left it float.
+# * nn.LSTM/nn.GRU: torch.ao has no static or QAT int8 LSTM/GRU kernels (the x86/fbgemm backend configs list
+#   them with dynamic int8 only), so with the default mapping FX leaves them float and the artifact of a
+#   recurrent model barely shrinks. They get dynamic int8 (weights int8, activations quantized per call,
+#   float in and out) inside the same FX graph; during QAT they train in float (no fake quant: there is no
+#   int8 recurrent kernel to simulate) and are quantized at convert.
+# The names of the modules in each group go into the step meta; "fx_module_qconfigs" records the scheme so
+# that rebuild re-creates the same structure (artifacts without it were made with the plain mapping).
+FX_MODULE_QCONFIGS = {"Embedding": "float_qparams_weight_only", "EmbeddingBag": "float_qparams_weight_only",
+                      "LSTM": "dynamic_int8", "GRU": "dynamic_int8"}
+_FX_TYPES: dict[str, type[nn.Module]] = {"Embedding": nn.Embedding, "EmbeddingBag": nn.EmbeddingBag,
+                                         "LSTM": nn.LSTM, "GRU": nn.GRU}
+
+
+class _FXSpecialModules(TorchAOQuantization):
+    """torch.ao FX static/QAT with embeddings weight-only and LSTM/GRU dynamic int8 (see above)."""
+
+    def __init__(self, schemes: dict[str, str]) -> None:
+        self.schemes = dict(schemes)
+
+    def _qconfig_mapping(self, *, engine: str, per_channel: bool, qat: bool, keep_float: Sequence[str]) -> Any:
+        from torch.ao.quantization import (
+            default_dynamic_qconfig,
+            default_embedding_qat_qconfig,
+            float_qparams_weight_only_qconfig,
+        )
+
+        mapping = super()._qconfig_mapping(engine=engine, per_channel=per_channel, qat=qat, keep_float=keep_float)
+        qconfigs = {"float_qparams_weight_only": default_embedding_qat_qconfig if qat else float_qparams_weight_only_qconfig,
+                    "dynamic_int8": default_dynamic_qconfig}
+        for type_name, scheme in self.schemes.items():
+            mapping.set_object_type(_FX_TYPES[type_name], qconfigs[scheme])
+        # keep_float was set by module name, which outranks object type: kept modules stay float.
+        return mapping
+
+    def convert(self, prepared: nn.Module, *, engine: str) -> nn.Module:
+        q = super().convert(prepared, engine=engine)
+        # torch.ao's dynamic LSTM/GRU keep TorchScript objects in their state dict, which a weights-only load
+        # refuses; the backend's portable subclasses store tensors (same as quantize_dynamic).
+        with quantized_engine(engine):
+            _make_portable(q, full_range_linear=False)
+        return q
+
+
+def _fx_backend(name: str, schemes: dict[str, str] | None) -> Any:
+    backend = get_backend(name)
+    if schemes and type(backend) is TorchAOQuantization:
+        return _FXSpecialModules(schemes)
+    return backend
+
+
+def _fx_schemes(model: nn.Module, cfg: StaticQuantConfig | QATConfig) -> dict[str, str]:
+    # Recorded only when the model has such modules: nothing changes (nor in meta) for conv/linear models.
+    present = {type(m).__name__ for m in model.modules() if type(m) in _FX_TYPES.values()}
+    return {k: v for k, v in FX_MODULE_QCONFIGS.items() if k in present and get_backend(cfg.backend).name == "torch.ao"}
+
+
+def _prepare(backend: Any, model: nn.Module, example: tuple[torch.Tensor, ...], *, qat: bool, engine: str,
+             per_channel: bool, keep_float: Sequence[str]) -> nn.Module:
+    prep = backend.prepare_qat if qat else backend.prepare_static
+    try:
+        return prep(model, example, engine=engine, per_channel=per_channel, keep_float=tuple(keep_float))
+    except AssertionError as e:
+        # torch.ao asserts on qconfigs a module cannot take; say which step and what to do instead.
+        raise QuantizationInputError(
+            f"{'qat' if qat else 'quantize_static'} cannot quantize {type(model).__name__} with torch.ao FX "
+            f"({str(e).splitlines()[0][:200] if str(e) else 'AssertionError'}); put the module in keep_float or "
+            "use quantize_dynamic") from None
+
+
+def _special_meta(q: nn.Module, model_in: nn.Module, schemes: dict[str, str], quantized: list[str]) -> dict[str, Any]:
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    if not schemes:
+        return {}
+    qset = set(quantized)
+    dynamic = sorted(n for n, m in q.named_modules() if isinstance(m, (nnqd.LSTM, nnqd.GRU)))
+    weight_only = sorted(n for n in qset if type(q.get_submodule(n)).__name__ in ("Embedding", "EmbeddingBag"))
+    # Modules with weights in the float model that are not quantized in the result (kept, or no kernel).
+    owners = [n for n, m in model_in.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    still_float = sorted(n for n in owners if n not in qset and not any(n.startswith(k + ".") for k in qset))
+    return {"fx_module_qconfigs": schemes, "dynamic_modules": dynamic, "weight_only_modules": weight_only,
+            "unquantized_modules": still_float,
+            "recurrent_note": ("LSTM/GRU have no static/QAT int8 kernels in torch.ao: they are dynamic int8 "
+                               "(int8 weights, activations quantized per call, float between layers)"
+                               + ("; trained in float during QAT" if dynamic else ""))
+            if any(v == "dynamic_int8" for v in schemes.values()) else None}
+
+
 # --------------------------------------------------------------------------------------- static (FX)
 def _calibration_plan(calib: Inputs, cfg: StaticQuantConfig) -> list[tuple[int, int]]:
     n = n_samples(calib)
@@ -130,12 +227,13 @@ class StaticQuantHandler:
 
     def _quantize(self, model: nn.Module, cfg: StaticQuantConfig, ctx: StepContext,
                   keep_float: Sequence[str]) -> StepOutput:
-        backend = get_backend(cfg.backend)
+        schemes = _fx_schemes(model, cfg)
+        backend = _fx_backend(cfg.backend, schemes)
         calib = ctx.data.calib_inputs
         plan = _calibration_plan(calib, cfg)
         example = batch_of(calib, 0, 1)
-        prepared = backend.prepare_static(model, example, engine=ctx.engine, per_channel=cfg.per_channel,
-                                          keep_float=tuple(keep_float))
+        prepared = _prepare(backend, model, example, qat=False, engine=ctx.engine, per_channel=cfg.per_channel,
+                            keep_float=keep_float)
         fused = _fused_modules(prepared)
         # no_grad, not inference_mode: observers update their buffers in place, and buffers made outside
         # inference mode may not be updated inside it.
@@ -152,6 +250,7 @@ class StaticQuantHandler:
             "calibration_batches": len(plan), "calibration_batches_requested": cfg.calibration_batches,
             "calibration_samples": plan[-1][1], "example_inputs": _describe_inputs(example),
             **backend.describe(engine=ctx.engine, per_channel=cfg.per_channel, qat=False),
+            **_special_meta(q, model, schemes, quantized),
         }
         return StepOutput(q, meta)
 
@@ -159,10 +258,9 @@ class StaticQuantHandler:
         return self._quantize(model, cfg, ctx, cfg.keep_float)
 
     def rebuild(self, model: nn.Module, cfg: StaticQuantConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
-        backend = get_backend(meta.get("backend", cfg.backend))
-        prepared = backend.prepare_static(model, _inputs_from_meta(meta), engine=engine,
-                                          per_channel=cfg.per_channel,
-                                          keep_float=tuple(meta.get("float_modules", cfg.keep_float)))
+        backend = _fx_backend(meta.get("backend", cfg.backend), meta.get("fx_module_qconfigs"))
+        prepared = _prepare(backend, model, _inputs_from_meta(meta), qat=False, engine=engine,
+                            per_channel=cfg.per_channel, keep_float=meta.get("float_modules", cfg.keep_float))
         with warnings.catch_warnings():
             # Uncalibrated observers warn and give placeholder scales; the state dict loaded next replaces them.
             warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
@@ -199,10 +297,11 @@ class QATHandler:
             # No labels (fidelity tasks): train the int8-simulated model to reproduce the float outputs.
             target, kind = predict(model, x), "reference"
             loss_fn = nn.functional.mse_loss
-        backend = get_backend(cfg.backend)
+        schemes = _fx_schemes(model, cfg)
+        backend = _fx_backend(cfg.backend, schemes)
         example = batch_of(x, 0, 1)
-        prepared = backend.prepare_qat(model, example, engine=ctx.engine, per_channel=cfg.per_channel,
-                                       keep_float=tuple(keep_float))
+        prepared = _prepare(backend, model, example, qat=True, engine=ctx.engine, per_channel=cfg.per_channel,
+                            keep_float=keep_float)
         fused = _fused_modules(prepared)
         g = torch.Generator().manual_seed(ctx.seed)
         torch.manual_seed(ctx.seed)
@@ -232,6 +331,7 @@ class QATHandler:
             "bn_frozen_from_epoch": cfg.freeze_bn_after if cfg.freeze_bn_after is not None and cfg.freeze_bn_after < cfg.epochs else None,
             "train_samples": n, "epoch_losses": losses, "example_inputs": _describe_inputs(example),
             **backend.describe(engine=ctx.engine, per_channel=cfg.per_channel, qat=True),
+            **_special_meta(q, model, schemes, quantized),
         }
         return StepOutput(q, meta)
 
@@ -239,9 +339,9 @@ class QATHandler:
         return self._train(model, cfg, ctx, cfg.keep_float)
 
     def rebuild(self, model: nn.Module, cfg: QATConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
-        backend = get_backend(meta.get("backend", cfg.backend))
-        prepared = backend.prepare_qat(model, _inputs_from_meta(meta), engine=engine, per_channel=cfg.per_channel,
-                                       keep_float=tuple(meta.get("float_modules", cfg.keep_float)))
+        backend = _fx_backend(meta.get("backend", cfg.backend), meta.get("fx_module_qconfigs"))
+        prepared = _prepare(backend, model, _inputs_from_meta(meta), qat=True, engine=engine,
+                            per_channel=cfg.per_channel, keep_float=meta.get("float_modules", cfg.keep_float))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
             return backend.convert(prepared, engine=engine)

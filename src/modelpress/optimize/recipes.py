@@ -66,6 +66,10 @@ def step_types() -> dict[str, type[StepConfig]]:
 def _fmt_validation(prefix: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, RecipeError):
+            parts.append(str(inner))  # a step's own error already names its field (steps.N.field)
+            continue
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
         parts.append(f"{prefix}{loc}: {e['msg']}")
     return "; ".join(parts)
@@ -328,14 +332,14 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
         "name": "prune50-finetune",
         "steps": [
             {"type": "prune_structured", "amount": 0.5},
-            {"type": "finetune", "epochs": 5},
+            {"type": "finetune", "epochs": 5, "batch_size": 32},
         ],
     },
     "prune50-finetune-static-int8": {
         "name": "prune50-finetune-static-int8",
         "steps": [
             {"type": "prune_structured", "amount": 0.5},
-            {"type": "finetune", "epochs": 5},
+            {"type": "finetune", "epochs": 5, "batch_size": 32},
             {"type": "quantize_static"},
         ],
     },

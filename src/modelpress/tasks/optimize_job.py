@@ -45,15 +45,10 @@ from modelpress.workers.runtime import IDENTITY
 
 log = logging.getLogger(__name__)
 
-_SESSIONS: dict[tuple[int, str], Any] = {}
-
-
 def _sessions(settings: Settings) -> Any:
-    # One engine per process: a pooled connection must never cross a fork.
-    key = (os.getpid(), settings.effective_database_url)
-    if key not in _SESSIONS:
-        _SESSIONS[key] = make_sessionmaker(make_engine(settings.effective_database_url))
-    return _SESSIONS[key]
+    from modelpress.models_db.engine import process_sessionmaker
+
+    return process_sessionmaker(settings.effective_database_url)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
