@@ -118,7 +118,7 @@ def test_a_recipe_file_is_found_relative_to_the_manifest(settings, tmp_path):
     ("models: [mlp, mlp]\ndefaults: {recipes: [dynamic-int8], backends: [fbgemm]}\n",
      "m.yaml:1: models[1]: the job mlp × dynamic-int8 × fbgemm is already listed at models[0]"),
     ("models: [mlp]\ndefaults:\n  recipes:\n    - {name: x, steps: [{type: quantize_dynamic, per_chanel: true}]}\n"
-     "  backends: [fbgemm]\n", "m.yaml:4: defaults.recipes[0]: recipe.steps: steps.0.per_chanel"),
+     "  backends: [fbgemm]\n", "m.yaml:4: defaults.recipes[0]: steps.0.per_chanel"),
     ("models: [mlp]\ndefaults: {recipes: [7], backends: [fbgemm]}\n",
      "m.yaml:2: defaults.recipes[0]: must be a recipe name, a recipe file or an inline recipe mapping, not int"),
     ("models: [mlp]\n", ("m.yaml:1: models[0]: no recipes: give `recipes` for this model or under `defaults`",

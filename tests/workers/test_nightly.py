@@ -39,10 +39,9 @@ def settings(db_url, tmp_path):
     migrate.upgrade(db_url)
     s = Settings(home=tmp_path, database_url=db_url, **NIGHTLY)
     yield s
-    from modelpress.nightly import _SESSIONS
+    from modelpress.models_db.engine import dispose_process_sessionmakers
 
-    for key in [k for k in _SESSIONS if k[1] == db_url]:
-        _SESSIONS.pop(key).kw["bind"].dispose()
+    dispose_process_sessionmakers(db_url)
 
 
 def _rows(settings):

@@ -57,3 +57,9 @@ def process_sessionmaker(url: str) -> sessionmaker[Session]:
     if key not in _PROCESS_SESSIONS:
         _PROCESS_SESSIONS[key] = make_sessionmaker(make_engine(url))
     return _PROCESS_SESSIONS[key]
+
+
+def dispose_process_sessionmakers(url: str) -> None:
+    """Close this process's pooled connections to ``url`` (before dropping a database, in tests)."""
+    for key in [k for k in _PROCESS_SESSIONS if k[1] == url]:
+        _PROCESS_SESSIONS.pop(key).kw["bind"].dispose()
