@@ -179,22 +179,12 @@ def ort_quantize(src: Path, dst: Path, *, per_channel: bool) -> None:
 
 # ------------------------------------------------------------------------------- timing
 def time_calls(model: Any, args: tuple[Any, ...], *, warmup: int, runs: int, threads: int) -> list[float]:
-    """Raw wall times (ms) of ``runs`` calls after ``warmup``: the loop of ``measure.measure_latency``."""
-    import torch
+    """Raw wall times (ms) of ``runs`` calls after ``warmup``: the very loop ``measure_latency`` uses."""
+    from modelpress.optimize import measure
 
-    from modelpress.optimize.measure import torch_threads
-
-    if model.training:
+    if getattr(model, "training", False):
         raise ValueError("refusing to time a model in training mode")
-    times = []
-    with torch_threads(threads), torch.inference_mode():
-        for _ in range(warmup):
-            model(*args)
-        for _ in range(runs):
-            t0 = time.perf_counter_ns()
-            model(*args)
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-    return times
+    return measure.time_calls(model, args, warmup=warmup, runs=runs, threads=threads)
 
 
 def measure_all(variants: list[dict[str, Any]], spec: Any, batches: Sequence[int], a: argparse.Namespace) -> None:

@@ -19,27 +19,9 @@ from modelpress.optimize.errors import UserInputError
 from modelpress.optimize.measure import count_params, predict
 from modelpress.optimize.recipes import DistillConfig, FinetuneConfig, Recipe, StructuredPruneConfig
 from modelpress.optimize.steps import StepContext, apply_step, handler_for
-from modelpress.optimize.zoo import DigitsCNN, SeedMLP, digits_cnn_spec, mlp_spec, train_classifier
+from modelpress.optimize.zoo import DigitsCNN, SeedMLP
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """Teacher: a DigitsCNN trained for 3 epochs (real weights, a few seconds)."""
-    spec = digits_cnn_spec()
-    data = spec.data()
-    torch.manual_seed(0)
-    teacher = train_classifier(DigitsCNN(), data.train_inputs, data.train_labels, epochs=3, seed=0)
-    return spec, data, teacher
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    spec = mlp_spec()
-    model = spec.build()
-    spec.pretrained(model, None)
-    return spec, spec.data(), model.eval()
 
 
 def _ctx(spec, data, reference, seed=0):

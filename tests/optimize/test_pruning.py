@@ -22,27 +22,9 @@ from modelpress.optimize.recipes import (
     StructuredPruneConfig,
 )
 from modelpress.optimize.steps import StepContext, apply_step, global_sparsity, handler_for
-from modelpress.optimize.zoo import DigitsCNN, digits_cnn_spec, mlp_spec, train_classifier
+from modelpress.optimize.zoo import DigitsCNN, mlp_spec
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """A DigitsCNN trained for 3 epochs (≈97 % held-out accuracy): real weights, seconds to make."""
-    spec = digits_cnn_spec()
-    data = spec.data()
-    torch.manual_seed(0)
-    model = train_classifier(DigitsCNN(), data.train_inputs, data.train_labels, epochs=3, seed=0)
-    return spec, data, model
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    spec = mlp_spec()
-    model = spec.build()
-    spec.pretrained(model, None)
-    return spec, spec.data(), model.eval()
 
 
 def _ctx(spec, data, reference, seed=0):

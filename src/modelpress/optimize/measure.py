@@ -77,6 +77,26 @@ def _percentile(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
 
 
+def time_calls(model: nn.Module, args: tuple[torch.Tensor, ...], *, warmup: int, runs: int,
+               threads: int) -> list[float]:
+    """Raw wall times in ms of ``runs`` calls of ``model(*args)`` after ``warmup``, inference mode.
+
+    Example:
+        >>> import torch
+        >>> len(time_calls(torch.nn.Linear(2, 2).eval(), (torch.randn(1, 2),), warmup=1, runs=4, threads=1))
+        4
+    """
+    times: list[float] = []
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            model(*args)
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            model(*args)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+    return times
+
+
 def measure_latency(model: nn.Module, inputs: Inputs, *, warmup: int = 10, runs: int = 50,
                     threads: int = 1) -> LatencyStats:
     """Median/p90 latency of ``model(*inputs)`` in inference mode at a fixed thread count."""
@@ -86,15 +106,7 @@ def measure_latency(model: nn.Module, inputs: Inputs, *, warmup: int = 10, runs:
         # A model left in training mode runs dropout and updates BN stats: the numbers would lie.
         raise ValueError("measure_latency needs a model in eval mode")
     args = as_tuple(inputs)
-    times: list[float] = []
-    with torch_threads(threads), torch.inference_mode():
-        for _ in range(warmup):
-            model(*args)
-        for _ in range(runs):
-            t0 = time.perf_counter_ns()
-            model(*args)
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-    s = sorted(times)
+    s = sorted(time_calls(model, args, warmup=warmup, runs=runs, threads=threads))
     return LatencyStats(
         median_ms=statistics.median(s), p90_ms=_percentile(s, 0.9), mean_ms=statistics.fmean(s),
         stdev_ms=statistics.stdev(s), min_ms=s[0], max_ms=s[-1], runs=runs, warmup=warmup,
