@@ -113,16 +113,9 @@ class Workers:
         raise AssertionError(f"worker {name} not ready after {timeout} s:\n{self.log(name)[-3000:]}")
 
     def stop(self, name: str, timeout: float = 30) -> None:
-        import signal
+        from modelpress.cli import stop_worker_process
 
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_worker_process(self.procs.pop(name), timeout)
 
     def stop_all(self) -> None:
         for name in list(self.procs):

@@ -11,7 +11,6 @@ from modelpress.models_db.engine import make_engine, make_sessionmaker
 from modelpress.models_db.jobs import (
     claim_job,
     count_by_status,
-    create_batch,
     create_job,
     fail_job,
     finish_job,
@@ -30,5 +29,5 @@ def create_all(engine: Engine) -> None:
 
 
 __all__ = ["Base", "Batch", "FINISHED", "Job", "JobStatus", "claim_job", "count_by_status", "create_all",
-           "create_batch", "create_job", "fail_job", "finish_job", "get_job", "heartbeat", "is_finished",
+           "create_job", "fail_job", "finish_job", "get_job", "heartbeat", "is_finished",
            "list_jobs", "make_engine", "make_sessionmaker", "requeue_job"]

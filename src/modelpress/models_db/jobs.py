@@ -29,13 +29,6 @@ from sqlalchemy.orm import Session
 from modelpress.models_db.schema import FINISHED, Batch, Job, JobStatus, Lock, utcnow
 
 
-def create_batch(*, session: Session, name: str, source: str | None = None) -> Batch:
-    batch = Batch(name=name, source=source)
-    session.add(batch)
-    session.commit()
-    return batch
-
-
 def create_job(*, session: Session, model_name: str, recipe_name: str, recipe_json: str, recipe_sha256: str,
                backend: str, model_weights_uri: str | None = None, model_sha256: str | None = None,
                batch_id: str | None = None, commit: bool = True) -> Job:
@@ -51,10 +44,15 @@ def create_job(*, session: Session, model_name: str, recipe_name: str, recipe_js
 
 def get_job(*, session: Session, job_id: str) -> Job | None:
     """A job by full id, or by a unique prefix of at least 6 characters (what the CLI prints)."""
-    job = session.get(Job, job_id)
-    if job is not None or len(job_id) < 6:
-        return job
-    rows = session.scalars(select(Job).where(Job.id.startswith(job_id, autoescape=True)).limit(2)).all()
+    return _by_id_or_prefix(session, Job, job_id)
+
+
+def _by_id_or_prefix(session: Session, model: Any, ref: str) -> Any:
+    # A prefix shorter than 6 characters could match another row tomorrow: only exact ids then.
+    row = session.get(model, ref)
+    if row is not None or len(ref) < 6:
+        return row
+    rows = session.scalars(select(model).where(model.id.startswith(ref, autoescape=True)).limit(2)).all()
     return rows[0] if len(rows) == 1 else None
 
 
@@ -172,11 +170,7 @@ def stage_batch(*, session: Session, name: str, kind: str = "manual", source: st
 
 def get_batch(*, session: Session, batch_id: str) -> Batch | None:
     """A batch by full id, or by a unique prefix of at least 6 characters."""
-    batch = session.get(Batch, batch_id)
-    if batch is not None or len(batch_id) < 6:
-        return batch
-    rows = session.scalars(select(Batch).where(Batch.id.startswith(batch_id, autoescape=True)).limit(2)).all()
-    return rows[0] if len(rows) == 1 else None
+    return _by_id_or_prefix(session, Batch, batch_id)
 
 
 def find_reusable_job(*, session: Session, model_sha256: str, recipe_sha256: str, backend: str,

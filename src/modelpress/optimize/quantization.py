@@ -258,13 +258,7 @@ class StaticQuantHandler:
         return self._quantize(model, cfg, ctx, cfg.keep_float)
 
     def rebuild(self, model: nn.Module, cfg: StaticQuantConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
-        backend = _fx_backend(meta.get("backend", cfg.backend), meta.get("fx_module_qconfigs"))
-        prepared = _prepare(backend, model, _inputs_from_meta(meta), qat=False, engine=engine,
-                            per_channel=cfg.per_channel, keep_float=meta.get("float_modules", cfg.keep_float))
-        with warnings.catch_warnings():
-            # Uncalibrated observers warn and give placeholder scales; the state dict loaded next replaces them.
-            warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
-            return backend.convert(prepared, engine=engine)
+        return _rebuild_fx(model, cfg, meta, engine=engine, qat=False)
 
     def sensitivity(self, model_in: nn.Module, out: StepOutput, cfg: StaticQuantConfig, ctx: StepContext, *,
                     inputs: Inputs, reference: torch.Tensor, method: str, batch_size: int) -> SensitivityReport:
@@ -339,12 +333,7 @@ class QATHandler:
         return self._train(model, cfg, ctx, cfg.keep_float)
 
     def rebuild(self, model: nn.Module, cfg: QATConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
-        backend = _fx_backend(meta.get("backend", cfg.backend), meta.get("fx_module_qconfigs"))
-        prepared = _prepare(backend, model, _inputs_from_meta(meta), qat=True, engine=engine,
-                            per_channel=cfg.per_channel, keep_float=meta.get("float_modules", cfg.keep_float))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
-            return backend.convert(prepared, engine=engine)
+        return _rebuild_fx(model, cfg, meta, engine=engine, qat=True)
 
     def sensitivity(self, model_in: nn.Module, out: StepOutput, cfg: QATConfig, ctx: StepContext, *,
                     inputs: Inputs, reference: torch.Tensor, method: str, batch_size: int) -> SensitivityReport:
@@ -355,6 +344,18 @@ class QATHandler:
         return requantize_sensitivity(quantize, out.meta["quantized_modules"], inputs, reference=reference,
                                       method=method, quantized_model=out.model,  # type: ignore[arg-type]
                                       base_keep_float=cfg.keep_float, batch_size=batch_size)
+
+
+def _rebuild_fx(model: nn.Module, cfg: StaticQuantConfig | QATConfig, meta: dict[str, Any], *, engine: str,
+                qat: bool) -> nn.Module:
+    """The converted FX structure of a static or QAT step, without data (its state dict is loaded next)."""
+    backend = _fx_backend(meta.get("backend", cfg.backend), meta.get("fx_module_qconfigs"))
+    prepared = _prepare(backend, model, _inputs_from_meta(meta), qat=qat, engine=engine,
+                        per_channel=cfg.per_channel, keep_float=meta.get("float_modules", cfg.keep_float))
+    with warnings.catch_warnings():
+        # Uncalibrated observers warn and give placeholder scales; the state dict loaded next replaces them.
+        warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
+        return backend.convert(prepared, engine=engine)
 
 
 def is_quantized(model: nn.Module) -> bool:
