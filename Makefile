@@ -19,6 +19,8 @@ demo: $(STAMP)
 	$(BIN)/modelpress demo
 
 test: $(STAMP)
+	@# Installs missing Debian packages (chromium, docker-compose, ...) and starts Redis/PostgreSQL when down.
+	bash tools/test-services
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,0 +1,81 @@
+"""The README's test command does its own set-up (issue 10, item 1): a fresh machine passes it.
+
+`make test` runs `tools/test-services` before pytest; `.ci/run` is exactly `make test`. These tests run the
+real script: against a PATH without chromium/docker-compose it plans their install, and against a Redis port
+nothing listens on it starts a real Redis there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "tools" / "test-services"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _path_without(tmp_path: Path, hidden: set[str]) -> str:
+    """A PATH holding every command of the real PATH except ``hidden`` (symlinks in one folder)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            target = Path(folder) / name
+            if name in hidden or (bin_dir / name).exists() or not os.access(target, os.X_OK):
+                continue
+            (bin_dir / name).symlink_to(target)
+    return str(bin_dir)
+
+
+def test_the_readme_test_command_and_ci_run_the_same_set_up() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"^make test\b", readme, re.M), "the README's second command is `make test`"
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "tools/test-services" in test_recipe and "pytest" in test_recipe
+    assert test_recipe.index("tools/test-services") < test_recipe.index("pytest")
+    ci_lines = [ln for ln in (ROOT / ".ci/run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert ci_lines[-1].strip() == "exec make test"
+
+
+def test_missing_chromium_and_docker_compose_are_installed_before_the_suite(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": _path_without(tmp_path, {"chromium", "docker-compose"})}
+    out = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    plan = [ln for ln in out.stdout.splitlines() if "apt-get install" in ln]
+    assert plan and "chromium" in plan[0] and "docker-compose" in plan[0], out.stdout
+
+
+def test_nothing_is_installed_when_everything_is_there() -> None:
+    assert shutil.which("chromium") and shutil.which("docker-compose"), "run tools/test-services first"
+    out = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "apt-get" not in out.stdout, out.stdout
+
+
+def test_a_redis_that_is_not_running_is_started(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "MODELPRESS_TEST_REDIS_PORT": str(port)}
+    try:
+        out = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"starting redis on 127.0.0.1:{port}" in out.stdout
+        import redis
+
+        assert redis.Redis(port=port, socket_connect_timeout=2).ping()
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=30)
+        time.sleep(0.2)
