@@ -188,13 +188,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.workers.app import make_app
     from modelpress.workers.runtime import configure_worker
+    from modelpress.workers.worker import make_worker_app
 
     backend = args.backend or native_backend()
     ensure_db(settings)
     configure_worker(backend, settings.worker_threads)
-    app = make_app(settings)
+    app = make_worker_app(settings)
     argv = ["worker", "-Q", backend, "-c", str(args.concurrency or settings.worker_concurrency),
             "-n", f"{backend}-{os.getpid()}@%h", "-l", args.loglevel, "-P", "prefork", "-E"]
     if args.max_tasks_per_child:

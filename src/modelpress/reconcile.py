@@ -32,7 +32,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -44,10 +44,9 @@ from modelpress.models_db.jobs import (
     requeue_stale_job,
     stale_running_jobs,
 )
-from modelpress.models_db.schema import Job, JobStatus, utcnow
+from modelpress.models_db.schema import Job, JobStatus
 from modelpress.settings import BACKENDS, Settings
-from modelpress.workers.app import RECONCILE_TASK, job_message_options, make_app
-from modelpress.workers.routing import OPTIMIZE_TASK, UnknownBackendError
+from modelpress.workers.routing import OPTIMIZE_TASK, RECONCILE_TASK, UnknownBackendError, job_message_options
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ def _broker_reachable(app: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- the pass
-def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None = None) -> ReconcileSummary:
+def reconcile_once(settings: Settings, *, app: Any = None) -> ReconcileSummary:
     """One reconciliation pass over the job table; safe to run anywhere, any number of times at once.
 
     Example:
@@ -198,17 +197,21 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
         requeued 0 job(s) of lost workers, re-published 0 lost message(s), failed 0 poison ...
     """
     own_app = app is None
-    app = make_app(settings) if own_app else app
-    now = now or utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_after)
-    published_before = now - timedelta(seconds=settings.reconcile_queued_grace)
+    if own_app:
+        from modelpress.workers.app import make_app  # a publisher only: messages go out by task name
+
+        app = make_app(settings)
+    # Seconds, not datetimes: every cutoff is computed in SQL with the database's clock, so a host
+    # whose clock runs ahead does not see live heartbeats as stale.
+    stale_s, grace_s = settings.heartbeat_stale_after, settings.reconcile_queued_grace
     summary = ReconcileSummary()
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, **settings.db_engine_options())
     sessions = make_sessionmaker(engine)
 
     def publish(s: Any, job: Job) -> bool:
         try:
-            opts = job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s)
+            opts = job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s,
+                                       model=job.model_name, recipe=job.recipe_name)
         except UnknownBackendError as e:
             if fail_job(session=s, job_id=job.id, error=f"cannot be run: {e}"):
                 summary.failed_unroutable.append(job.id)
@@ -218,13 +221,13 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
 
     try:
         with sessions() as s:
-            stale = list(stale_running_jobs(session=s, stale_before=stale_before, limit=BATCH_LIMIT))
-            waiting = list(queued_jobs_published_before(session=s, before=published_before, limit=BATCH_LIMIT))
+            stale = list(stale_running_jobs(session=s, stale_after_s=stale_s, limit=BATCH_LIMIT))
+            waiting = list(queued_jobs_published_before(session=s, grace_s=grace_s, limit=BATCH_LIMIT))
 
             # 1. Poison: used up its attempts. Failing it needs no broker.
             for job in [j for j in stale + waiting if j.attempts >= settings.max_attempts]:
                 if fail_exhausted_job(session=s, job_id=job.id, max_attempts=settings.max_attempts,
-                                      stale_before=stale_before, error=_poison_reason(job)):
+                                      stale_after_s=stale_s, error=_poison_reason(job)):
                     summary.failed_poison.append(job.id)
                     log.warning("reconcile: job %s failed for good: %s", job.id, _poison_reason(job))
             poisoned = set(summary.failed_poison)
@@ -240,7 +243,7 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
             # 2. Lost workers: requeue, then publish (row first, message second, as the producer does).
             for job in stale:
                 last = _naive_utc(job.heartbeat_at)
-                if requeue_stale_job(session=s, job_id=job.id, stale_before=stale_before,
+                if requeue_stale_job(session=s, job_id=job.id, stale_after_s=stale_s,
                                      error=f"requeued by the reconciler: no heartbeat from {job.worker_host or '?'} "
                                            f"since {last.isoformat(timespec='seconds') if last else 'the claim'} "
                                            f"(attempt {job.attempts} of {settings.max_attempts})"):
@@ -254,7 +257,7 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
                 if present is not None and job.id in present:
                     summary.still_in_broker += 1
                     continue
-                if mark_republished(session=s, job_id=job.id, published_before=published_before):
+                if mark_republished(session=s, job_id=job.id, grace_s=grace_s):
                     if publish(s, job):
                         summary.republished.append(job.id)
     finally:

@@ -100,6 +100,18 @@ class Settings(BaseSettings):
         default=3 * 1024 * 1024, gt=0,
         description="KiB (Celery's unit): a child above this resident size is replaced after its current job.")
 
+    # --- database timeouts and the final write (docs/faults.md) ---
+    db_connect_timeout: float = Field(
+        default=10.0, ge=0, description="PostgreSQL: seconds to wait for a connection (0: libpq's default, none).")
+    db_statement_timeout: float = Field(
+        default=120.0, ge=0, description="PostgreSQL: a statement running longer fails (0: no limit).")
+    db_lock_timeout: float = Field(
+        default=30.0, ge=0, description="PostgreSQL: a statement waiting this long for a row lock fails (0: no limit).")
+    result_write_attempts: int = Field(
+        default=8, ge=1, description="Tries to record a computed result before giving it up (transient errors).")
+    result_write_backoff: float = Field(
+        default=0.5, gt=0, description="Seconds before the 2nd try of the result write; doubled each try, capped at 30.")
+
     @field_validator("reconcile_queue")
     @classmethod
     def _reconcile_queue_exists(cls, v: str | None) -> str | None:
@@ -146,6 +158,16 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values: computed, never stored twice ---
+    def db_engine_options(self) -> dict[str, float]:
+        """Keyword arguments of ``models_db.make_engine`` for this deployment's database timeouts.
+
+        Example:
+            >>> Settings(home="/tmp/mp-doc", db_lock_timeout=5).db_engine_options()["lock_timeout_s"]
+            5.0
+        """
+        return {"connect_timeout_s": self.db_connect_timeout, "statement_timeout_s": self.db_statement_timeout,
+                "lock_timeout_s": self.db_lock_timeout}
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"

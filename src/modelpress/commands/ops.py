@@ -44,11 +44,11 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
     from modelpress.cli import ensure_db
-    from modelpress.workers.app import make_app
-    from modelpress.workers.beat import OPS_QUEUE
+    from modelpress.workers.routing import OPS_QUEUE
+    from modelpress.workers.worker import make_worker_app
 
     ensure_db(settings)
-    app = make_app(settings)
+    app = make_worker_app(settings)
     # No configure_worker(): these tasks never import torch, so children need no torch set-up.
     app.worker_main(argv=["worker", "-Q", OPS_QUEUE, "-c", str(args.concurrency), "-n", f"ops-{os.getpid()}@%h",
                           "-l", args.loglevel, "-P", "prefork", "-E"])
