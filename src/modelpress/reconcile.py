@@ -11,8 +11,9 @@ reconcilers (every worker at start, beat, the CLI) may run at once:
 2. **Lost workers**: a running job whose heartbeat is older than ``heartbeat_stale_after`` goes back
    to ``queued`` and its message is published again.
 3. **Lost messages**: a queued job last published more than ``reconcile_queued_grace`` ago whose
-   message is not in the broker's queue (looked up on Redis and the filesystem broker) is published
-   again and stamped (``heartbeat_at`` on a queued row = last published at), so a long backlog is
+   message neither waits in the broker's queue (looked up on Redis and the filesystem broker) nor is
+   held by a worker (delivered within the grace period by Redis's own clock, or reserved/active on a
+   live worker, asked with ``inspect``) is published again and stamped (``heartbeat_at`` on a queued row = last published at), so a long backlog is
    not flooded with copies. A copy that does get through is harmless: the claim lets one run it.
 
 It runs as the Celery task ``modelpress.reconcile`` (beat schedules it by name), in each worker's
@@ -70,6 +71,7 @@ class ReconcileSummary:
     failed_poison: list[str] = field(default_factory=list)    # attempts used up → failed
     failed_unroutable: list[str] = field(default_factory=list)  # backend with no queue → failed
     still_in_broker: int = 0       # queued past the grace period, but their message is still waiting
+    held_by_worker: int = 0        # queued past the grace period, but a worker holds their message (not claimed yet)
     broker_checked: bool = False   # False: the broker's queues could not be read; grace period only
     broker_reachable: bool = True  # False: nothing was published this pass (rows left for the next)
 
@@ -84,6 +86,7 @@ class ReconcileSummary:
         return (f"requeued {len(self.requeued_stale)} job(s) of lost workers, re-published {len(self.republished)} "
                 f"lost message(s), failed {len(self.failed_poison)} poison and {len(self.failed_unroutable)} "
                 f"unroutable job(s); {self.still_in_broker} queued job(s) still have their message"
+                f" and {self.held_by_worker} are held by a worker"
                 + ("" if self.broker_reachable else "; the broker was unreachable, nothing was published"))
 
 
@@ -176,6 +179,74 @@ def broker_job_ids(settings: Settings, queues: Iterable[str] = BACKENDS) -> set[
         return None
 
 
+def _job_ids_of_task_dicts(replies: dict[str, Any] | None) -> set[str]:
+    """Job ids in ``inspect().reserved()``/``active()`` replies: ``{node: [{"name", "args", ...}]}``."""
+    import ast
+
+    out: set[str] = set()
+    for tasks in (replies or {}).values():
+        for t in tasks or []:
+            if t.get("name") != OPTIMIZE_TASK:
+                continue
+            args = t.get("args")
+            if isinstance(args, str):  # older workers send repr() of the arguments
+                try:
+                    args = ast.literal_eval(args)
+                except (ValueError, SyntaxError):
+                    continue
+            if isinstance(args, (list, tuple)) and args:
+                out.add(str(args[0]))
+    return out
+
+
+def worker_held_job_ids(settings: Settings, app: Any, *, timeout: float = 1.0) -> set[str]:
+    """Ids of jobs whose optimize message a worker holds now, though it may not have claimed the job yet.
+
+    Two sources, because a worker takes a message off the queue list some time before it claims the
+    job: (1) Redis's unacknowledged set, entries delivered less than ``reconcile_queued_grace`` ago by
+    Redis's clock (``TIME``), so a whole worker killed long ago does not keep its job hostage for the
+    visibility timeout; (2) the reserved and active tasks of every live worker (``inspect``). Each
+    source that cannot be read is skipped (logged): the grace period still bounds the harm, a duplicate
+    message, which the claim makes harmless.
+
+    Example:
+        >>> worker_held_job_ids(Settings(home="/tmp/mp-doc", broker_url="redis://127.0.0.1:6379/0"), app)  # doctest: +SKIP
+        set()
+    """
+    url = settings.effective_broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return set()
+    held: set[str] = set()
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        try:
+            now_s, now_us = client.time()
+            since = now_s + now_us / 1e6 - settings.reconcile_queued_grace
+            p = settings.queue_prefix
+            tags = client.zrangebyscore(f"{p}unacked_index", since, "+inf")
+            for raw in (client.hmget(f"{p}unacked", tags) if tags else []):
+                if raw is None:
+                    continue  # acknowledged while we looked
+                try:
+                    job_id = _job_id_of(json.dumps(json.loads(raw)[0]))
+                except (ValueError, IndexError, TypeError):
+                    continue
+                if job_id:
+                    held.add(job_id)
+        finally:
+            client.close()
+    except Exception as e:  # noqa: BLE001 - one source fewer; the grace period still bounds the harm
+        log.warning("reconcile: could not read the broker's delivered messages (%s: %s)", type(e).__name__, e)
+    try:
+        inspector = app.control.inspect(timeout=timeout)
+        held |= _job_ids_of_task_dicts(inspector.reserved()) | _job_ids_of_task_dicts(inspector.active())
+    except Exception as e:  # noqa: BLE001 - as above
+        log.warning("reconcile: could not ask the workers what they hold (%s: %s)", type(e).__name__, e)
+    return held
+
+
 def _broker_reachable(app: Any) -> bool:
     try:
         with app.connection_for_write() as conn:
@@ -253,9 +324,13 @@ def reconcile_once(settings: Settings, *, app: Any = None) -> ReconcileSummary:
             # 3. Lost messages: only jobs whose message is not waiting in the broker.
             present = broker_job_ids(settings) if waiting else set()
             summary.broker_checked = present is not None
+            held = worker_held_job_ids(settings, app) if waiting else set()
             for job in waiting:
                 if present is not None and job.id in present:
                     summary.still_in_broker += 1
+                    continue
+                if job.id in held:
+                    summary.held_by_worker += 1
                     continue
                 if mark_republished(session=s, job_id=job.id, grace_s=grace_s):
                     if publish(s, job):
