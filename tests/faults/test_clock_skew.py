@@ -65,7 +65,9 @@ def test_a_reconciler_whose_clock_runs_ahead_requeues_only_the_dead_job_and_repu
         summary = json.loads(out.stdout)
         with sessions() as s:
             rows = {j: get_job(session=s, job_id=j) for j in (live, dead, fresh)}
-        record("fault", fault="reconciler clock 15 min ahead (live, dead and fresh queued job)", injected=1,
+        dialect = "PostgreSQL" if db_url.startswith("postgresql") else "SQLite"
+        record("fault", fault=f"reconciler clock 15 min ahead, {dialect}: a live, a dead and a fresh queued row "
+                              "(no worker; the rows stay unfinished)", injected=1,
                jobs=3, lost=0, duplicates=len(summary["republished"]) + len(set(summary["requeued_stale"]) - {dead}),
                statuses={"running": sum(r.status == "running" for r in rows.values()),
                          "queued": sum(r.status == "queued" for r in rows.values())})
