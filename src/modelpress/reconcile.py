@@ -186,7 +186,7 @@ def _job_ids_of_task_dicts(replies: dict[str, Any] | None) -> set[str]:
     out: set[str] = set()
     for tasks in (replies or {}).values():
         for t in tasks or []:
-            if t.get("name") != OPTIMIZE_TASK:
+            if (t.get("type") or t.get("name")) != OPTIMIZE_TASK:  # "name" is the shadow display name
                 continue
             args = t.get("args")
             if isinstance(args, str):  # older workers send repr() of the arguments
@@ -199,13 +199,30 @@ def _job_ids_of_task_dicts(replies: dict[str, Any] | None) -> set[str]:
     return out
 
 
-def worker_held_job_ids(settings: Settings, app: Any, *, timeout: float = 1.0) -> set[str]:
+def _this_workers_job_ids() -> set[str]:
+    """Job ids of the optimize requests this process holds as a worker's parent (reserved or active):
+    Celery's own bookkeeping, read in-process (empty outside a worker)."""
+    from celery.worker import state
+
+    out: set[str] = set()
+    for req in list(state.reserved_requests) + list(state.active_requests):
+        try:
+            # ``type`` is the task run; ``name``/``task_name`` is the display name (shadow).
+            if getattr(req, "type", None) == OPTIMIZE_TASK and req.args:
+                out.add(str(req.args[0]))
+        except Exception:  # noqa: BLE001 - a request being torn down while we look
+            continue
+    return out
+
+
+def worker_held_job_ids(settings: Settings, app: Any, *, timeout: float = 1.0, ask_workers: bool = True) -> set[str]:
     """Ids of jobs whose optimize message a worker holds now, though it may not have claimed the job yet.
 
     Two sources, because a worker takes a message off the queue list some time before it claims the
     job: (1) Redis's unacknowledged set, entries delivered less than ``reconcile_queued_grace`` ago by
     Redis's clock (``TIME``), so a whole worker killed long ago does not keep its job hostage for the
-    visibility timeout; (2) the reserved and active tasks of every live worker (``inspect``). Each
+    visibility timeout; (2) the reserved and active tasks of this process, when it is a worker's parent
+    (Celery's own bookkeeping), and of every live worker (``inspect``; not with ``ask_workers=False``). Each
     source that cannot be read is skipped (logged): the grace period still bounds the harm, a duplicate
     message, which the claim makes harmless.
 
@@ -239,6 +256,9 @@ def worker_held_job_ids(settings: Settings, app: Any, *, timeout: float = 1.0) -
             client.close()
     except Exception as e:  # noqa: BLE001 - one source fewer; the grace period still bounds the harm
         log.warning("reconcile: could not read the broker's delivered messages (%s: %s)", type(e).__name__, e)
+    held |= _this_workers_job_ids()
+    if not ask_workers:
+        return held
     try:
         inspector = app.control.inspect(timeout=timeout)
         held |= _job_ids_of_task_dicts(inspector.reserved()) | _job_ids_of_task_dicts(inspector.active())
@@ -259,7 +279,7 @@ def _broker_reachable(app: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- the pass
-def reconcile_once(settings: Settings, *, app: Any = None) -> ReconcileSummary:
+def reconcile_once(settings: Settings, *, app: Any = None, ask_workers: bool = True) -> ReconcileSummary:
     """One reconciliation pass over the job table; safe to run anywhere, any number of times at once.
 
     Example:
@@ -324,7 +344,7 @@ def reconcile_once(settings: Settings, *, app: Any = None) -> ReconcileSummary:
             # 3. Lost messages: only jobs whose message is not waiting in the broker.
             present = broker_job_ids(settings) if waiting else set()
             summary.broker_checked = present is not None
-            held = worker_held_job_ids(settings, app) if waiting else set()
+            held = worker_held_job_ids(settings, app, ask_workers=ask_workers) if waiting else set()
             for job in waiting:
                 if present is not None and job.id in present:
                     summary.still_in_broker += 1
@@ -374,7 +394,10 @@ def reconcile_at_worker_start(app: Any) -> None:
         for delay in (0.0, settings.heartbeat_stale_after + 2 * settings.heartbeat_interval):
             time.sleep(delay)
             try:
-                summary = reconcile_once(settings, app=app)
+                # No ``inspect`` broadcast from a worker's parent: seen here, a parent that had run one
+                # forked pool children that never came up ("Timed out waiting for UP message"). This
+                # worker's own reserved/active requests and Redis's recent deliveries cover it.
+                summary = reconcile_once(settings, app=app, ask_workers=False)
                 log.info("reconcile at worker start (pid %d): %s", os.getpid(), summary)
             except Exception:  # noqa: BLE001 - beat and the next worker start try again
                 log.warning("reconcile at worker start failed", exc_info=True)
