@@ -261,18 +261,25 @@ class Producer:
             True
         """
         from modelpress.models_db.jobs import create_reused_job, find_reusable_job, stage_batch
-        from modelpress.workers.app import job_message_options
+        from modelpress.workers.routing import job_message_options
 
         reqs = list(requests)
         torch_version = installed_torch_version() if reuse else None
         content_ids: dict[str, str | None] = {}
         reused: dict[str, str] = {}
+        # Hash and copy each distinct weights file once, *before* the transaction: on SQLite the first
+        # INSERT takes the database's write lock, and holding it while big files are copied starves
+        # the workers' heartbeats (the reconciler then takes live jobs over).
+        staged: dict[str, tuple[str, str]] = {}
+        for r in reqs:
+            if r.weights and r.weights not in staged:  # keyed by the path given; the store dedupes by hash
+                staged[r.weights] = self._stage_weights(r.weights)
         with self.sessions() as s:
             batch_id = stage_batch(session=s, name=name, kind=kind, source=source).id if name else None
             jobs = []
             for r in reqs:
                 if r.weights:
-                    uri, digest = self._stage_weights(r.weights)
+                    uri, digest = staged[r.weights]
                 else:
                     if r.model not in content_ids:
                         content_ids[r.model] = builtin_content_id(r.model)
@@ -292,6 +299,7 @@ class Producer:
                 jobs.append(job)
             s.commit()
             ids = [(j.id, j.backend, j.reused_from_job_id if j.reused else None) for j in jobs]
+            names = {j.id: (j.model_name, j.recipe_name) for j in jobs}
             limits = {j.id: j.time_limit_s for j in jobs}
         # Rows first, messages second: a message lost here leaves a queued row that the reconciler
         # re-publishes, never a message without a row.
@@ -301,7 +309,8 @@ class Producer:
                 reused[job_id] = reused_from
                 continue
             self.app.send_task(OPTIMIZE_TASK, args=[job_id],
-                               **job_message_options(self.settings, backend=backend, time_limit_s=limits[job_id]))
+                               **job_message_options(self.settings, backend=backend, time_limit_s=limits[job_id],
+                                                     model=names[job_id][0], recipe=names[job_id][1]))
             enqueued.append(job_id)
         return Submission(batch_id=batch_id, job_ids=[i for i, _, _ in ids], enqueued=enqueued, reused=reused)
 

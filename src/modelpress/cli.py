@@ -35,6 +35,24 @@ def ensure_db(settings: Settings) -> None:
         upgrade(settings.effective_database_url)
 
 
+def refuse_or_warn(settings: Settings, command: str, *, embedded: bool) -> int | None:
+    """Checks before a long-running process starts: 2 (after printing why) if it must not, else None.
+
+    Refuses the embedded default (no MODELPRESS_BROKER_URL / _DATABASE_URL) unless ``--embedded`` was
+    given; warns, on stderr, about secrets still set to an example value.
+
+    Example:
+        >>> refuse_or_warn(Settings(home="/tmp/mp-doc"), "worker", embedded=True)
+    """
+    for warning in settings.placeholder_secrets():
+        print(f"warning: {warning}", file=sys.stderr)
+    problem = None if embedded else settings.embedded_refusal(command)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return None
+
+
 def _fmt_bytes(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
@@ -118,9 +136,13 @@ def start_worker_process(settings_env: dict[str, str], backend: str, log_path: P
                          concurrency: int = 1) -> subprocess.Popen[bytes]:
     """Start ``modelpress worker`` as a real OS process (its own Celery parent and prefork children)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The demo's workers share its embedded broker and database on purpose: say so (--embedded).
+    embedded = ["--embedded"] if not (settings_env.get("MODELPRESS_BROKER_URL")
+                                      and settings_env.get("MODELPRESS_DATABASE_URL")) else []
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "modelpress", "worker", "--backend", backend, "--concurrency", str(concurrency)],
+            [sys.executable, "-m", "modelpress", "worker", "--backend", backend, "--concurrency", str(concurrency),
+             *embedded],
             env=settings_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -188,13 +210,17 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.workers.app import make_app
-    from modelpress.workers.runtime import configure_worker
+    from modelpress.workers.runtime import configure_worker, install_reconnect_reconcile
+    from modelpress.workers.worker import make_worker_app
 
+    refused = refuse_or_warn(settings, "worker", embedded=args.embedded)
+    if refused is not None:
+        return refused
     backend = args.backend or native_backend()
     ensure_db(settings)
     configure_worker(backend, settings.worker_threads)
-    app = make_app(settings)
+    app = make_worker_app(settings)
+    install_reconnect_reconcile(app)
     argv = ["worker", "-Q", backend, "-c", str(args.concurrency or settings.worker_concurrency),
             "-n", f"{backend}-{os.getpid()}@%h", "-l", args.loglevel, "-P", "prefork", "-E"]
     if args.max_tasks_per_child:
@@ -279,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int)
     w.add_argument("--loglevel", default="INFO")
     w.add_argument("--max-tasks-per-child", type=int)
+    w.add_argument("--embedded", action="store_true",
+                   help="allow the embedded broker and database (one machine, e.g. the demo) when "
+                        "MODELPRESS_BROKER_URL / MODELPRESS_DATABASE_URL are not set")
     w.set_defaults(func=cmd_worker)
 
     j = sub.add_parser("jobs", help="list jobs")

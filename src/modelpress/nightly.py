@@ -32,7 +32,7 @@ from modelpress.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NIGHTLY_TASK = "modelpress.nightly"
+from modelpress.workers.routing import NIGHTLY_TASK  # noqa: F401 - re-exported: older import path
 
 
 class _Publisher(Protocol):
@@ -126,7 +126,7 @@ class NightResult:
 def _sessions(settings: Settings) -> Any:
     from modelpress.models_db.engine import process_sessionmaker
 
-    return process_sessionmaker(settings.effective_database_url)
+    return process_sessionmaker(settings.effective_database_url, **settings.db_engine_options())
 
 
 def submit_night(settings: Settings, *, app: _Publisher, night: str | None = None) -> NightResult:
@@ -139,7 +139,7 @@ def submit_night(settings: Settings, *, app: _Publisher, night: str | None = Non
         night 2025-01-31: 4 job(s) queued, 0 already there (batch nightly-2025-01-31)
     """
     from modelpress.models_db.jobs import create_nightly_job, get_or_create_nightly_batch
-    from modelpress.workers.routing import OPTIMIZE_TASK, route_for
+    from modelpress.workers.routing import OPTIMIZE_TASK, job_message_options
 
     night = night or utc_night()
     datetime.strptime(night, "%Y-%m-%d")  # refuse anything but a date: it is part of a unique key
@@ -150,13 +150,17 @@ def submit_night(settings: Settings, *, app: _Publisher, night: str | None = Non
         for p in plan:
             job = create_nightly_job(session=s, night=night, batch_id=batch_id, model_name=p.model,
                                      recipe_name=p.recipe.name, recipe_json=p.recipe.to_json(),
-                                     recipe_sha256=p.recipe.sha256, backend=p.backend)
+                                     recipe_sha256=p.recipe.sha256, backend=p.backend,
+                                     time_limit_s=p.recipe.time_limit_s)
             if job is None:
                 result.already_queued += 1
                 continue
             # Row committed before the message: a publish lost here leaves a queued row that the
             # reconciler re-publishes, never a message without a row (same order as Producer).
-            app.send_task(OPTIMIZE_TASK, args=[job.id], **route_for(p.backend))
+            # The recipe's own time limit, on the row and on the message, as for a submitted job.
+            app.send_task(OPTIMIZE_TASK, args=[job.id],
+                          **job_message_options(settings, backend=p.backend, time_limit_s=p.recipe.time_limit_s,
+                                                model=p.model, recipe=p.recipe.name))
             result.queued.append(job.id)
     log.info("%s", result)
     return result
@@ -263,8 +267,8 @@ def register(app: Any) -> None:
     """Register ``modelpress.nightly`` on ``app`` and the comparison hook on its workers.
 
     Example:
-        >>> from modelpress.workers.app import make_app
-        >>> NIGHTLY_TASK in make_app(Settings(home="/tmp/mp-doc")).tasks
+        >>> from modelpress.workers.worker import make_worker_app
+        >>> NIGHTLY_TASK in make_worker_app(Settings(home="/tmp/mp-doc")).tasks
         True
     """
     from celery.signals import task_postrun

@@ -11,8 +11,9 @@ reconcilers (every worker at start, beat, the CLI) may run at once:
 2. **Lost workers**: a running job whose heartbeat is older than ``heartbeat_stale_after`` goes back
    to ``queued`` and its message is published again.
 3. **Lost messages**: a queued job last published more than ``reconcile_queued_grace`` ago whose
-   message is not in the broker's queue (looked up on Redis and the filesystem broker) is published
-   again and stamped (``heartbeat_at`` on a queued row = last published at), so a long backlog is
+   message neither waits in the broker's queue (looked up on Redis and the filesystem broker) nor is
+   held by a worker (delivered within the grace period by Redis's own clock, or reserved/active on a
+   live worker, asked with ``inspect``) is published again and stamped (``heartbeat_at`` on a queued row = last published at), so a long backlog is
    not flooded with copies. A copy that does get through is harmless: the claim lets one run it.
 
 It runs as the Celery task ``modelpress.reconcile`` (beat schedules it by name), in each worker's
@@ -32,7 +33,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -44,10 +45,9 @@ from modelpress.models_db.jobs import (
     requeue_stale_job,
     stale_running_jobs,
 )
-from modelpress.models_db.schema import Job, JobStatus, utcnow
+from modelpress.models_db.schema import Job, JobStatus
 from modelpress.settings import BACKENDS, Settings
-from modelpress.workers.app import RECONCILE_TASK, job_message_options, make_app
-from modelpress.workers.routing import OPTIMIZE_TASK, UnknownBackendError
+from modelpress.workers.routing import OPTIMIZE_TASK, RECONCILE_TASK, UnknownBackendError, job_message_options
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class ReconcileSummary:
     failed_poison: list[str] = field(default_factory=list)    # attempts used up → failed
     failed_unroutable: list[str] = field(default_factory=list)  # backend with no queue → failed
     still_in_broker: int = 0       # queued past the grace period, but their message is still waiting
+    held_by_worker: int = 0        # queued past the grace period, but a worker holds their message (not claimed yet)
     broker_checked: bool = False   # False: the broker's queues could not be read; grace period only
     broker_reachable: bool = True  # False: nothing was published this pass (rows left for the next)
 
@@ -85,6 +86,7 @@ class ReconcileSummary:
         return (f"requeued {len(self.requeued_stale)} job(s) of lost workers, re-published {len(self.republished)} "
                 f"lost message(s), failed {len(self.failed_poison)} poison and {len(self.failed_unroutable)} "
                 f"unroutable job(s); {self.still_in_broker} queued job(s) still have their message"
+                f" and {self.held_by_worker} are held by a worker"
                 + ("" if self.broker_reachable else "; the broker was unreachable, nothing was published"))
 
 
@@ -177,6 +179,94 @@ def broker_job_ids(settings: Settings, queues: Iterable[str] = BACKENDS) -> set[
         return None
 
 
+def _job_ids_of_task_dicts(replies: dict[str, Any] | None) -> set[str]:
+    """Job ids in ``inspect().reserved()``/``active()`` replies: ``{node: [{"name", "args", ...}]}``."""
+    import ast
+
+    out: set[str] = set()
+    for tasks in (replies or {}).values():
+        for t in tasks or []:
+            if (t.get("type") or t.get("name")) != OPTIMIZE_TASK:  # "name" is the shadow display name
+                continue
+            args = t.get("args")
+            if isinstance(args, str):  # older workers send repr() of the arguments
+                try:
+                    args = ast.literal_eval(args)
+                except (ValueError, SyntaxError):
+                    continue
+            if isinstance(args, (list, tuple)) and args:
+                out.add(str(args[0]))
+    return out
+
+
+def _this_workers_job_ids() -> set[str]:
+    """Job ids of the optimize requests this process holds as a worker's parent (reserved or active):
+    Celery's own bookkeeping, read in-process (empty outside a worker)."""
+    from celery.worker import state
+
+    out: set[str] = set()
+    for req in list(state.reserved_requests) + list(state.active_requests):
+        try:
+            # ``type`` is the task run; ``name``/``task_name`` is the display name (shadow).
+            if getattr(req, "type", None) == OPTIMIZE_TASK and req.args:
+                out.add(str(req.args[0]))
+        except Exception:  # noqa: BLE001 - a request being torn down while we look
+            continue
+    return out
+
+
+def worker_held_job_ids(settings: Settings, app: Any, *, timeout: float = 1.0, ask_workers: bool = True) -> set[str]:
+    """Ids of jobs whose optimize message a worker holds now, though it may not have claimed the job yet.
+
+    Two sources, because a worker takes a message off the queue list some time before it claims the
+    job: (1) Redis's unacknowledged set, entries delivered less than ``reconcile_queued_grace`` ago by
+    Redis's clock (``TIME``), so a whole worker killed long ago does not keep its job hostage for the
+    visibility timeout; (2) the reserved and active tasks of this process, when it is a worker's parent
+    (Celery's own bookkeeping), and of every live worker (``inspect``; not with ``ask_workers=False``). Each
+    source that cannot be read is skipped (logged): the grace period still bounds the harm, a duplicate
+    message, which the claim makes harmless.
+
+    Example:
+        >>> worker_held_job_ids(Settings(home="/tmp/mp-doc", broker_url="redis://127.0.0.1:6379/0"), app)  # doctest: +SKIP
+        set()
+    """
+    url = settings.effective_broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return set()
+    held: set[str] = set()
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        try:
+            now_s, now_us = client.time()
+            since = now_s + now_us / 1e6 - settings.reconcile_queued_grace
+            p = settings.queue_prefix
+            tags = client.zrangebyscore(f"{p}unacked_index", since, "+inf")
+            for raw in (client.hmget(f"{p}unacked", tags) if tags else []):
+                if raw is None:
+                    continue  # acknowledged while we looked
+                try:
+                    job_id = _job_id_of(json.dumps(json.loads(raw)[0]))
+                except (ValueError, IndexError, TypeError):
+                    continue
+                if job_id:
+                    held.add(job_id)
+        finally:
+            client.close()
+    except Exception as e:  # noqa: BLE001 - one source fewer; the grace period still bounds the harm
+        log.warning("reconcile: could not read the broker's delivered messages (%s: %s)", type(e).__name__, e)
+    held |= _this_workers_job_ids()
+    if not ask_workers:
+        return held
+    try:
+        inspector = app.control.inspect(timeout=timeout)
+        held |= _job_ids_of_task_dicts(inspector.reserved()) | _job_ids_of_task_dicts(inspector.active())
+    except Exception as e:  # noqa: BLE001 - as above
+        log.warning("reconcile: could not ask the workers what they hold (%s: %s)", type(e).__name__, e)
+    return held
+
+
 def _broker_reachable(app: Any) -> bool:
     try:
         with app.connection_for_write() as conn:
@@ -189,7 +279,7 @@ def _broker_reachable(app: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- the pass
-def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None = None) -> ReconcileSummary:
+def reconcile_once(settings: Settings, *, app: Any = None, ask_workers: bool = True) -> ReconcileSummary:
     """One reconciliation pass over the job table; safe to run anywhere, any number of times at once.
 
     Example:
@@ -198,17 +288,21 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
         requeued 0 job(s) of lost workers, re-published 0 lost message(s), failed 0 poison ...
     """
     own_app = app is None
-    app = make_app(settings) if own_app else app
-    now = now or utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_after)
-    published_before = now - timedelta(seconds=settings.reconcile_queued_grace)
+    if own_app:
+        from modelpress.workers.app import make_app  # a publisher only: messages go out by task name
+
+        app = make_app(settings)
+    # Seconds, not datetimes: every cutoff is computed in SQL with the database's clock, so a host
+    # whose clock runs ahead does not see live heartbeats as stale.
+    stale_s, grace_s = settings.heartbeat_stale_after, settings.reconcile_queued_grace
     summary = ReconcileSummary()
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, **settings.db_engine_options())
     sessions = make_sessionmaker(engine)
 
     def publish(s: Any, job: Job) -> bool:
         try:
-            opts = job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s)
+            opts = job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s,
+                                       model=job.model_name, recipe=job.recipe_name)
         except UnknownBackendError as e:
             if fail_job(session=s, job_id=job.id, error=f"cannot be run: {e}"):
                 summary.failed_unroutable.append(job.id)
@@ -218,13 +312,13 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
 
     try:
         with sessions() as s:
-            stale = list(stale_running_jobs(session=s, stale_before=stale_before, limit=BATCH_LIMIT))
-            waiting = list(queued_jobs_published_before(session=s, before=published_before, limit=BATCH_LIMIT))
+            stale = list(stale_running_jobs(session=s, stale_after_s=stale_s, limit=BATCH_LIMIT))
+            waiting = list(queued_jobs_published_before(session=s, grace_s=grace_s, limit=BATCH_LIMIT))
 
             # 1. Poison: used up its attempts. Failing it needs no broker.
             for job in [j for j in stale + waiting if j.attempts >= settings.max_attempts]:
                 if fail_exhausted_job(session=s, job_id=job.id, max_attempts=settings.max_attempts,
-                                      stale_before=stale_before, error=_poison_reason(job)):
+                                      stale_after_s=stale_s, error=_poison_reason(job)):
                     summary.failed_poison.append(job.id)
                     log.warning("reconcile: job %s failed for good: %s", job.id, _poison_reason(job))
             poisoned = set(summary.failed_poison)
@@ -240,7 +334,7 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
             # 2. Lost workers: requeue, then publish (row first, message second, as the producer does).
             for job in stale:
                 last = _naive_utc(job.heartbeat_at)
-                if requeue_stale_job(session=s, job_id=job.id, stale_before=stale_before,
+                if requeue_stale_job(session=s, job_id=job.id, stale_after_s=stale_s,
                                      error=f"requeued by the reconciler: no heartbeat from {job.worker_host or '?'} "
                                            f"since {last.isoformat(timespec='seconds') if last else 'the claim'} "
                                            f"(attempt {job.attempts} of {settings.max_attempts})"):
@@ -250,11 +344,15 @@ def reconcile_once(settings: Settings, *, app: Any = None, now: datetime | None 
             # 3. Lost messages: only jobs whose message is not waiting in the broker.
             present = broker_job_ids(settings) if waiting else set()
             summary.broker_checked = present is not None
+            held = worker_held_job_ids(settings, app, ask_workers=ask_workers) if waiting else set()
             for job in waiting:
                 if present is not None and job.id in present:
                     summary.still_in_broker += 1
                     continue
-                if mark_republished(session=s, job_id=job.id, published_before=published_before):
+                if job.id in held:
+                    summary.held_by_worker += 1
+                    continue
+                if mark_republished(session=s, job_id=job.id, grace_s=grace_s):
                     if publish(s, job):
                         summary.republished.append(job.id)
     finally:
@@ -296,7 +394,10 @@ def reconcile_at_worker_start(app: Any) -> None:
         for delay in (0.0, settings.heartbeat_stale_after + 2 * settings.heartbeat_interval):
             time.sleep(delay)
             try:
-                summary = reconcile_once(settings, app=app)
+                # No ``inspect`` broadcast from a worker's parent: seen here, a parent that had run one
+                # forked pool children that never came up ("Timed out waiting for UP message"). This
+                # worker's own reserved/active requests and Redis's recent deliveries cover it.
+                summary = reconcile_once(settings, app=app, ask_workers=False)
                 log.info("reconcile at worker start (pid %d): %s", os.getpid(), summary)
             except Exception:  # noqa: BLE001 - beat and the next worker start try again
                 log.warning("reconcile at worker start failed", exc_info=True)

@@ -100,6 +100,18 @@ class Settings(BaseSettings):
         default=3 * 1024 * 1024, gt=0,
         description="KiB (Celery's unit): a child above this resident size is replaced after its current job.")
 
+    # --- database timeouts and the final write (docs/faults.md) ---
+    db_connect_timeout: float = Field(
+        default=10.0, ge=0, description="PostgreSQL: seconds to wait for a connection (0: libpq's default, none).")
+    db_statement_timeout: float = Field(
+        default=120.0, ge=0, description="PostgreSQL: a statement running longer fails (0: no limit).")
+    db_lock_timeout: float = Field(
+        default=30.0, ge=0, description="PostgreSQL: a statement waiting this long for a row lock fails (0: no limit).")
+    result_write_attempts: int = Field(
+        default=8, ge=1, description="Tries to record a computed result before giving it up (transient errors).")
+    result_write_backoff: float = Field(
+        default=0.5, gt=0, description="Seconds before the 2nd try of the result write; doubled each try, capped at 30.")
+
     @field_validator("reconcile_queue")
     @classmethod
     def _reconcile_queue_exists(cls, v: str | None) -> str | None:
@@ -146,6 +158,16 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values: computed, never stored twice ---
+    def db_engine_options(self) -> dict[str, float]:
+        """Keyword arguments of ``models_db.make_engine`` for this deployment's database timeouts.
+
+        Example:
+            >>> Settings(home="/tmp/mp-doc", db_lock_timeout=5).db_engine_options()["lock_timeout_s"]
+            5.0
+        """
+        return {"connect_timeout_s": self.db_connect_timeout, "statement_timeout_s": self.db_statement_timeout,
+                "lock_timeout_s": self.db_lock_timeout}
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
@@ -167,6 +189,56 @@ class Settings(BaseSettings):
         # Above the hard limit, or Redis re-delivers a still-running job (field notes: 3 runs of a
         # 12 s task with a 5 s timeout).
         return self.task_time_limit + 600
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the broker or the database is the embedded default (no MODELPRESS_BROKER_URL /
+        MODELPRESS_DATABASE_URL): right for the demo on one machine, never for a deployment."""
+        return self.broker_url is None or self.database_url is None
+
+    def embedded_refusal(self, command: str) -> str | None:
+        """Why ``command`` (worker, beat, ops-worker) must not start on the embedded default, or None.
+
+        A worker on a deployment host that silently used its own SQLite file and filesystem broker would
+        take no job and record nothing where anyone looks: refuse unless ``--embedded`` asks for it.
+
+        Example:
+            >>> print(Settings(home="/tmp/mp-doc").embedded_refusal("worker"))  # doctest: +ELLIPSIS
+            `modelpress worker` would use the embedded ... pass --embedded to run on one machine
+        """
+        if not self.is_embedded:
+            return None
+        unset = [v for v, val in (("MODELPRESS_BROKER_URL", self.broker_url), ("MODELPRESS_DATABASE_URL",
+                                                                                self.database_url)) if val is None]
+        return (f"`modelpress {command}` would use the embedded {' and '.join(_EMBEDDED_PART[v] for v in unset)} "
+                f"under {self.home} because {' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set; "
+                "in a deployment that is never right (this process would see none of the jobs): set "
+                f"{' and '.join(unset)}, or pass --embedded to run on one machine")
+
+    def placeholder_secrets(self) -> list[str]:
+        """Warnings for secrets still set to an example value (``.env.example``, ``admin:admin``).
+
+        Example:
+            >>> Settings(home="/tmp/mp-doc", flower_basic_auth="admin:admin").placeholder_secrets()
+            ['MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password (admin:admin); set a real one']
+        """
+        from urllib.parse import urlsplit
+
+        out: list[str] = []
+        if self.flower_basic_auth is not None:
+            for pair in self.flower_basic_auth.get_secret_value().split(","):
+                user, _, password = pair.strip().partition(":")
+                if _is_placeholder(password) or password == user:
+                    out.append(f"MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password ({user}:{password if password == user else '...'}); "
+                               "set a real one")
+        for var, url in (("MODELPRESS_DATABASE_URL", self.database_url), ("MODELPRESS_BROKER_URL", self.broker_url)):
+            try:
+                password = urlsplit(url).password if url else None
+            except ValueError:
+                password = None
+            if password is not None and _is_placeholder(password):
+                out.append(f"{var} holds a placeholder password; set a real one")
+        return out
 
     def broker_folders(self) -> dict[str, str]:
         """Absolute folders for kombu's filesystem transport (all four, control included)."""
@@ -190,6 +262,16 @@ class Settings(BaseSettings):
         out["database_url"] = make_url(self.effective_database_url).render_as_string(hide_password=True)
         out["broker_url"] = _mask_url(self.effective_broker_url)
         return out
+
+
+_EMBEDDED_PART = {"MODELPRESS_BROKER_URL": "filesystem broker", "MODELPRESS_DATABASE_URL": "SQLite database"}
+# Example values from .env.example, the docs and common defaults: a deployment must replace them.
+_PLACEHOLDERS = ("change-me", "changeme", "secret", "password", "admin", "example", "s3cret", "postgres")
+
+
+def _is_placeholder(password: str) -> bool:
+    p = password.strip().lower()
+    return not p or p in _PLACEHOLDERS or p.startswith(("change-me", "changeme"))
 
 
 def _is_number(text: str) -> bool:

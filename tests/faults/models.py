@@ -5,6 +5,7 @@ job) appends ``<job id> <pid> start`` to the ledger file named by ``MP_FAULT_LED
 
 - ``quick_spec``: returns at once;
 - ``slow_spec``: sleeps ``MP_FAULT_SLOW_S`` seconds (default 4), long enough to kill something mid-job;
+- ``slow_to_trace_spec``: returns at once, but its forward sleeps ``MP_FAULT_TRACE_S`` s while FX traces it;
 - ``sleepy_spec``: sleeps 120 s, interruptibly (the soft time limit stops it);
 - ``stubborn_spec``: sleeps and swallows the soft time limit, as code stuck in C would (the hard limit kills it);
 - ``crash_spec``: SIGKILLs its own process, every time (an out-of-memory kill, a segfault in native code).
@@ -66,7 +67,18 @@ def _data() -> TaskData:
                     train_inputs=_randn((64, 16), 3), description="tiny fixed random inputs")
 
 
-def _spec(factory: str, behave) -> ModelSpec:  # type: ignore[no-untyped-def]
+class SlowToTrace(Tiny):
+    """``Tiny`` whose forward, when FX traces it (inputs are proxies), records ``trace`` and sleeps
+    ``MP_FAULT_TRACE_S`` seconds: a long stretch inside code that turns every exception into bad input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            record("trace")
+            time.sleep(float(os.environ.get("MP_FAULT_TRACE_S", "5")))
+        return super().forward(x)
+
+
+def _spec(factory: str, behave, build=Tiny) -> ModelSpec:  # type: ignore[no-untyped-def]
     # The spec's name is how artifacts are reloaded later: the full allow-listed factory path.
     name = f"{__name__}:{factory}"
 
@@ -76,7 +88,7 @@ def _spec(factory: str, behave) -> ModelSpec:  # type: ignore[no-untyped-def]
         torch.manual_seed(0)
         model.load_state_dict(Tiny().state_dict())
 
-    return ModelSpec(name=name, version=1, build=Tiny, data=_data, metric="top1_agreement",
+    return ModelSpec(name=name, version=1, build=build, data=_data, metric="top1_agreement",
                      make_input=lambda b: _randn((b, 16), 100 + b), latency_batches=(1, 8),
                      pretrained=pretrained, description=f"fault-test model: {name}")
 
@@ -87,6 +99,10 @@ def quick_spec() -> ModelSpec:
 
 def slow_spec() -> ModelSpec:
     return _spec("slow_spec", lambda: time.sleep(float(os.environ.get("MP_FAULT_SLOW_S", "4"))))
+
+
+def slow_to_trace_spec() -> ModelSpec:
+    return _spec("slow_to_trace_spec", lambda: None, build=SlowToTrace)
 
 
 def sleepy_spec() -> ModelSpec:

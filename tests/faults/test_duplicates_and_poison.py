@@ -79,3 +79,25 @@ def test_a_live_worker_whose_job_was_taken_over_abandons_its_run_and_the_job_is_
     assert rows[job]["attempts"] == 2
     stack.assert_each_job_finished_once({job: "succeeded"},
                                         fault="a job taken over from a live worker whose heartbeat looked stale")
+
+
+def test_a_job_taken_over_inside_code_that_wraps_every_error_is_abandoned_and_never_failed_as_bad_input(stack):
+    from modelpress.reconcile import reconcile_once
+
+    stack.workers.start("fbgemm")
+    # Static int8 traces the model with FX; the tracer's "not traceable" handler wraps every exception as
+    # bad input. The takeover's abandon signal lands inside it.
+    (job,) = stack.submit("slow_to_trace_spec", 1, tag="wrapped", recipe={"steps": [{"type": "quantize_static"}]})
+    wait_until(lambda: any(line.startswith(job) and " trace " in line for line in stack.ledger_lines()),
+               timeout=90, what="the first run to be inside the FX trace")
+    impatient = stack.settings.model_copy(update={"heartbeat_stale_after": 0.001})
+    assert reconcile_once(impatient).requeued_stale == [job]
+
+    rows = stack.wait_finished([job], timeout=120)
+    log = stack.workers.log("fbgemm")
+    assert f"job {job}: this worker no longer holds the job" in log
+    assert f"job {job}: abandoned; nothing recorded by this run" in log
+    assert "FX-traceable" not in log  # the abandon signal was never re-labelled as an untraceable model
+    assert (rows[job]["status"], rows[job]["attempts"], rows[job]["error"]) == ("succeeded", 2, None)
+    stack.assert_each_job_finished_once({job: "succeeded"},
+                                        fault="a job taken over while its code wraps every exception as bad input")

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-from datetime import timedelta
 
 import pytest
 import redis as redis_lib
@@ -30,7 +29,8 @@ from modelpress.models_db.jobs import (
     mark_republished,
     requeue_stale_job,
 )
-from modelpress.models_db.schema import Job, utcnow
+from modelpress.models_db.clock import db_now, db_now_plus
+from modelpress.models_db.schema import Job
 from modelpress.reconcile import broker_job_ids, reconcile_once
 
 
@@ -56,7 +56,8 @@ def _row(sessions, **values) -> str:
 
 
 def _ago(seconds: float):  # type: ignore[no-untyped-def]
-    return utcnow() - timedelta(seconds=seconds)
+    # By the database's clock, as the code under test reads it.
+    return db_now_plus(-seconds)
 
 
 def test_a_queued_job_whose_message_was_lost_is_republished_and_not_again_while_its_message_waits(site):
@@ -94,7 +95,7 @@ def test_a_job_queued_less_than_the_grace_period_ago_is_left_to_its_message(site
 def test_a_running_job_with_a_stale_heartbeat_is_requeued_and_republished_and_a_fresh_one_is_left_alone(site):
     stack, sessions, queued = site
     stale = _row(sessions, status="running", attempts=1, heartbeat_at=_ago(30), claim_token="dead/1/x")
-    fresh = _row(sessions, status="running", attempts=1, heartbeat_at=utcnow(), claim_token="alive/2/y")
+    fresh = _row(sessions, status="running", attempts=1, heartbeat_at=db_now(), claim_token="alive/2/y")
     summary = reconcile_once(stack.settings)
     assert summary.requeued_stale == [stale]
     with sessions() as s:
@@ -159,17 +160,16 @@ def sessions(db_url):
 def test_a_finished_job_can_never_be_claimed_requeued_beaten_or_finished_again(sessions, status):
     job = _row(sessions, status=status, attempts=1, celery_task_id="t", claim_token="A", heartbeat_at=None,
                started_at=_ago(100), created_at=_ago(100))
-    future = utcnow() + timedelta(hours=1)
     with sessions() as s:
         changes = {
-            "claim": claim_job(session=s, job_id=job, host="h", arch="x", task_id="t", stale_before=future, token="B"),
+            "claim": claim_job(session=s, job_id=job, host="h", arch="x", task_id="t", stale_after_s=-3600, token="B"),
             "heartbeat": heartbeat(session=s, job_id=job, token="A"),
             "finish": finish_job(session=s, job_id=job, status="succeeded", values={}, token="A"),
             "fail": fail_job(session=s, job_id=job, error="late"),
             "requeue": requeue_job(session=s, job_id=job, error=None),
-            "requeue stale": requeue_stale_job(session=s, job_id=job, stale_before=future, error="x"),
-            "republish": mark_republished(session=s, job_id=job, published_before=future),
-            "poison": fail_exhausted_job(session=s, job_id=job, max_attempts=1, stale_before=future, error="x"),
+            "requeue stale": requeue_stale_job(session=s, job_id=job, stale_after_s=-3600, error="x"),
+            "republish": mark_republished(session=s, job_id=job, grace_s=-3600),
+            "poison": fail_exhausted_job(session=s, job_id=job, max_attempts=1, stale_after_s=-3600, error="x"),
             "hard limit": fail_job_of_task(session=s, job_id=job, task_id="t", error="x"),
         }
         assert not any(changes.values()), changes
@@ -178,17 +178,16 @@ def test_a_finished_job_can_never_be_claimed_requeued_beaten_or_finished_again(s
 
 def test_a_queued_job_can_only_be_claimed_failed_or_restamped(sessions):
     job = _row(sessions, created_at=_ago(100))
-    future = utcnow() + timedelta(hours=1)
     with sessions() as s:
         assert not heartbeat(session=s, job_id=job, token="A")
         assert not finish_job(session=s, job_id=job, status="succeeded", values={}, token="A")
         assert not requeue_job(session=s, job_id=job, error=None)
-        assert not requeue_stale_job(session=s, job_id=job, stale_before=future, error="x")
+        assert not requeue_stale_job(session=s, job_id=job, stale_after_s=-3600, error="x")
         assert not fail_job_of_task(session=s, job_id=job, task_id="t", error="x")
-        assert not fail_exhausted_job(session=s, job_id=job, max_attempts=3, stale_before=future, error="x")
-        assert mark_republished(session=s, job_id=job, published_before=future)
-        assert not mark_republished(session=s, job_id=job, published_before=_ago(1))  # just stamped
-        assert claim_job(session=s, job_id=job, host="h", arch="x", task_id="t", stale_before=None, token="A")
+        assert not fail_exhausted_job(session=s, job_id=job, max_attempts=3, stale_after_s=-3600, error="x")
+        assert mark_republished(session=s, job_id=job, grace_s=-3600)
+        assert not mark_republished(session=s, job_id=job, grace_s=1)  # just stamped
+        assert claim_job(session=s, job_id=job, host="h", arch="x", task_id="t", stale_after_s=None, token="A")
         assert get_job(session=s, job_id=job).attempts == 1
 
 

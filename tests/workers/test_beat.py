@@ -8,10 +8,12 @@ from datetime import timedelta
 
 import pytest
 import redis
+from sqlalchemy import update
 
 from modelpress.models_db import Batch, Job, make_engine, make_sessionmaker, migrate
 from modelpress.models_db.jobs import acquire_lease, lease_holder, release_lease
-from modelpress.models_db.schema import utcnow
+from modelpress.models_db.clock import db_now_plus
+from modelpress.models_db.schema import Lock
 from modelpress.settings import Settings
 from modelpress.workers.beat import beat_schedule, parse_schedule, schedule_filename
 from tests.conftest import REDIS_URL, settings_from_env
@@ -101,10 +103,11 @@ def test_a_lease_has_one_holder_until_it_is_released_or_expires(db_url):
             assert acquire_lease(session=s, name="beat", holder="a", ttl_s=60)  # renewal
             assert lease_holder(session=s, name="beat") == "a"
             assert not release_lease(session=s, name="beat", holder="b")  # only the holder can
-            # a stopped renewing: once its lease has expired, b takes it and a cannot renew it.
-            later = utcnow() + timedelta(seconds=61)
-            assert acquire_lease(session=s, name="beat", holder="b", ttl_s=60, now=later)
-            assert not acquire_lease(session=s, name="beat", holder="a", ttl_s=60, now=later)
+            # a stopped renewing: once its lease has expired (database clock), b takes it and a cannot renew it.
+            s.execute(update(Lock).where(Lock.name == "beat").values(expires_at=db_now_plus(-1)))
+            s.commit()
+            assert acquire_lease(session=s, name="beat", holder="b", ttl_s=60)
+            assert not acquire_lease(session=s, name="beat", holder="a", ttl_s=60)
             assert release_lease(session=s, name="beat", holder="b")
             assert lease_holder(session=s, name="beat") is None
             assert acquire_lease(session=s, name="beat", holder="a", ttl_s=60)

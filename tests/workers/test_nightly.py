@@ -215,3 +215,19 @@ def test_a_night_worse_than_the_last_good_one_is_flagged_on_its_row_after_a_real
     assert reg["previous_job_id"] == good and reg["previous_night"] == good_night
     assert sorted(reg["worse"]) == ["latency_after_median_ms", "size_after_bytes"]
     assert reg["worse"]["size_after_bytes"]["current"] == row["size_after_bytes"]
+
+
+def test_a_nightly_job_carries_its_recipes_time_limit_on_its_row_and_on_its_message(settings, tmp_path):
+    recipe = tmp_path / "limited.json"
+    recipe.write_text('{"name": "limited", "steps": [{"type": "quantize_dynamic"}], "time_limit_s": 40}')
+    limited = settings.model_copy(update={"nightly_recipes": (str(recipe),), "nightly_backends": ("fbgemm",),
+                                          "job_hard_limit_grace": 5})
+    app = RecordingApp()
+    result = submit_night(limited, app=app, night=TONIGHT)
+    (job_id,) = result.queued
+    jobs, _ = _rows(limited)
+    assert [(j["id"], j["time_limit_s"]) for j in jobs] == [(job_id, 40)]
+    ((_, args, opts),) = app.sent
+    assert args == [job_id]
+    assert (opts["queue"], opts["soft_time_limit"], opts["time_limit"]) == ("fbgemm", 40, 45)
+    assert opts["shadow"] == "mlp limited fbgemm"

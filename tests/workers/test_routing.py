@@ -53,3 +53,30 @@ def test_a_worker_consumes_only_its_own_queue(queue):
     workers.start("qnnpack")
     (done,) = wait_for(settings, [qn], timeout=120, quiet=True)
     assert done["status"] == "succeeded" and done["engine_used"] == "qnnpack"
+
+
+def test_each_job_message_carries_model_recipe_and_backend_as_the_name_flower_and_worker_events_show(queue):
+    import json
+
+    import redis
+
+    env, workers = queue
+    settings = settings_from_env(env)
+    producer = Producer(settings)
+    job = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm")
+    producer.close()
+    client = redis.Redis.from_url(settings.effective_broker_url)
+    try:
+        (raw,) = client.lrange(f"{settings.queue_prefix}fbgemm", 0, -1)
+    finally:
+        client.close()
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "modelpress.optimize"  # still routed and run by the task's own name
+    assert message["headers"]["shadow"] == "mlp dynamic-int8 fbgemm"
+    assert message["headers"]["argsrepr"] == repr([job])
+
+    # A real worker reports the job under that name in its task-received event (what Flower's Tasks page lists).
+    workers.start("fbgemm")
+    (row,) = wait_for(settings, [job], timeout=120, quiet=True)
+    assert row["status"] == "succeeded"
+    assert f"Task mlp dynamic-int8 fbgemm[" in workers.log("fbgemm")

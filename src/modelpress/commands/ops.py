@@ -29,7 +29,7 @@ def _check_plan(settings: Settings) -> str | None:
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db
+    from modelpress.cli import ensure_db, refuse_or_warn
     from modelpress.workers.beat import run_beat
 
     # Fail at start, not at 2 a.m.: a typo in the night's models or recipes stops beat here.
@@ -37,18 +37,25 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    refused = refuse_or_warn(settings, "beat", embedded=args.embedded)
+    if refused is not None:
+        return refused
     ensure_db(settings)
     run_beat(settings, loglevel=args.loglevel)
     return 0
 
 
 def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db
-    from modelpress.workers.app import make_app
-    from modelpress.workers.beat import OPS_QUEUE
+    from modelpress.cli import ensure_db, refuse_or_warn
+    from modelpress.workers.routing import OPS_QUEUE
+    from modelpress.workers.worker import make_worker_app
+
+    refused = refuse_or_warn(settings, "ops-worker", embedded=args.embedded)
+    if refused is not None:
+        return refused
 
     ensure_db(settings)
-    app = make_app(settings)
+    app = make_worker_app(settings)
     # No configure_worker(): these tasks never import torch, so children need no torch set-up.
     app.worker_main(argv=["worker", "-Q", OPS_QUEUE, "-c", str(args.concurrency), "-n", f"ops-{os.getpid()}@%h",
                           "-l", args.loglevel, "-P", "prefork", "-E"])
@@ -58,6 +65,8 @@ def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
     from modelpress.workers.flower import FlowerConfigError, run_flower
 
+    for warning in settings.placeholder_secrets():
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         return run_flower(settings, address=args.address or settings.flower_address,
                           port=args.port or settings.flower_port, insecure_localhost=args.insecure_localhost)
@@ -90,15 +99,21 @@ def _night(text: str) -> str:
     return text
 
 
+_EMBEDDED_HELP = ("allow the embedded broker and database (one machine) when MODELPRESS_BROKER_URL / "
+                  "MODELPRESS_DATABASE_URL are not set")
+
+
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``beat``, ``ops-worker``, ``flower`` and ``nightly`` on the ``modelpress`` parser."""
     b = sub.add_parser("beat", help="run the scheduler (nightly recompression, reconciler); one leader at a time")
     b.add_argument("--loglevel", default="INFO")
+    b.add_argument("--embedded", action="store_true", help=_EMBEDDED_HELP)
     b.set_defaults(func=cmd_beat)
 
     o = sub.add_parser("ops-worker", help="run a worker for the ops queue (what beat schedules; no torch)")
     o.add_argument("--concurrency", type=int, default=1)
     o.add_argument("--loglevel", default="INFO")
+    o.add_argument("--embedded", action="store_true", help=_EMBEDDED_HELP)
     o.set_defaults(func=cmd_ops_worker)
 
     f = sub.add_parser("flower", help="run Flower on the configured broker (basic auth required)")

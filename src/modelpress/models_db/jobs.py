@@ -13,8 +13,12 @@ Example:
     >>> with Session(eng) as s:
     ...     job = create_job(session=s, model_name="mlp", recipe_name="r", recipe_json="{}",
     ...                      recipe_sha256="0" * 64, backend="fbgemm")
-    ...     claim_job(session=s, job_id=job.id, host="h", arch="x86_64", task_id="t", stale_before=None)
+    ...     claim_job(session=s, job_id=job.id, host="h", arch="x86_64", task_id="t", stale_after_s=None)
     True
+
+Times compared between hosts (heartbeats, staleness, grace periods, leases) are written and compared
+with the database's clock (``models_db.clock``), never a host's ``utcnow()``: staleness is a number of
+seconds, turned into a cutoff in SQL.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import and_, delete, func, null, or_, select, true, update
+from sqlalchemy import and_, delete, func, insert, null, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelpress.models_db.clock import db_now, db_now_plus
 from modelpress.models_db.schema import FINISHED, Batch, Job, JobStatus, Lock, utcnow
 
 
@@ -87,27 +92,32 @@ def _update(session: Session, job_id: str, where: Any, values: dict[str, Any]) -
 
 
 def claim_job(*, session: Session, job_id: str, host: str, arch: str, task_id: str | None,
-              stale_before: datetime | None, max_attempts: int | None = None, token: str | None = None) -> bool:
-    """Atomically take a queued job (or a running one whose heartbeat is older than ``stale_before``).
+              stale_after_s: float | None = None, max_attempts: int | None = None, token: str | None = None,
+              stale_before: None = None) -> bool:
+    """Atomically take a queued job (or a running one whose heartbeat is older than ``stale_after_s``
+    seconds by the database's clock).
 
-    True for exactly one claimer; it increments ``attempts``.
+    True for exactly one claimer; it increments ``attempts``. ``stale_before`` is accepted only as
+    ``None`` (older callers): an absolute cutoff would come from this host's clock.
     """
-    claimable = Job.status == JobStatus.queued.value
     if stale_before is not None:
-        claimable = or_(claimable, and_(Job.status == JobStatus.running.value, Job.heartbeat_at < stale_before))
+        raise TypeError("claim_job: pass stale_after_s (seconds, compared with the database's clock), "
+                        "not a datetime from this host's clock")
+    claimable = Job.status == JobStatus.queued.value
+    if stale_after_s is not None:
+        claimable = or_(claimable, and_(Job.status == JobStatus.running.value, _stale(stale_after_s)))
     if max_attempts is not None:
         claimable = and_(claimable, Job.attempts < max_attempts)
-    now = utcnow()
     return _update(session, job_id, claimable, {
-        "status": JobStatus.running.value, "attempts": Job.attempts + 1, "started_at": now, "heartbeat_at": now,
-        "worker_host": host, "worker_arch": arch, "celery_task_id": task_id, "error": None,
-        "claim_token": token or host,
+        "status": JobStatus.running.value, "attempts": Job.attempts + 1, "started_at": db_now(),
+        "heartbeat_at": db_now(), "worker_host": host, "worker_arch": arch, "celery_task_id": task_id,
+        "error": None, "claim_token": token or host,
     })
 
 
 def heartbeat(*, session: Session, job_id: str, token: str) -> bool:
     return _update(session, job_id, and_(Job.status == JobStatus.running.value, Job.claim_token == token),
-                   {"heartbeat_at": utcnow()})
+                   {"heartbeat_at": db_now()})
 
 
 def finish_job(*, session: Session, job_id: str, status: str, values: dict[str, Any], token: str) -> bool:
@@ -115,21 +125,27 @@ def finish_job(*, session: Session, job_id: str, status: str, values: dict[str, 
     if status not in (JobStatus.succeeded.value, JobStatus.rejected.value):
         raise ValueError(f"finish_job: {status!r} is not a result status")
     return _update(session, job_id, and_(Job.status == JobStatus.running.value, Job.claim_token == token),
-                   {**values, "status": status, "finished_at": utcnow(), "heartbeat_at": None})
+                   {**values, "status": status, "finished_at": db_now(), "heartbeat_at": None})
 
 
 def fail_job(*, session: Session, job_id: str, error: str, token: str | None = None,
              values: dict[str, Any] | None = None) -> bool:
     """queued/running → failed with a message a person can act on (never overwrites a result).
 
-    With ``token``, a running job is failed only by the claimer holding that token.
+    With ``token``, only the running claim holding that token can fail the job: a worker that lost
+    its job (requeued, claimed by another) must not fail the row it no longer holds, whatever its
+    status now. Without a token (submit-time checks, the reconciler) a queued or running row fails.
+
+    Example:
+        >>> fail_job(session=s, job_id=j, error="weights do not load", token="host/42/ab12")  # doctest: +SKIP
+        True
     """
     where: Any = Job.status.in_([JobStatus.queued.value, JobStatus.running.value])
     if token is not None:
-        where = or_(Job.status == JobStatus.queued.value, and_(Job.status == JobStatus.running.value, Job.claim_token == token))
+        where = and_(Job.status == JobStatus.running.value, Job.claim_token == token)
     return _update(session, job_id, where,
                    {**(values or {}), "status": JobStatus.failed.value, "error": error[:4000],
-                    "finished_at": utcnow(), "heartbeat_at": None})
+                    "finished_at": db_now(), "heartbeat_at": None})
 
 
 def requeue_job(*, session: Session, job_id: str, error: str | None, token: str | None = None) -> bool:
@@ -261,75 +277,76 @@ def _last_published() -> Any:
     return func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
 
 
-def _stale(stale_before: datetime) -> Any:
-    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
+def _stale(stale_after_s: float) -> Any:
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < db_now_plus(-stale_after_s))
 
 
-def stale_running_jobs(*, session: Session, stale_before: datetime, limit: int = 1000) -> Sequence[Job]:
-    """Running jobs whose worker has not beaten since ``stale_before`` (its process is presumed dead).
+def stale_running_jobs(*, session: Session, stale_after_s: float, limit: int = 1000) -> Sequence[Job]:
+    """Running jobs whose worker has not beaten for ``stale_after_s`` seconds (database clock).
 
     Example:
-        >>> stale_running_jobs(session=s, stale_before=utcnow() - timedelta(seconds=60))  # doctest: +SKIP
+        >>> stale_running_jobs(session=s, stale_after_s=60)  # doctest: +SKIP
         []
     """
-    q = (select(Job).where(Job.status == JobStatus.running.value, _stale(stale_before))
+    q = (select(Job).where(Job.status == JobStatus.running.value, _stale(stale_after_s))
          .order_by(Job.heartbeat_at, Job.id).limit(limit))
     return session.scalars(q).all()
 
 
-def queued_jobs_published_before(*, session: Session, before: datetime, limit: int = 1000) -> Sequence[Job]:
-    """Queued jobs last published (or created) before ``before``: candidates for a lost message.
+def queued_jobs_published_before(*, session: Session, grace_s: float, limit: int = 1000) -> Sequence[Job]:
+    """Queued jobs last published (or created) more than ``grace_s`` seconds ago (database clock).
 
     Example:
-        >>> queued_jobs_published_before(session=s, before=utcnow())  # doctest: +SKIP
+        >>> queued_jobs_published_before(session=s, grace_s=600)  # doctest: +SKIP
         []
     """
-    q = (select(Job).where(Job.status == JobStatus.queued.value, _last_published() < before)
+    q = (select(Job).where(Job.status == JobStatus.queued.value, _last_published() < db_now_plus(-grace_s))
          .order_by(Job.created_at, Job.id).limit(limit))
     return session.scalars(q).all()
 
 
-def requeue_stale_job(*, session: Session, job_id: str, stale_before: datetime, error: str) -> bool:
+def requeue_stale_job(*, session: Session, job_id: str, stale_after_s: float, error: str) -> bool:
     """running (stale heartbeat) → queued, stamped as published now; the caller sends the message.
 
     The WHERE repeats the staleness test, so a worker that beat in the meantime keeps its job, and of
     two reconcilers only one requeues (and publishes) it.
 
     Example:
-        >>> requeue_stale_job(session=s, job_id=j, stale_before=cutoff, error="worker lost")  # doctest: +SKIP
+        >>> requeue_stale_job(session=s, job_id=j, stale_after_s=60, error="worker lost")  # doctest: +SKIP
         True
     """
-    return _update(session, job_id, and_(Job.status == JobStatus.running.value, _stale(stale_before)),
-                   {"status": JobStatus.queued.value, "heartbeat_at": utcnow(), "error": error[:2000]})
+    return _update(session, job_id, and_(Job.status == JobStatus.running.value, _stale(stale_after_s)),
+                   {"status": JobStatus.queued.value, "heartbeat_at": db_now(), "error": error[:2000]})
 
 
-def mark_republished(*, session: Session, job_id: str, published_before: datetime) -> bool:
-    """Stamp a queued job as published now, if it was last published before ``published_before``.
+def mark_republished(*, session: Session, job_id: str, grace_s: float) -> bool:
+    """Stamp a queued job as published now, if it was last published more than ``grace_s`` seconds ago.
 
     True for exactly one of several reconcilers racing on the job: only that one sends the message.
 
     Example:
-        >>> mark_republished(session=s, job_id=j, published_before=cutoff)  # doctest: +SKIP
+        >>> mark_republished(session=s, job_id=j, grace_s=600)  # doctest: +SKIP
         True
     """
-    return _update(session, job_id, and_(Job.status == JobStatus.queued.value, _last_published() < published_before),
-                   {"heartbeat_at": utcnow()})
+    return _update(session, job_id, and_(Job.status == JobStatus.queued.value,
+                                         _last_published() < db_now_plus(-grace_s)),
+                   {"heartbeat_at": db_now()})
 
 
-def fail_exhausted_job(*, session: Session, job_id: str, max_attempts: int, stale_before: datetime,
+def fail_exhausted_job(*, session: Session, job_id: str, max_attempts: int, stale_after_s: float,
                        error: str) -> bool:
     """Fail a job that used up its attempts: queued, or running with a stale heartbeat (poison).
 
     Example:
-        >>> fail_exhausted_job(session=s, job_id=j, max_attempts=3, stale_before=cutoff,
+        >>> fail_exhausted_job(session=s, job_id=j, max_attempts=3, stale_after_s=60,
         ...                    error="gave up after 3 attempts")  # doctest: +SKIP
         True
     """
     where = and_(Job.attempts >= max_attempts,
                  or_(Job.status == JobStatus.queued.value,
-                     and_(Job.status == JobStatus.running.value, _stale(stale_before))))
+                     and_(Job.status == JobStatus.running.value, _stale(stale_after_s))))
     return _update(session, job_id, where, {"status": JobStatus.failed.value, "error": error[:4000],
-                                            "finished_at": utcnow(), "heartbeat_at": None})
+                                            "finished_at": db_now(), "heartbeat_at": None})
 
 
 def fail_job_of_task(*, session: Session, job_id: str, task_id: str, error: str) -> bool:
@@ -341,7 +358,7 @@ def fail_job_of_task(*, session: Session, job_id: str, task_id: str, error: str)
         True
     """
     return _update(session, job_id, and_(Job.status == JobStatus.running.value, Job.celery_task_id == task_id),
-                   {"status": JobStatus.failed.value, "error": error[:4000], "finished_at": utcnow(),
+                   {"status": JobStatus.failed.value, "error": error[:4000], "finished_at": db_now(),
                     "heartbeat_at": None})
 
 
@@ -381,7 +398,8 @@ def get_or_create_nightly_batch(*, session: Session, night: str) -> Batch:
 
 
 def create_nightly_job(*, session: Session, night: str, batch_id: str, model_name: str, recipe_name: str,
-                       recipe_json: str, recipe_sha256: str, backend: str) -> Job | None:
+                       recipe_json: str, recipe_sha256: str, backend: str,
+                       time_limit_s: int | None = None) -> Job | None:
     """Insert one queued job of ``night`` in its own transaction; ``None`` if the night already has it.
 
     ``uq_jobs_nightly`` (model, recipe, backend, night) makes a re-triggered night a no-op per row,
@@ -393,7 +411,8 @@ def create_nightly_job(*, session: Session, night: str, batch_id: str, model_nam
         ...                    backend="fbgemm")  # doctest: +SKIP
     """
     job = Job(model_name=model_name, recipe_name=recipe_name, recipe_json=recipe_json, recipe_sha256=recipe_sha256,
-              backend=backend, batch_id=batch_id, night=night, status=JobStatus.queued.value, attempts=0)
+              backend=backend, batch_id=batch_id, night=night, status=JobStatus.queued.value, attempts=0,
+              time_limit_s=time_limit_s)
     session.add(job)
     try:
         session.commit()
@@ -436,25 +455,25 @@ def set_regression(*, session: Session, job_id: str, regression: dict[str, Any] 
 
 
 # --------------------------------------------------------------------------- leases (table ``locks``)
-def acquire_lease(*, session: Session, name: str, holder: str, ttl_s: float, now: datetime | None = None) -> bool:
-    """Take, or renew, the lease ``name`` for ``holder`` until ``now + ttl_s``; True while held.
+def acquire_lease(*, session: Session, name: str, holder: str, ttl_s: float) -> bool:
+    """Take, or renew, the lease ``name`` for ``holder`` for ``ttl_s`` seconds; True while held.
 
     One conditional UPDATE (ours, or expired) and, if there was no row, one INSERT that the primary
-    key lets only one racer win: at most one holder at any time, on SQLite and PostgreSQL.
+    key lets only one racer win: at most one holder at any time, on SQLite and PostgreSQL. Expiry is
+    set and tested with the database's clock, so two beats on hosts whose clocks differ agree on it.
 
     Example:
         >>> acquire_lease(session=s, name="beat", holder="host/42/ab12", ttl_s=60)  # doctest: +SKIP
         True
     """
-    now = now or utcnow()
-    expires = now + timedelta(seconds=ttl_s)
-    res = session.execute(update(Lock).where(Lock.name == name, or_(Lock.holder == holder, Lock.expires_at < now))
-                          .values(holder=holder, expires_at=expires).execution_options(synchronize_session=False))
+    res = session.execute(update(Lock).where(Lock.name == name, or_(Lock.holder == holder, Lock.expires_at < db_now()))
+                          .values(holder=holder, expires_at=db_now_plus(ttl_s))
+                          .execution_options(synchronize_session=False))
     if res.rowcount == 1:
         session.commit()
         return True
-    session.add(Lock(name=name, holder=holder, expires_at=expires))
     try:
+        session.execute(insert(Lock).values(name=name, holder=holder, expires_at=db_now_plus(ttl_s)))
         session.commit()
     except IntegrityError:
         session.rollback()  # the row exists and is someone else's, unexpired
@@ -482,4 +501,4 @@ def lease_holder(*, session: Session, name: str) -> str | None:
         >>> lease_holder(session=s, name="beat")  # doctest: +SKIP
         'host/42/ab12'
     """
-    return session.scalar(select(Lock.holder).where(Lock.name == name, Lock.expires_at >= utcnow()))
+    return session.scalar(select(Lock.holder).where(Lock.name == name, Lock.expires_at >= db_now()))

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelpress.optimize.errors import ModelLoadError
+from modelpress.optimize.errors import ModelLoadError, is_task_control
 
 FORMAT = "modelpress-artifact/1"
 
@@ -85,6 +85,8 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader error means the file is not a usable artifact
+        if is_task_control(e):  # the soft time limit / abandon signal is not a bad artifact
+            raise
         raise ModelLoadError(f"{os.fspath(path)} is not a readable modelpress artifact ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelLoadError(f"{os.fspath(path)} is not a modelpress artifact (format {FORMAT} expected)")

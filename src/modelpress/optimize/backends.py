@@ -27,7 +27,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 from torch import nn
 
-from modelpress.optimize.errors import RecipeError, UserInputError
+from modelpress.optimize.errors import RecipeError, UserInputError, is_task_control
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +441,8 @@ def _traceable(model: nn.Module) -> nn.Module:
     try:
         torch.fx.symbolic_trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure means "use dynamic quantization instead"
+        if is_task_control(e):  # the soft time limit / abandon signal is not an untraceable model
+            raise
         raise QuantizationInputError(
             f"static/QAT quantization needs an FX-traceable model, and {type(model).__name__} is not "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use quantize_dynamic for this model") from None

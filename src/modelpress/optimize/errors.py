@@ -26,3 +26,20 @@ class ModelLoadError(UserInputError):
 
 class BudgetError(UserInputError):
     """An accuracy budget that is itself invalid (negative, NaN)."""
+
+
+def is_task_control(exc: BaseException) -> bool:
+    """True for the exceptions a task runner raises *inside* running code to stop it (Celery's soft time
+    limit, which is also how a worker that lost its job abandons the run): never bad input.
+
+    Code that turns "any reader error" into a ``UserInputError`` must let these through, or a taken-over
+    job would be failed with a misleading message. Matched by module so ``optimize`` needs no Celery.
+
+    Example:
+        >>> is_task_control(ValueError("x"))
+        False
+        >>> from billiard.exceptions import SoftTimeLimitExceeded
+        >>> is_task_control(SoftTimeLimitExceeded())
+        True
+    """
+    return any(getattr(t, "__module__", "").split(".")[0] in ("billiard", "celery") for t in type(exc).__mro__)

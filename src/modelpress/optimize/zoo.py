@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from modelpress.optimize.errors import ModelLoadError, UnknownModelError
+from modelpress.optimize.errors import ModelLoadError, UnknownModelError, is_task_control
 
 Metric = Literal["accuracy", "top1_agreement", "cosine"]
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -132,7 +132,7 @@ def read_state_dict(path: str | os.PathLike[str], *, max_bytes: int) -> dict[str
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every reader error means "this file is not usable weights"
         # ...except Celery's soft time limit (billiard raises it inside whatever runs): it must reach the task.
-        if type(e).__module__.startswith(("billiard", "celery")):
+        if is_task_control(e):
             raise
         first_line = (str(e).splitlines() or [""])[0][:300]
         raise ModelLoadError(

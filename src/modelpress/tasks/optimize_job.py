@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
@@ -38,9 +37,10 @@ from modelpress.models_db import (
     make_sessionmaker,
     requeue_job,
 )
-from modelpress.models_db.schema import JobStatus, utcnow
+from modelpress.models_db.jobs import fail_exhausted_job
+from modelpress.models_db.schema import JobStatus
 from modelpress.settings import Settings
-from modelpress.workers.routing import OPTIMIZE_TASK
+from modelpress.workers.routing import OPTIMIZE_TASK, job_message_options
 from modelpress.workers.runtime import IDENTITY
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 def _sessions(settings: Settings) -> Any:
     from modelpress.models_db.engine import process_sessionmaker
 
-    return process_sessionmaker(settings.effective_database_url)
+    return process_sessionmaker(settings.effective_database_url, **settings.db_engine_options())
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -130,26 +130,26 @@ def run_job(task: Task, job_id: str) -> str:
             return "already-finished"
         if IDENTITY.backend and job.backend != IDENTITY.backend:
             # Misrouted (e.g. published by hand): pass it on to the right queue, touch nothing.
-            from modelpress.workers.app import job_message_options
-
             task.app.send_task(OPTIMIZE_TASK, args=[job_id],
-                               **job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s))
+                               **job_message_options(settings, backend=job.backend, time_limit_s=job.time_limit_s,
+                                                     model=job.model_name, recipe=job.recipe_name))
             return "rerouted"
-        stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_after)
         # Node name (e.g. "qnnpack-4242@host") first: the row then says which worker held the job.
         token = f"{task.request.hostname or IDENTITY.host}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         claimed = claim_job(session=s, job_id=job_id, host=IDENTITY.host, arch=IDENTITY.arch,
-                            task_id=task.request.id, stale_before=stale_before,
+                            task_id=task.request.id, stale_after_s=settings.heartbeat_stale_after,
                             max_attempts=settings.max_attempts, token=token)
         if not claimed:
             s.refresh(job)
-            if job.attempts >= settings.max_attempts and not is_finished(job.status) and (
-                job.status == JobStatus.queued.value or (job.heartbeat_at is not None and _naive(job.heartbeat_at) < _naive(stale_before))
-            ):
-                fail_job(session=s, job_id=job_id,
-                         error=f"gave up after {job.attempts} attempts (the worker was lost each time; "
-                               f"last error: {job.error or 'none recorded'})")
+            # Poison: one conditional UPDATE that re-checks attempts and staleness (database clock), so a
+            # job claimed or finished since our read is never failed by this stale look.
+            if job.attempts >= settings.max_attempts and fail_exhausted_job(
+                    session=s, job_id=job_id, max_attempts=settings.max_attempts,
+                    stale_after_s=settings.heartbeat_stale_after,
+                    error=f"gave up after {job.attempts} attempts (the worker was lost each time; "
+                          f"last error: {job.error or 'none recorded'})"):
                 return "poison"
+            s.refresh(job)
             if job.status == JobStatus.running.value:
                 # Running elsewhere. If that worker is alive this look is wasted; if it died, its
                 # heartbeat goes stale and the next look takes the job over.
@@ -161,16 +161,20 @@ def run_job(task: Task, job_id: str) -> str:
         input_sha256 = job.model_sha256  # the producer's content id: staged weights' sha256, or the built-in id
 
     def finish(status: str, **values: Any) -> None:
-        with sessions() as s2:
-            if status == JobStatus.failed.value:
-                recorded = fail_job(session=s2, job_id=job_id, token=token, error=values.pop("error"), values=values)
-            else:
-                recorded = finish_job(session=s2, job_id=job_id, status=status, token=token, values=values)
+        # Outside the work's try on purpose: a database blip here is retried (bounded, with backoff)
+        # instead of requeueing the job and recomputing a result we already have.
+        recorded = _record_with_retries(sessions, settings, job_id=job_id, token=token, status=status, values=values)
         # One "recorded" line per job across all workers is what the fault tests count.
         if recorded:
             log.info("job %s: recorded %s", job_id, status)
         else:
             log.warning("job %s: result %s not recorded: this worker no longer holds the job", job_id, status)
+
+    def abandoned() -> str:
+        # Someone else holds the job now (requeued after our heartbeat went stale): that run records
+        # the result. This one writes nothing: no row, no artifact.
+        log.warning("job %s: abandoned; nothing recorded by this run", job_id)
+        return "abandoned"
 
     import torch  # only now, in the child
 
@@ -193,6 +197,8 @@ def run_job(task: Task, job_id: str) -> str:
                 threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
                 log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
             ).to_dict()
+        if hb.lost.is_set():
+            return abandoned()
         columns = result_columns(result)
         if input_sha256:
             # Dedupe looks rows up by the id the producer computed; the pipeline's own id for a
@@ -200,14 +206,14 @@ def run_job(task: Task, job_id: str) -> str:
             columns["model_sha256"] = input_sha256
         columns["artifact_uri"] = publish_artifact(settings, result["artifact_path"],
                                                    rejected=result["status"] == "rejected")
-        finish(result["status"], **{**common, **columns})
-        return result["status"]
     except UserInputError as e:
+        if hb.lost.is_set():
+            return abandoned()  # whatever it says, this run no longer owns the job
         finish(JobStatus.failed.value, error=str(e), **common)
         return "failed"
     except SoftTimeLimitExceeded:
         if hb.lost.is_set():
-            return "abandoned"  # someone else holds the job now; it records the result, not us
+            return abandoned()
         soft = _soft_limit(task, settings)
         finish(JobStatus.failed.value, error=f"the job exceeded its soft time limit of {soft} s (raise the recipe's "
                                              "time_limit_s or MODELPRESS_TASK_SOFT_TIME_LIMIT, or use a lighter recipe)",
@@ -216,6 +222,8 @@ def run_job(task: Task, job_id: str) -> str:
     except Retry:
         raise
     except _transient_errors() as e:
+        if hb.lost.is_set():
+            return abandoned()
         log.warning("job %s: transient error, will retry: %s", job_id, e)
         try:
             with sessions() as s3:
@@ -225,16 +233,49 @@ def run_job(task: Task, job_id: str) -> str:
         backoff = min(300, 5 * 2 ** (task.request.retries or 0))
         raise task.retry(exc=e, countdown=backoff, max_retries=settings.max_attempts) from None
     except Exception as e:  # noqa: BLE001 - a bug: record it where users look, do not retry
+        if hb.lost.is_set():
+            return abandoned()
         log.exception("job %s failed with an unexpected error", job_id)
         finish(JobStatus.failed.value, error=f"internal error: {type(e).__name__}: {e}"[:4000], **common)
         return "failed"
+    finish(result["status"], **{**common, **columns})
+    return result["status"]
 
 
-def _naive(dt: Any) -> Any:
-    # SQLite returns naive datetimes even for timezone=True columns; compare both as naive UTC.
-    from datetime import timezone
+def _record_with_retries(sessions: Any, settings: Settings, *, job_id: str, token: str, status: str,
+                         values: dict[str, Any]) -> bool:
+    """Write a job's final state, retrying transient database errors with exponential backoff.
 
-    return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+    ``MODELPRESS_RESULT_WRITE_ATTEMPTS`` tries, waiting ``MODELPRESS_RESULT_WRITE_BACKOFF`` s, then twice
+    that, ... (capped at 30 s): a restart or failover of a minute does not cost a recomputation. The
+    write is token-guarded, so a retry after a write that did land (the reply was lost) returns False
+    and changes nothing. After the last try the error propagates: the task's retry path takes over.
+
+    Example:
+        >>> _record_with_retries(sessions, settings, job_id=j, token=t, status="succeeded", values={})  # doctest: +SKIP
+        True
+    """
+    import time
+
+    delay = settings.result_write_backoff
+    for attempt in range(1, settings.result_write_attempts + 1):
+        try:
+            with sessions() as s:
+                if status == JobStatus.failed.value:
+                    values = dict(values)
+                    return fail_job(session=s, job_id=job_id, token=token, error=values.pop("error"), values=values)
+                return finish_job(session=s, job_id=job_id, status=status, token=token, values=values)
+        except _transient_errors() as e:
+            if attempt >= settings.result_write_attempts:
+                log.error("job %s: could not record its result after %d tries (%s: %s); giving it up",
+                          job_id, attempt, type(e).__name__, e)
+                raise
+            log.warning("job %s: recording the result failed (%s: %s); try %d of %d again in %.1f s", job_id,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", attempt + 1,
+                        settings.result_write_attempts, delay)
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
+    return False  # unreachable: the loop returns or raises
 
 
 def _soft_limit(task: Task, settings: Settings) -> int:
@@ -266,7 +307,8 @@ class JobTask(Task):
 
         settings: Settings = self.app.modelpress_settings  # type: ignore[attr-defined]
         hard = f"{exc.args[0]:g}" if exc.args and isinstance(exc.args[0], (int, float)) else settings.task_time_limit
-        engine = make_engine(settings.effective_database_url)  # disposed at once: the parent forks later
+        # Disposed at once: the parent forks later. With the timeouts: a hung database must not stall the parent.
+        engine = make_engine(settings.effective_database_url, **settings.db_engine_options())
         try:
             with make_sessionmaker(engine)() as s:
                 done = fail_job_of_task(

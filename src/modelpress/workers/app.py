@@ -18,9 +18,16 @@ from typing import Any
 from celery import Celery
 
 from modelpress.settings import BACKENDS, Settings
-from modelpress.workers.routing import task_queues, route_for
-
-RECONCILE_TASK = "modelpress.reconcile"
+from modelpress.workers.routing import (  # noqa: F401 - RECONCILE_TASK, job_message_options: older import path
+    NIGHTLY_TASK,
+    RECONCILE_TASK,
+    job_message_options,
+    ops_queue,
+    ops_route,
+    route_for,
+    task_queues,
+)
+from modelpress.workers.schedule import beat_schedule
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -34,14 +41,16 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def make_app(settings: Settings) -> Celery:
-    """A Celery app for ``settings`` with the optimize task registered."""
+    """A Celery app for ``settings``: queues, routes, limits and the beat schedule, no task bodies.
+
+    Publishers (producer, beat, reconciler, Flower) send tasks by name and need nothing more; a worker
+    process registers the task bodies with ``workers.worker.make_worker_app``. So this module imports
+    no task module, and no task module needs to import it back (no import circles).
+    """
     if settings.is_embedded_broker:
         for folder in settings.broker_folders().values():
             __import__("os").makedirs(folder, exist_ok=True)
     app = Celery("modelpress", broker=settings.effective_broker_url, set_as_current=False)
-    from modelpress.nightly import NIGHTLY_TASK
-    from modelpress.workers.beat import beat_schedule, ops_queue, ops_route
-
     app.conf.update(
         # ops: light bookkeeping (nightly submission) consumed by `modelpress ops-worker`, so it never
         # waits behind a backlog of optimize jobs on the backend queues.
@@ -84,14 +93,6 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.modelpress_settings = settings  # type: ignore[attr-defined]
-    from modelpress.reconcile import register as register_reconcile
-    from modelpress.tasks.optimize_job import register
-
-    from modelpress.nightly import register as register_nightly
-
-    register(app)
-    register_reconcile(app)
-    register_nightly(app)
     return app
 
 
@@ -110,24 +111,3 @@ def route_back(name: str, args: Any, kwargs: Any, options: dict[str, Any], task:
     if "queue" not in options and key in BACKENDS:
         return {"queue": key}
     return None
-
-
-def job_message_options(settings: Settings, *, backend: str, time_limit_s: int | None) -> dict[str, Any]:
-    """``send_task`` options for one job's message: its backend's queue, and its own time limits.
-
-    A job with ``time_limit_s`` (from its recipe) gets that soft limit and a hard kill
-    ``job_hard_limit_grace`` later, never beyond the deployment's hard limit (the Redis visibility
-    timeout is sized for that one).
-
-    Example:
-        >>> s = Settings(home="/tmp/mp-doc", job_hard_limit_grace=5)
-        >>> opts = job_message_options(s, backend="fbgemm", time_limit_s=20)
-        >>> opts["queue"], opts["soft_time_limit"], opts["time_limit"]
-        ('fbgemm', 20, 25)
-    """
-    opts: dict[str, Any] = dict(route_for(backend))
-    if time_limit_s:
-        hard = min(time_limit_s + settings.job_hard_limit_grace, settings.task_time_limit)
-        opts["soft_time_limit"] = min(time_limit_s, hard - 1)
-        opts["time_limit"] = hard
-    return opts

@@ -26,73 +26,18 @@ import os
 import socket
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from celery.beat import PersistentScheduler
-from celery.schedules import crontab
-from kombu import Exchange, Queue
 
-from modelpress.nightly import NIGHTLY_TASK
 from modelpress.settings import Settings
-from modelpress.workers.app import RECONCILE_TASK
+from modelpress.workers.routing import NIGHTLY_TASK, OPS_QUEUE, RECONCILE_TASK, ops_queue, ops_route  # noqa: F401
+from modelpress.workers.schedule import beat_schedule, parse_schedule  # noqa: F401 - this module's public names
 
 log = logging.getLogger(__name__)
 
-OPS_QUEUE = "ops"
 LEASE_NAME = "beat"
-
-
-def ops_queue() -> Queue:
-    """The queue of light bookkeeping tasks (nightly submission, reconciler): its own direct exchange."""
-    return Queue(OPS_QUEUE, Exchange(OPS_QUEUE, type="direct"), routing_key=OPS_QUEUE)
-
-
-def ops_route() -> dict[str, str]:
-    """``send_task`` options that deliver to the ``ops`` queue.
-
-    Example:
-        >>> ops_route()["queue"]
-        'ops'
-    """
-    return {"queue": OPS_QUEUE, "exchange": OPS_QUEUE, "routing_key": OPS_QUEUE}
-
-
-def parse_schedule(text: str) -> crontab | timedelta | None:
-    """``"0 2 * * *"`` → a crontab (UTC: the app's timezone); ``"30"`` → every 30 s; ``""`` → None (off).
-
-    Example:
-        >>> parse_schedule("0 2 * * *").hour
-        {2}
-        >>> parse_schedule("5")
-        datetime.timedelta(seconds=5)
-    """
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return timedelta(seconds=float(text))
-    except ValueError:
-        return crontab.from_string(text)
-
-
-def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Celery's ``beat_schedule`` for ``settings``.
-
-    Example:
-        >>> beat_schedule(Settings(home="/tmp/mp-doc"))["reconcile"]["task"]
-        'modelpress.reconcile'
-    """
-    entries: dict[str, dict[str, Any]] = {}
-    nightly = parse_schedule(settings.nightly_schedule)
-    if nightly is not None:
-        # expires: a night's message that waited hours (no ops worker) would be filed under the wrong date.
-        entries["nightly-recompression"] = {"task": NIGHTLY_TASK, "schedule": nightly, "options": {"expires": 3600}}
-    # expires: reconciler runs that could not be delivered in time are dropped, not run back to back.
-    entries["reconcile"] = {"task": RECONCILE_TASK, "schedule": timedelta(seconds=settings.reconcile_interval),
-                            "options": {"expires": settings.reconcile_interval}}
-    return entries
 
 
 def schedule_filename(settings: Settings) -> Path:
@@ -125,7 +70,13 @@ class LeasedScheduler(PersistentScheduler):
         if self._sessionmaker is None:
             from modelpress.models_db import make_engine, make_sessionmaker
 
-            self._sessionmaker = make_sessionmaker(make_engine(self.settings.effective_database_url))
+            # With the timeouts: a hung database makes a renewal fail (and the beat stand down), not hang.
+            # Each statement bounded by a third of the lease too: a renewal that waits longer than that
+            # could not prove the lease anyway.
+            opts = self.settings.db_engine_options()
+            for k in ("statement_timeout_s", "lock_timeout_s"):
+                opts[k] = min(opts[k] or self.lease_seconds / 3, self.lease_seconds / 3)
+            self._sessionmaker = make_sessionmaker(make_engine(self.settings.effective_database_url, **opts))
         return self._sessionmaker
 
     def _hold_lease(self) -> bool:

@@ -13,6 +13,7 @@ import platform
 import socket
 from dataclasses import dataclass
 
+from celery import bootsteps
 from celery.signals import worker_process_init, worker_ready
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,42 @@ def _reconcile_on_ready(sender: object = None, **_: object) -> None:
     app = getattr(sender, "app", None)
     if app is not None and hasattr(app, "modelpress_settings"):
         reconcile_at_worker_start(app)
+
+
+class ReconcileOnReconnect(bootsteps.StartStopStep):
+    """Consumer bootstep: after the broker connection comes back, reconcile as at worker start.
+
+    Celery restarts the consumer's blueprint when its broker connection is lost and re-made, calling
+    every consumer step's ``start`` again (``Consumer.start``; ``restart_count`` counts the restarts).
+    ``worker_ready`` fires only once, so without this a Redis restart that lost every queued message left
+    those jobs stranded until beat's next reconcile (none, if no beat runs).
+
+    Example:
+        >>> app.steps["consumer"].add(ReconcileOnReconnect)  # doctest: +SKIP
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: object) -> None:
+        if getattr(c, "restart_count", 0) <= 0:
+            return  # the first start: worker_ready runs the reconciler
+        app = getattr(c, "app", None)
+        if app is None or not hasattr(app, "modelpress_settings"):
+            return
+        from modelpress.reconcile import reconcile_at_worker_start
+
+        log.warning("broker connection re-established (restart %d): reconciling the job table",
+                    getattr(c, "restart_count", 0))
+        reconcile_at_worker_start(app)
+
+
+def install_reconnect_reconcile(app: object) -> None:
+    """Add ``ReconcileOnReconnect`` to ``app``'s consumer steps (before the worker starts).
+
+    Example:
+        >>> install_reconnect_reconcile(make_worker_app(settings))  # doctest: +SKIP
+    """
+    app.steps["consumer"].add(ReconcileOnReconnect)  # type: ignore[attr-defined]
 
 
 def _init_child(**_: object) -> None:
