@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from modelpress.commands.common import ensure_db  # noqa: F401 - re-exported: callers use cli.ensure_db
 from modelpress.settings import BACKENDS, Settings, native_backend
 
 DEMO_MODELS = ("mlp", "digits_cnn")
@@ -26,15 +27,6 @@ DEMO_RECIPES = ("dynamic-int8", "prune50-dynamic-int8")
 
 
 # ------------------------------------------------------------------------------- helpers
-def ensure_db(settings: Settings) -> None:
-    """The embedded SQLite database upgrades itself; a server database is migrated explicitly."""
-    if settings.effective_database_url.startswith("sqlite"):
-        settings.home.mkdir(parents=True, exist_ok=True)
-        from modelpress.models_db.migrate import upgrade
-
-        upgrade(settings.effective_database_url)
-
-
 def _fmt_bytes(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 

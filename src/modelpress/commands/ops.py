@@ -29,7 +29,7 @@ def _check_plan(settings: Settings) -> str | None:
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db
+    from modelpress.commands.common import ensure_db
     from modelpress.workers.beat import run_beat
 
     # Fail at start, not at 2 a.m.: a typo in the night's models or recipes stops beat here.
@@ -43,7 +43,7 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db
+    from modelpress.commands.common import ensure_db
     from modelpress.workers.app import make_app
     from modelpress.workers.beat import OPS_QUEUE
 
@@ -67,7 +67,7 @@ def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_nightly_run_now(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db
+    from modelpress.commands.common import ensure_db
     from modelpress.nightly import submit_night
     from modelpress.workers.app import make_app
 
