@@ -26,3 +26,7 @@ class ModelLoadError(UserInputError):
 
 class BudgetError(UserInputError):
     """An accuracy budget that is itself invalid (negative, NaN)."""
+
+
+class DataError(UserInputError, ValueError):
+    """A data file that cannot be read or does not fit the model (names, shapes, labels, size)."""

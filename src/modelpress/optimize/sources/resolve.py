@@ -1,0 +1,93 @@
+"""From what a job names (a registered ``model_name`` or a ``ModelRef``) to a float model, spec and content id.
+
+``optimize_model`` calls ``resolve`` once at its top; everything after it is the same for every source.
+
+Example:
+    >>> r = resolve(model_name="mlp")  # doctest: +SKIP
+    >>> r.spec.name, len(r.content)  # doctest: +SKIP
+    ('mlp', 64)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from modelpress.optimize.errors import UserInputError
+from modelpress.optimize.sources import get_source
+from modelpress.optimize.sources.base import check_problems
+from modelpress.optimize.sources.ref import ModelRef, ModelRefError
+from modelpress.optimize.zoo import ModelSpec, materialize, resolve_model
+
+
+@dataclass
+class Resolved:
+    model: nn.Module
+    spec: ModelSpec
+    content: str
+    ref: ModelRef | None  # None for a plain registered model_name (today's manifests stay as they were)
+
+
+def as_ref(model_ref: ModelRef | dict[str, Any] | str) -> ModelRef:
+    from modelpress.optimize.sources.ref import parse_model_ref
+
+    if isinstance(model_ref, ModelRef):
+        return model_ref
+    if isinstance(model_ref, str):
+        return parse_model_ref(model_ref)
+    return ModelRef.from_dict(model_ref)
+
+
+def refuse_unsupported_steps(ref: ModelRef, step_types: list[str]) -> None:
+    """Raise ``UserInputError`` naming the first step this source cannot take."""
+    src = get_source(ref.kind)
+    for t in step_types:
+        reason = src.supports(t)
+        if reason:
+            raise UserInputError(f"model {ref.display_name}: {reason}")
+
+
+def resolve(*, model_name: str | None = None, model_ref: ModelRef | dict[str, Any] | str | None = None,
+            weights: str | None = None, allowlist: tuple[str, ...] = (), max_bytes: int = 2 * 1024**3,
+            cache_dir: Path | None = None) -> Resolved:
+    """Load the float model (eval mode) and its spec; ``content`` is the reuse key part for the model."""
+    if model_ref is None:
+        if not model_name:
+            raise ModelRefError("give model_name or model_ref")
+        spec = resolve_model(model_name, allowlist=allowlist)
+        model, content = materialize(spec, weights=weights, max_bytes=max_bytes, cache_dir=cache_dir)
+        return Resolved(model, spec, content, None)
+    ref = as_ref(model_ref)
+    if ref.kind == "registered":
+        spec = resolve_model(ref.name, allowlist=allowlist)
+        model, content = materialize(spec, weights=ref.weights or weights, max_bytes=max_bytes, cache_dir=cache_dir)
+        if ref.content_sha256:
+            content = ref.content_sha256
+        return Resolved(model, spec, content, ref)
+    src = get_source(ref.kind)
+    check_problems(src, ref)
+    loaded = src.load(ref)
+    if loaded.model.training:
+        raise RuntimeError(f"source {ref.kind} returned a model in training mode")
+    return Resolved(loaded.model, loaded.spec, src.content_id(ref), ref)
+
+
+def build_for_artifact(ref: ModelRef, *, allowlist: tuple[str, ...] = ()) -> nn.Module:
+    """The architecture (no weights) an artifact of ``ref`` was made from, for ``load_artifact``."""
+    if ref.kind == "registered":
+        return resolve_model(ref.name, allowlist=allowlist).build().eval()
+    src = get_source(ref.kind)
+    missing = [f"{label} {p}" for label, p in src.files(ref)
+               if not label.endswith("data") and not Path(p).exists()]
+    if missing:
+        from modelpress.optimize.errors import ModelLoadError
+
+        raise ModelLoadError(f"cannot rebuild {ref.display_name}: {', '.join(missing)} not found here; "
+                             "pass resolve_ref= (e.g. modelpress.load fetches store refs) or copy the files")
+    return src.build(ref)
+
+
+__all__ = ["Resolved", "as_ref", "build_for_artifact", "refuse_unsupported_steps", "resolve"]
