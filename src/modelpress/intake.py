@@ -112,22 +112,25 @@ def check_ref(ref: "ModelRef", *, max_bytes: int) -> list[Problem]:
     problems: list[Problem] = []
     classes: int | None = None
     label_names: set[str] = set()
+    inputs: list[str] | None = None
     if ref.kind == "hf":
         classes, label_names = _check_hf_folder(Path(ref.path or ""), max_bytes, problems)
     elif ref.kind in ("torchvision", "timm"):
         _check_arch_name(ref.kind, ref.name, problems)
         classes = _check_weights(Path(ref.weights or ""), max_bytes, problems)
     elif ref.kind == "export":
-        _check_pt2(Path(ref.path or ""), max_bytes, problems)
+        inputs = _check_pt2(Path(ref.path or ""), max_bytes, problems)
     elif ref.weights:
         _check_weights(Path(ref.weights), max_bytes, problems)
     if ref.data is not None:
         for name in ("eval", "calibration"):
             path = getattr(ref.data, name)
             if path is not None:
-                problems += [(("data", name), m) for m in
-                             check_data_file(Path(path), kind=ref.kind, classes=classes, label_names=label_names,
-                                             max_bytes=max_bytes)]
+                found = check_data_file(Path(path), kind=ref.kind, classes=classes, label_names=label_names,
+                                        max_bytes=max_bytes)
+                if not found and inputs:
+                    found = _check_input_names(Path(path), inputs)
+                problems += [(("data", name), m) for m in found]
     return list(dict.fromkeys(problems))
 
 
@@ -253,15 +256,16 @@ def _check_weights(path: Path, max_bytes: int, problems: list[Problem]) -> int |
     return None
 
 
-def _check_pt2(path: Path, max_bytes: int, problems: list[Problem]) -> None:
+def _check_pt2(path: Path, max_bytes: int, problems: list[Problem]) -> list[str] | None:
+    """Archive sound, nothing pickled inside; returns the program's input names when readable."""
     where = ("model",)
     if not path.is_file():
         problems.append((where, f"exported program {path} does not exist"))
-        return
+        return None
     if path.stat().st_size > max_bytes:
         problems.append((where, f"exported program {path.name} is {path.stat().st_size} bytes, over the limit of "
                                 f"{max_bytes} bytes (MODELPRESS_MAX_WEIGHTS_BYTES)"))
-        return
+        return None
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -269,18 +273,72 @@ def _check_pt2(path: Path, max_bytes: int, problems: list[Problem]) -> None:
             if unpacked > max_bytes:
                 problems.append((where, f"exported program {path.name} unpacks to {unpacked} bytes, over the limit "
                                         f"of {max_bytes} bytes"))
-                return
-            if not any(i.filename.endswith(".json") and "/models/" in f"/{i.filename}" for i in infos):
+                return None
+            programs = [i for i in infos if i.filename.endswith("models/model.json")]
+            if not programs:
                 problems.append((where, f"{path.name} is a zip but not a program written by torch.export.save "
-                                        "(no models/*.json inside)"))
-                return
+                                        "(no models/model.json inside)"))
+                return None
             broken = zf.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
+            if broken is not None:
+                problems.append((where, f"exported program {path.name} is corrupt: {broken} fails its checksum"))
+                return None
+            pickled = _pickled_members(zf, infos)
+            if pickled:
+                # torch.export.load would torch.load these with weights_only=False: running any code in them.
+                problems.append((where, f"exported program {path.name} stores {', '.join(pickled[:3])} as a pickle, "
+                                        "which modelpress never unpickles (it could run code); export it again with "
+                                        "torch.export.save so that weights are plain tensors"))
+                return None
+            return _program_inputs(zf, programs[0])
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, ValueError) as e:
         problems.append((where, f"{path.name} is not a program written by torch.export.save (corrupt or not a "
                                 f".pt2 archive: {type(e).__name__}: {e})"))
-        return
-    if broken is not None:
-        problems.append((where, f"exported program {path.name} is corrupt: {broken} fails its checksum"))
+        return None
+
+
+def _pickled_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> list[str]:
+    """Weights/constants the archive's configs mark ``use_pickle``, and legacy ``data/weights/*.pt`` files."""
+    found = []
+    for i in infos:
+        name = i.filename
+        if "/data/weights/" in f"/{name}" and name.endswith(".pt"):
+            found.append(name)
+        elif name.endswith(("_weights_config.json", "_constants_config.json")) and i.file_size < 64 * 1024 * 1024:
+            config = json.loads(zf.read(i)).get("config", {})
+            found += [f"{name.rsplit('/', 1)[-1]}:{fqn}" for fqn, meta in config.items()
+                      if isinstance(meta, dict) and meta.get("use_pickle")]
+    return found
+
+
+def _program_inputs(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[str] | None:
+    """The exported program's user input names (its forward's arguments), from ``models/model.json``."""
+    if info.file_size > 64 * 1024 * 1024:
+        return None
+    try:
+        specs = json.loads(zf.read(info))["graph_module"]["signature"]["input_specs"]
+        return [s["user_input"]["arg"]["as_tensor"]["name"] for s in specs if "user_input" in s]
+    except (KeyError, TypeError, ValueError):
+        return None  # another layout: the worker names a mismatch when it loads the data
+
+
+def _check_input_names(path: Path, inputs: list[str]) -> list[str]:
+    """Tensors by forward argument name: the data's names (besides ``labels``) must be the program's inputs."""
+    if path.suffix.lower() == ".safetensors":
+        names = {k for k in safetensors_header(path) if k != "__metadata__"}
+    elif path.suffix.lower() == ".npz":
+        with zipfile.ZipFile(path) as zf:
+            names = {n[:-4] for n in zf.namelist()}
+    else:
+        return []
+    names.discard("labels")
+    missing, extra = [n for n in inputs if n not in names], sorted(names - set(inputs))
+    if not missing and not extra:
+        return []
+    return [f"data file {path.name} holds tensors {', '.join(sorted(names)) or '(none)'} but the program's inputs are "
+            f"{', '.join(inputs)}" + (f" (missing: {', '.join(missing)})" if missing else "")
+            + (f" (not an input: {', '.join(extra)})" if extra else "")
+            + "; name each tensor after its forward argument, plus an optional 'labels'"]
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
