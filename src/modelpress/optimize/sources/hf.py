@@ -41,6 +41,13 @@ DEFAULT_MAX_LENGTH_CAP = 512
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # transformers imports torchvision when it is installed; the registry's build needs the shim first.
+    from modelpress.optimize.sources.vision import import_torchvision
+
+    try:
+        import_torchvision()
+    except ImportError:
+        pass  # no torchvision: transformers does without it
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -96,6 +103,27 @@ class MeanPooledEncoder(nn.Module):
         return nn.functional.normalize(e, dim=-1)
 
 
+def as_graph(eager: nn.Module, max_length: int, n_inputs: int) -> tuple[nn.Module, str]:
+    """The wrapped model as an exported, re-modularized graph (FX-traceable, so static int8 works).
+
+    transformers models do not trace with FX's symbolic tracer (data-dependent slicing); ``torch.export``
+    traces them, and ``export.modularize`` gives back ``nn.Linear`` modules for dynamic int8 and module calls
+    for FX static int8. A model that does not export stays eager (dynamic int8 only), which is recorded.
+    """
+    from modelpress.optimize.sources.export import modularize
+
+    example = tuple(torch.ones(2, max_length, dtype=torch.long) for _ in range(n_inputs))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(eager, example, dynamic_shapes=tuple({0: batch} for _ in example))
+        return modularize(program.module()), "exported"
+    except Exception as e:  # noqa: BLE001 - export failing is a property of the model, not an error
+        if type(e).__module__.startswith(("billiard", "celery")):
+            raise
+        return eager, f"eager (torch.export failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+
+
 class HFSource(ModelSource):
     """``hf:FOLDER``: a transformers model saved with ``save_pretrained`` (safetensors)."""
 
@@ -128,15 +156,28 @@ class HFSource(ModelSource):
         """The wrapped architecture from ``config.json`` alone, weights uninitialised-but-seeded."""
         assert ref.path
         cfg = self._config(ref.path)
+        _offline()
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         raw = read_config(ref.path)
         torch.manual_seed(0)
         if is_classifier(raw):
-            return SequenceClassifier(AutoModelForSequenceClassification.from_config(cfg)).eval()
-        return MeanPooledEncoder(AutoModel.from_config(cfg)).eval()
+            eager: nn.Module = SequenceClassifier(AutoModelForSequenceClassification.from_config(cfg)).eval()
+        else:
+            eager = MeanPooledEncoder(AutoModel.from_config(cfg)).eval()
+        tok = self.tokenizer(ref.path)
+        return as_graph(eager, self._max_length(ref, tok, cfg), len(self._input_names(tok)))[0]
+
+    def _max_length(self, ref: ModelRef, tok: Any, cfg: Any) -> int:
+        return ref.max_length or min(int(getattr(tok, "model_max_length", 512) or 512), DEFAULT_MAX_LENGTH_CAP,
+                                     int(getattr(cfg, "max_position_embeddings", 512) or 512))
+
+    def _input_names(self, tok: Any) -> list[str]:
+        enc = tok(["a"], padding="max_length", max_length=4, truncation=True)
+        return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
 
     def _load_model(self, folder: str, classifier: bool) -> nn.Module:
+        _offline()
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         cls = AutoModelForSequenceClassification if classifier else AutoModel
@@ -146,7 +187,7 @@ class HFSource(ModelSource):
             raise ModelLoadError(f"HF folder {folder}: model could not be loaded ({type(e).__name__}: "
                                  f"{(str(e).splitlines() or [''])[0][:300]})") from None
         m.eval()
-        return SequenceClassifier(m) if classifier else MeanPooledEncoder(m)
+        return (SequenceClassifier(m) if classifier else MeanPooledEncoder(m)).eval()
 
     def tokenizer(self, folder: str) -> Any:
         _offline()
@@ -179,13 +220,13 @@ class HFSource(ModelSource):
         classifier = is_classifier(raw)
         model = self._load_model(ref.path, classifier)
         tok = self.tokenizer(ref.path)
-        max_length = ref.max_length or min(int(getattr(tok, "model_max_length", 512) or 512), DEFAULT_MAX_LENGTH_CAP,
-                                           int(getattr(cfg, "max_position_embeddings", 512) or 512))
+        max_length = self._max_length(ref, tok, cfg)
         num_labels = int(cfg.num_labels) if classifier else None
         label2id = {str(k): int(v) for k, v in (getattr(cfg, "label2id", None) or {}).items()}
         x, y = self._encode(tok, ref.data.eval, max_length, label2id, num_labels)
         calib = self._encode(tok, ref.data.calibration, max_length, label2id, num_labels) if ref.data.calibration else None
         td = make_task_data(x, y, calib, what=f"{Path(ref.data.eval).name}")
+        model, graph_note = as_graph(model, max_length, len(x))
         if classifier:
             metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
         else:
@@ -198,7 +239,7 @@ class HFSource(ModelSource):
             description=(f"transformers {type(model.model).__name__} ({'logits' if classifier else 'mean-pooled embedding'}),"
                          f" max_length {max_length}; {td.description}"),
             extra={"source": "hf", "max_length": max_length, "input_names": ["input_ids", "attention_mask",
-                   "token_type_ids"][: len(x)], "eval_batch_size": 32},
+                   "token_type_ids"][: len(x)], "eval_batch_size": 32, "graph": graph_note},
         )
         return LoadedModel(model, spec)
 

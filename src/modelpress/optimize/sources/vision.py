@@ -42,8 +42,7 @@ def import_torchvision() -> Any:
     try:
         import torchvision  # noqa: F401
     except RuntimeError:
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("torchvision::nms", "CPU"):
-            _declare_torchvision_ops()
+        _declare_torchvision_ops()
         import torchvision
     return torchvision
 
