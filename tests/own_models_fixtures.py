@@ -71,6 +71,8 @@ def topic_rows(n: int, *, seed: int, names: bool = False) -> list[dict]:
 def build_hf_classifier(root: Path, *, steps: int = 60, seed: int = 0) -> Built:
     """A 2-layer BERT classifier over three topics; returns its folder and JSONL eval/calibration files."""
     import torch
+
+    import_torchvision()  # transformers imports torchvision when it is installed
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder = root / "intent-classifier"
@@ -125,7 +127,7 @@ def write_image_folder(folder: Path, *, per_class: int, classes: int, size: int,
     return folder
 
 
-def build_resnet18(root: Path, *, num_classes: int = 4, size: int = 64, steps: int = 8, seed: int = 0) -> Built:
+def build_resnet18(root: Path, *, num_classes: int = 4, size: int = 64, steps: int = 4, seed: int = 0) -> Built:
     """torchvision ResNet-18 (``num_classes`` outputs), weights in a .safetensors file, image folders."""
     import torch
     from safetensors.torch import save_file
@@ -165,24 +167,10 @@ def build_resnet18(root: Path, *, num_classes: int = 4, size: int = 64, steps: i
 
 
 def import_torchvision() -> None:
-    """Make the CUDA build of torchvision 0.28.0 importable beside the CPU torch (see the common brief):
-    its compiled ops cannot load, so the two schemas its Python code registers fakes for are declared."""
-    import sys
+    """torchvision beside the CPU torch (the common brief's shim), as the vision source imports it."""
+    from modelpress.optimize.sources.vision import import_torchvision as shim
 
-    if "torchvision" in sys.modules:
-        return
-    import torch
-
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for k in [k for k in sys.modules if k.startswith("torchvision")]:
-            del sys.modules[k]
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import_torchvision.lib = lib  # type: ignore[attr-defined]  # keep the definitions alive
-        import torchvision  # noqa: F401,F811
+    shim()
 
 
 def _ranker_module():  # type: ignore[no-untyped-def]
@@ -216,7 +204,7 @@ def build_export(root: Path, *, seed: int = 0) -> Built:
     y = (x @ proj).argmax(1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(150):
+    for _ in range(40):
         loss = torch.nn.functional.cross_entropy(model(x[:384]), y[:384])
         opt.zero_grad()
         loss.backward()
@@ -231,3 +219,50 @@ def build_export(root: Path, *, seed: int = 0) -> Built:
     cal = root / "ranker-calib.safetensors"
     save_file({"features": x[256:384].contiguous()}, str(cal))
     return Built(model=f"export:{path}", eval=ev, calibration=cal)
+
+
+class _CreateFile:
+    """Unpickling this opens (creates) a file: the marker a refused payload must never leave behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def build_pickle_pt2(root: Path, marker: Path) -> Built:
+    """A ``.pt2`` like ``build_export``'s whose first weight is a pickle that creates ``marker``.
+
+    Its weights config marks that weight ``use_pickle``, which ``torch.export.load`` hands to
+    ``torch.load(weights_only=False)``: code runs unless the loader makes that impossible.
+    """
+    import pickle
+    import zipfile
+
+    (root / "good-export").mkdir(parents=True, exist_ok=True)
+    good = build_export(root / "good-export")
+    bad = root / "ranker-evil.pt2"
+    with zipfile.ZipFile(good.model.removeprefix("export:")) as src, zipfile.ZipFile(bad, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"].values()))
+                first["use_pickle"] = True
+                poisoned = first["path_name"]
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+        prefix = next(n for n in src.namelist() if n.endswith("_weights_config.json")).rsplit("/", 1)[0]
+    with zipfile.ZipFile(bad) as check:
+        names = check.namelist()
+    # Rewrite the poisoned weight's bytes (zip members cannot be replaced in place: copy again).
+    payload = pickle.dumps(_CreateFile(marker), protocol=2)
+    final = root / "ranker-evil-final.pt2"
+    with zipfile.ZipFile(bad) as src, zipfile.ZipFile(final, "w") as out:
+        for name in names:
+            data = payload if name == f"{prefix}/{poisoned}" else src.read(name)
+            out.writestr(src.getinfo(name), data)
+    bad.unlink()
+    final.rename(bad)
+    return Built(model=f"export:{bad}", eval=good.eval, calibration=good.calibration)
