@@ -113,7 +113,7 @@ def test_one_manifest_sends_an_hf_classifier_a_resnet18_and_a_pt2_each_with_dyna
     assert "6 jobs, 6 enqueued, 0 reused" in submitted.stderr
     batch_id = submitted.stdout.strip()
     rows = {(r["model_name"], r["recipe_name"]): r for r in _batch_rows(settings, batch_id)}
-    assert set(rows) == {(m, r) for m in ("hf:intent-classifier", "torchvision:resnet18", "export:ranker")
+    assert set(rows) == {(m, r) for m in ("hf:intent-classifier", "torchvision:resnet18", "export:ranker.pt2")
                          for r in ("dynamic-int8", "static-int8")}
     # The rows carry store refs only: a worker needs nothing but the store.
     for r in rows.values():
