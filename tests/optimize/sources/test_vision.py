@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelpress.optimize.errors import UnknownModelError
+from modelpress.optimize.errors import UserInputError
 from tests.optimize.sources.conftest import ref_of, run
 
 
@@ -28,5 +28,5 @@ def test_without_a_calibration_folder_a_seeded_part_of_eval_is_set_aside(resnet,
 
 
 def test_an_unknown_architecture_is_refused(resnet, tmp_path: Path) -> None:
-    with pytest.raises(UnknownModelError, match="resnet19"):
+    with pytest.raises(UserInputError, match="no classification model .resnet19."):
         run(ref_of(resnet, name="resnet19"), "dynamic-int8", tmp_path)
