@@ -243,20 +243,21 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     ``modelpress.load`` can fetch the files on another machine.
     """
     store = Path(store)
-    # Resolve the source first; from here on every source goes through the same flow.
-    from modelpress.optimize.sources.resolve import refuse_unsupported_steps, resolve
-
-    resolved = resolve(model_name=model_name, model_ref=model_ref, weights=weights, allowlist=allowlist,
-                       max_bytes=max_weights_bytes, cache_dir=store / "builtin")
-    if resolved.ref is not None:
-        refuse_unsupported_steps(resolved.ref, [c.type for c in recipe.steps])
-    spec, model_name = resolved.spec, (model_name or (resolved.ref.name if resolved.ref else spec.name))
     if onnx_export not in (None, "float", "result"):
         raise OnnxExportRequestError(f"onnx_export must be 'float', 'result' or None, not {onnx_export!r}")
     if onnx_export == "result" and any(hasattr(handler_for(c), "sensitivity") for c in recipe.steps):
         raise OnnxExportRequestError(
             "onnx_export='result' cannot export a torch.ao int8 model (torch.onnx has no exporter for its "
             "packed kernels); use onnx_export='float' and quantize the ONNX file with onnxruntime")
+    # Resolve the source (registered name or a user's model ref); from here on every source takes one flow.
+    from modelpress.optimize.sources import resolve as sources_resolve
+
+    resolved = sources_resolve.resolve(model_name=model_name, model_ref=model_ref, weights=weights,
+                                       allowlist=allowlist, max_bytes=max_weights_bytes, cache_dir=store / "builtin")
+    if resolved.ref is not None:
+        sources_resolve.refuse_unsupported_steps(resolved.ref, [c.type for c in recipe.steps])
+    spec = resolved.spec
+    model_name = model_name or (resolved.ref.name if resolved.ref is not None else spec.name)
     torch.set_num_threads(threads)
     float_model, content = resolved.model, resolved.content
     tv = torch.__version__

@@ -7,6 +7,7 @@ step. Splitting the two removes the import circle steps ↔ techniques (each tec
 
 Example:
     >>> from modelpress.optimize.recipes import DynamicQuantConfig
+    >>> from modelpress.optimize.step_registry import handler_for
     >>> type(handler_for(DynamicQuantConfig())).__name__
     'DynamicQuantHandler'
 """
