@@ -97,8 +97,8 @@ def load_artifact(path: str | os.PathLike[str], *, allowlist: tuple[str, ...] = 
 
     ``engine`` defaults to the one the artifact was made for (packed int8 weights are engine-specific).
     A user's model (HF folder, torchvision/timm, .pt2) is rebuilt from the ``ModelRef`` in the manifest;
-    when its local files are not on this machine, ``resolve_ref(stored_ref) -> ModelRef`` (e.g. fetching
-    the store refs recorded at submit into a cache) gives local ones.
+    when its local files are not on this machine, ``resolve_ref(stored_ref: dict) -> ModelRef`` (e.g.
+    ``store.fetch_model_ref``, fetching the store refs recorded at submit into a cache) gives local ones.
     """
     from modelpress.optimize.backends import quantized_engine
     from modelpress.optimize.recipes import parse_step
@@ -127,5 +127,5 @@ def _build_architecture(m: dict[str, Any], *, allowlist: tuple[str, ...], resolv
     ref = ModelRef.from_dict(m["ref"])
     local_ok = all(Path(p).exists() for p in (ref.path, ref.weights) if p)
     if not local_ok and resolve_ref is not None and m.get("stored_ref"):
-        ref = resolve_ref(ModelRef.from_dict(m["stored_ref"]))
+        ref = resolve_ref(m["stored_ref"])  # store refs (a job row's model_ref) → a ModelRef with local files
     return build_for_artifact(ref, allowlist=allowlist)
