@@ -109,3 +109,35 @@ def test_a_pickle_payload_inside_the_pt2_never_runs(export_model, tmp_path: Path
     with pytest.raises(Exception), _weights_only_everywhere():
         torch.export.load(str(evil))
     assert not marker.exists()
+
+
+def test_an_artifact_reloads_on_a_machine_without_the_workers_copies(export_model, tmp_path: Path) -> None:
+    import shutil
+
+    from modelpress.intake import localize_ref, stage_ref
+    from modelpress.optimize.artifacts import load_artifact
+    from modelpress.optimize.sources import ModelRef
+    from modelpress.store import ArtifactStore
+    from safetensors.torch import load_file
+
+    store = ArtifactStore(tmp_path / "store")
+    staged = stage_ref(ref_of(export_model), store=store, max_bytes=1 << 30)
+    local = localize_ref(staged, store=store, cache_dir=tmp_path / "worker-cache")
+    r = run(local, "static-int8", tmp_path / "results", stored_ref=staged.to_dict())
+    x = load_file(str(export_model.eval))["features"][:16]
+    measured = load_artifact(r.artifact_path).model(x)
+    # "Another machine": the same store content under another root; the worker's paths are gone.
+    shutil.copytree(tmp_path / "store", tmp_path / "other-store")
+    shutil.rmtree(tmp_path / "store")
+    shutil.rmtree(tmp_path / "worker-cache", ignore_errors=True)
+    with pytest.raises(ModelLoadError, match="not found here"):
+        load_artifact(r.artifact_path)
+    other = ArtifactStore(tmp_path / "other-store")
+    fetched = []
+
+    def resolve(stored: dict) -> ModelRef:
+        fetched.append(stored["path"])
+        return localize_ref(ModelRef.from_dict(stored), store=other, cache_dir=tmp_path / "other-cache")
+
+    again = load_artifact(r.artifact_path, resolve_ref=resolve).model(x)
+    assert fetched == [staged.path] and torch.equal(measured, again)
