@@ -68,7 +68,7 @@ def topic_rows(n: int, *, seed: int, names: bool = False) -> list[dict]:
     return rows
 
 
-def build_hf_classifier(root: Path, *, steps: int = 60, seed: int = 0) -> Built:
+def build_hf_classifier(root: Path, *, steps: int = 120, seed: int = 0) -> Built:
     """A 2-layer BERT classifier over three topics; returns its folder and JSONL eval/calibration files."""
     import torch
 
@@ -78,8 +78,8 @@ def build_hf_classifier(root: Path, *, steps: int = 60, seed: int = 0) -> Built:
     folder = root / "intent-classifier"
     folder.mkdir(parents=True)
     vocab = SPECIAL + sorted({w for ws in TOPICS.values() for w in ws} | set(FILLER))
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True, model_max_length=32)
+    # transformers 5 builds a fast tokenizer from a vocab mapping (vocab_file= alone yields specials only).
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=32)
     labels = list(TOPICS)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
@@ -160,6 +160,17 @@ def build_resnet18(root: Path, *, num_classes: int = 4, size: int = 64, steps: i
         opt.zero_grad()
         loss.backward()
         opt.step()
+    # A few steps leave BatchNorm's running statistics far from the data's: recompute them exactly (one
+    # cumulative pass) so that the eval-mode model is the one that was trained.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        model(x)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 0.1
     model.eval()
     weights = root / "resnet18-finetuned.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))

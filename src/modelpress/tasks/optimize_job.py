@@ -159,7 +159,7 @@ def run_job(task: Task, job_id: str) -> str:
         stored_ref = job.model_ref  # a model given by its files (issue 9): store refs, fetched below
         # A night's job exists to measure again (drift, regressions): never answer it from the cache.
         reuse_cached = job.night is None
-        input_sha256 = job.model_sha256  # the producer's content id: staged weights' sha256, or the built-in id
+        input_sha256 = job.model_sha256  # the producer's reuse key (intake.content_id, api.*_content_id)
 
     def finish(status: str, **values: Any) -> None:
         with sessions() as s2:
