@@ -258,3 +258,27 @@ def test_the_cli_takes_an_own_model_with_its_data_and_refuses_a_bad_data_option(
                           "--recipe", "dynamic-int8", "--backend", "fbgemm", "--data", "eval=e.jsonl"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "HF model folder" in out.stderr and "does not exist" in out.stderr, out.stderr
+
+
+def test_checking_and_staging_own_models_never_imports_torch_or_transformers(tmp_path):
+    folder = _hf_folder(tmp_path)
+    (tmp_path / "eval.jsonl").write_text('{"text": "goal", "label": "sports"}\n')
+    _pt2(tmp_path / "m.pt2")
+    _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
+    code = f"""
+import sys
+from pathlib import Path
+from modelpress.intake import check_ref, resolve_paths, stage_ref
+from modelpress.optimize.sources import parse_model_ref
+from modelpress.store import ArtifactStore
+root = Path({str(tmp_path)!r})
+refs = [parse_model_ref("hf:bert", data={{"eval": "eval.jsonl"}}),
+        parse_model_ref("export:m.pt2", data={{"eval": "eval.safetensors"}}),
+        parse_model_ref("torchvision:resnet18", weights="eval.safetensors", data={{"eval": "bert"}})]
+problems = [check_ref(resolve_paths(r, root), max_bytes=1 << 20) for r in refs]
+stage_ref(resolve_paths(refs[0], root), store=ArtifactStore(root / "store"), max_bytes=1 << 20)
+print(problems[0], problems[1], len(problems[2]) > 0, sorted(m for m in ("torch", "transformers", "torchvision")
+                                                              if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[] [] True []", out.stdout + out.stderr
