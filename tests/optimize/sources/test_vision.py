@@ -30,3 +30,23 @@ def test_without_a_calibration_folder_a_seeded_part_of_eval_is_set_aside(resnet,
 def test_an_unknown_architecture_is_refused(resnet, tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="no classification model .resnet19."):
         run(ref_of(resnet, name="resnet19"), "dynamic-int8", tmp_path)
+
+
+def test_a_timm_model_takes_its_class_count_and_preprocessing_from_weights_and_timm(resnet, tmp_path: Path) -> None:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4).eval()
+    weights = tmp_path / "r10t.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    ref = ref_of(resnet, name="resnet10t", weights=str(weights), preprocess=None, latency_batches=(1, 4))
+    ref = ref.with_paths(kind="timm")
+    r = run(ref, "static-int8", tmp_path / "store")
+    assert r.status == "succeeded" and r.extra["model"]["num_classes"] == 4
+    # No preprocess given: timm's pretrained config for resnet10t (176 px crop) is used.
+    assert r.extra["model"]["preprocess"]["crop"] == 176
+    assert r.extra["reload_check"]["equal"] is True
+    assert r.size_after_bytes * 3 < r.size_before_bytes
+
