@@ -53,3 +53,24 @@ def test_pickled_weights_are_not_loaded(hf_model, tmp_path: Path) -> None:
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="no model.safetensors"):
         run(ref_of(hf_model, path=str(folder), name=str(folder)), "dynamic-int8", tmp_path / "store")
+
+
+def test_a_base_encoder_is_judged_by_cosine_of_mean_pooled_embeddings(hf_model, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    src = Path(hf_model.model.removeprefix("hf:"))
+    tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    folder = tmp_path / "encoder"
+    BertModel(cfg).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"goal match rain {i}"} for i in range(40)])
+    ref = ref_of(hf_model, path=str(folder), name=str(folder), data={"eval": str(texts)}, max_length=16)
+    r = run(ref, "dynamic-int8", tmp_path / "store")
+    assert r.metric_name == "cosine" and r.metric_before == pytest.approx(1.0, abs=1e-5)
+    assert 0.8 < r.metric_after <= 1.0 + 1e-6
+    assert r.latency_after[0]["input_shape"] == [[1, 16], [1, 16], [1, 16]]  # max_length from the ref
+    assert "10 of 40 eval rows" in r.eval_description  # no calibration file: a seeded quarter set aside
