@@ -34,7 +34,12 @@ SOURCES: dict[str, str] = {
 
 
 def get_source(kind: str) -> Any:
-    """The ``ModelSource`` for ``kind`` (imports its module, and torch, on first use)."""
+    """The ``ModelSource`` for ``kind`` (imports its module, and torch, on first use).
+
+    Example:
+        >>> get_source("export").supports("prune_structured")  # doctest: +ELLIPSIS
+        "step 'prune_structured' removes channels ..."
+    """
     try:
         target = SOURCES[kind]
     except KeyError:

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -31,8 +31,3 @@ def tiled_input(rows: Inputs) -> Callable[[int], Inputs]:
 
     return make
 
-
-def first_rows(x: Inputs, n: int) -> Any:
-    t = x if isinstance(x, tuple) else (x,)
-    out = tuple(v[:n] for v in t)
-    return out[0] if len(out) == 1 else out

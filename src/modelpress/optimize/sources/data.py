@@ -169,7 +169,11 @@ def _int_labels(labels: torch.Tensor, where: str) -> torch.Tensor:
 
 
 def check_labels(labels: torch.Tensor | None, num_classes: int, where: str) -> None:
-    """Refuse labels outside ``[0, num_classes)`` with the offending value and row."""
+    """Refuse labels outside ``[0, num_classes)`` with the offending value and row.
+
+    Example:
+        >>> check_labels(torch.tensor([0, 2]), 3, "d.npz")  # within range: no error
+    """
     if labels is None or labels.numel() == 0:
         return
     bad = ((labels < 0) | (labels >= num_classes)).nonzero()
@@ -233,7 +237,12 @@ def read_jsonl(path: str | Path, *, max_bytes: int = MAX_TEXT_FILE_BYTES
 
 
 def label_indices(labels: list[Any], *, num_classes: int, label2id: dict[str, int] | None, where: str) -> torch.Tensor:
-    """Map JSONL labels (indices or names from the model's ``id2label``) to indices, range-checked."""
+    """Map JSONL labels (indices or names from the model's ``id2label``) to indices, range-checked.
+
+    Example:
+        >>> label_indices(["neg", 1], num_classes=2, label2id={"neg": 0, "pos": 1}, where="e.jsonl").tolist()
+        [0, 1]
+    """
     out = []
     names = label2id or {}
     for i, v in enumerate(labels):

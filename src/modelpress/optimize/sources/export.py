@@ -61,7 +61,11 @@ def _weights_only_everywhere() -> Iterator[None]:
 
 
 def scan_archive(path: str | Path) -> None:
-    """Refuse a .pt2 whose payloads would be unpickled (read as zip + JSON only; no torch)."""
+    """Refuse a .pt2 whose payloads would be unpickled (read as zip + JSON only; no torch).
+
+    Example:
+        >>> scan_archive("ranker.pt2")  # doctest: +SKIP
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"exported program {p} does not exist")
@@ -101,7 +105,12 @@ def scan_archive(path: str | Path) -> None:
 
 
 def load_program(path: str | Path) -> Any:
-    """``torch.export.load`` after ``scan_archive``, with weights-only loading forced."""
+    """``torch.export.load`` after ``scan_archive``, with weights-only loading forced.
+
+    Example:
+        >>> input_names(load_program("ranker.pt2"))  # doctest: +SKIP
+        ['features']
+    """
     scan_archive(path)
     try:
         with _weights_only_everywhere():

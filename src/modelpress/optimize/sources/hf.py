@@ -51,7 +51,12 @@ def _offline() -> None:
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
-    """``config.json`` as JSON (no transformers), size-bounded; refuses ``auto_map``."""
+    """``config.json`` as JSON (no transformers), size-bounded; refuses ``auto_map``.
+
+    Example:
+        >>> read_config("models/intent-classifier")["architectures"]  # doctest: +SKIP
+        ['BertForSequenceClassification']
+    """
     p = Path(folder) / "config.json"
     if not p.is_file():
         raise ModelLoadError(f"HF folder {folder} has no config.json (save the model with save_pretrained)")

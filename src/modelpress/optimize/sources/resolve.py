@@ -32,6 +32,12 @@ class Resolved:
 
 
 def as_ref(model_ref: ModelRef | dict[str, Any] | str) -> ModelRef:
+    """A ``ModelRef`` from a ref, its ``to_dict()`` form, or ``parse_model_ref`` text.
+
+    Example:
+        >>> as_ref("mlp").kind
+        'registered'
+    """
     from modelpress.optimize.sources.ref import parse_model_ref
 
     if isinstance(model_ref, ModelRef):
@@ -42,7 +48,11 @@ def as_ref(model_ref: ModelRef | dict[str, Any] | str) -> ModelRef:
 
 
 def refuse_unsupported_steps(ref: ModelRef, step_types: list[str]) -> None:
-    """Raise ``UserInputError`` naming the first step this source cannot take."""
+    """Raise ``UserInputError`` naming the first step this source cannot take.
+
+    Example:
+        >>> refuse_unsupported_steps(as_ref("mlp"), ["qat"])  # registered models take every step
+    """
     src = get_source(ref.kind)
     for t in step_types:
         reason = src.supports(t)
@@ -76,7 +86,12 @@ def resolve(*, model_name: str | None = None, model_ref: ModelRef | dict[str, An
 
 
 def build_for_artifact(ref: ModelRef, *, allowlist: tuple[str, ...] = ()) -> nn.Module:
-    """The architecture (no weights) an artifact of ``ref`` was made from, for ``load_artifact``."""
+    """The architecture (no weights) an artifact of ``ref`` was made from, for ``load_artifact``.
+
+    Example:
+        >>> type(build_for_artifact(as_ref("mlp"))).__name__
+        'SeedMLP'
+    """
     if ref.kind == "registered":
         return resolve_model(ref.name, allowlist=allowlist).build().eval()
     src = get_source(ref.kind)

@@ -68,7 +68,12 @@ def _declare_torchvision_ops() -> None:
 
 
 def num_classes_of(state_dict: dict[str, torch.Tensor], where: str) -> int:
-    """Classes = rows of the last 2-D ``*.weight`` (the classifier) in the state dict."""
+    """Classes = rows of the last 2-D ``*.weight`` (the classifier) in the state dict.
+
+    Example:
+        >>> num_classes_of({"conv.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(4, 8)}, "w")
+        4
+    """
     for k in reversed(list(state_dict)):
         v = state_dict[k]
         if k.endswith("weight") and v.ndim == 2:
