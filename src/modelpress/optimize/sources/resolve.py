@@ -20,7 +20,7 @@ from modelpress.optimize.errors import UserInputError
 from modelpress.optimize.sources import get_source
 from modelpress.optimize.sources.base import check_problems
 from modelpress.optimize.sources.ref import ModelRef, ModelRefError
-from modelpress.optimize.zoo import ModelSpec, materialize, resolve_model
+from modelpress.optimize.zoo import ModelSpec
 
 
 @dataclass
@@ -67,16 +67,15 @@ def resolve(*, model_name: str | None = None, model_ref: ModelRef | dict[str, An
     if model_ref is None:
         if not model_name:
             raise ModelRefError("give model_name or model_ref")
-        spec = resolve_model(model_name, allowlist=allowlist)
-        model, content = materialize(spec, weights=weights, max_bytes=max_bytes, cache_dir=cache_dir)
+        model, spec, content = get_source("registered").materialize(
+            model_name, weights=weights, allowlist=allowlist, max_bytes=max_bytes, cache_dir=cache_dir)
         return Resolved(model, spec, content, None)
     ref = as_ref(model_ref)
     if ref.kind == "registered":
-        spec = resolve_model(ref.name, allowlist=allowlist)
-        model, content = materialize(spec, weights=ref.weights or weights, max_bytes=max_bytes, cache_dir=cache_dir)
-        if ref.content_sha256:
-            content = ref.content_sha256
-        return Resolved(model, spec, content, ref)
+        model, spec, content = get_source("registered").materialize(
+            ref.name, weights=ref.weights or weights, allowlist=allowlist, max_bytes=max_bytes, cache_dir=cache_dir)
+        # Staging sets content_sha256 over the factory's code and the weights (issue 10 item 6).
+        return Resolved(model, spec, ref.content_sha256 or content, ref)
     src = get_source(ref.kind)
     check_problems(src, ref)
     loaded = src.load(ref)
@@ -92,9 +91,9 @@ def build_for_artifact(ref: ModelRef, *, allowlist: tuple[str, ...] = ()) -> nn.
         >>> type(build_for_artifact(as_ref("mlp"))).__name__
         'SeedMLP'
     """
-    if ref.kind == "registered":
-        return resolve_model(ref.name, allowlist=allowlist).build().eval()
     src = get_source(ref.kind)
+    if ref.kind == "registered":
+        return src.build_allowed(ref, allowlist=allowlist)
     missing = [f"{label} {p}" for label, p in src.files(ref)
                if not label.endswith("data") and not Path(p).exists()]
     if missing:
