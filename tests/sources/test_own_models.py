@@ -77,7 +77,7 @@ def _batch_rows(settings, batch_id: str) -> list[dict]:  # type: ignore[no-untyp
         engine.dispose()
 
 
-def _accuracy_of_reloaded(row: dict, settings, *, resolve_ref=None) -> float:  # type: ignore[no-untyped-def]
+def _accuracy_of_reloaded(row: dict, settings) -> float:  # type: ignore[no-untyped-def]
     """Reload the artifact as a user does and compute its held-out accuracy on the row's own data."""
     import torch
 
@@ -87,16 +87,19 @@ def _accuracy_of_reloaded(row: dict, settings, *, resolve_ref=None) -> float:  #
     from modelpress.store import fetch_model_ref
 
     torch.set_num_threads(1)  # as the worker measured
-    model = modelpress.load(row["artifact_uri"], **({"resolve_ref": resolve_ref} if resolve_ref else {}))
+    model = modelpress.load(row["artifact_uri"])
     assert not model.training
     local = fetch_model_ref(settings, row["model_ref"])
-    data = get_source(local.kind).load(local).spec.data()
-    out = predict(model, data.eval_inputs)
+    spec = get_source(local.kind).load(local).spec
+    data = spec.data()
+    # Dynamic int8 quantizes activations per batch: evaluate in the batches the worker used.
+    out = predict(model, data.eval_inputs, batch_size=int(spec.extra.get("eval_batch_size", 256)))
     return compute_metric("accuracy", out, labels=data.eval_labels, reference=None)
 
 
 @pytest.mark.timeout(2400)
-def test_one_manifest_sends_an_hf_classifier_a_resnet18_and_a_pt2_each_with_dynamic_and_static_int8(queue, own):
+def test_one_manifest_sends_an_hf_classifier_a_resnet18_and_a_pt2_each_with_dynamic_and_static_int8(queue, own,
+                                                                                                   monkeypatch):
     env, workers = queue
     settings = settings_from_env(env)
     root: Path = own["root"]  # type: ignore[assignment]
@@ -149,7 +152,7 @@ def test_one_manifest_sends_an_hf_classifier_a_resnet18_and_a_pt2_each_with_dyna
     assert rn["latency_batch_size"] == 32
     assert smaller >= 3.5, smaller
     # Speed goals live in benchmarks/ (measured on a quiet machine, many interleaved runs); on a shared test
-    # machine only a clear margin is asserted. Measured here under load: 2.08x (665 -> 320 ms at batch 32).
+    # machine only a clear margin is asserted. Measured here under load: 2.08x and 3.74x in two runs.
     assert faster >= 1.5, faster
 
     # modelpress.load gives back each result; its accuracy on the same held-out rows is what the worker
@@ -157,16 +160,15 @@ def test_one_manifest_sends_an_hf_classifier_a_resnet18_and_a_pt2_each_with_dyna
     for (model, recipe), r in done.items():
         assert _accuracy_of_reloaded(r, settings) == pytest.approx(r["metric_after"], abs=1e-9), (model, recipe)
 
-    # On a machine that only has the store: the HF folder the worker rebuilt is gone; load fetches it again.
-    from modelpress.intake import localize_ref
-    from modelpress.store import ArtifactStore
-
+    # On a machine that only has the store (its own home, the shared store): the HF folder the worker rebuilt
+    # is gone, and modelpress.load fetches it from the store by the refs its artifact recorded.
     hf = done[("hf:intent-classifier", "dynamic-int8")]
     shutil.rmtree(settings.home / "store-cache" / "trees")
-    elsewhere = root / "another-machine-cache"
-    fetch = lambda ref: localize_ref(ref, store=ArtifactStore.from_settings(settings), cache_dir=elsewhere)  # noqa: E731
-    assert _accuracy_of_reloaded(hf, settings, resolve_ref=fetch) == pytest.approx(hf["metric_after"], abs=1e-9)
-    assert (elsewhere / "trees").is_dir()
+    elsewhere = root / "another-machine"
+    monkeypatch.setenv("MODELPRESS_HOME", str(elsewhere))
+    monkeypatch.setenv("MODELPRESS_ARTIFACT_STORE", str(settings.effective_artifact_store))
+    assert _accuracy_of_reloaded(hf, settings) == pytest.approx(hf["metric_after"], abs=1e-9)
+    assert (elsewhere / "store-cache" / "trees").is_dir()
 
     # The same files again reuse every result; another eval file is another model.
     again = _cli(env, "submit", str(manifest))
