@@ -282,3 +282,10 @@ print(problems[0], problems[1], len(problems[2]) > 0, sorted(m for m in ("torch"
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[] [] True []", out.stdout + out.stderr
+
+
+def test_a_registered_model_given_with_data_keys_its_reuse_on_the_factory_too():
+    data = {"eval": "inputs/" + "6" * 64 + ".npz"}
+    mlp = parse_model_ref("mlp", weights="inputs/" + "7" * 64 + ".safetensors", data=data)
+    cnn = parse_model_ref("digits_cnn", weights="inputs/" + "7" * 64 + ".safetensors", data=data)
+    assert content_id(mlp) != content_id(cnn)

@@ -522,6 +522,11 @@ def content_id(staged: "ModelRef") -> str:
     if staged.kind in ("hf", "export"):
         d.pop("name", None)  # the user's path: where the files were, not what they are
     d["source_version"] = source_version(staged.kind)
+    if staged.kind == "registered":
+        from modelpress.api import builtin_content_id
+
+        # A factory's own code and release decide what it builds (issue 10 item 6).
+        d["factory"] = builtin_content_id(staged.name) or f"unowned:{staged.name}"
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
