@@ -289,3 +289,16 @@ def test_a_registered_model_given_with_data_keys_its_reuse_on_the_factory_too():
     mlp = parse_model_ref("mlp", weights="inputs/" + "7" * 64 + ".safetensors", data=data)
     cnn = parse_model_ref("digits_cnn", weights="inputs/" + "7" * 64 + ".safetensors", data=data)
     assert content_id(mlp) != content_id(cnn)
+
+
+def test_a_workers_error_names_staged_files_by_their_role_not_by_their_content_key():
+    from modelpress.intake import name_staged_files
+
+    tree, data = "inputs/" + "06" * 32 + ".tree.json", "inputs/" + "5e" * 32 + ".jsonl"
+    stored = {"path": tree, "data": {"eval": data, "calibration": None}}
+    message = (f"HF folder /home/w/store-cache/trees/{'06' * 32}: config.json has 'auto_map'; "
+               f"{'5e' * 32}.jsonl: label 7 in row 2 is outside the model's 3 classes")
+    named = name_staged_files(message, stored)
+    assert named == ("HF folder model files (model): config.json has 'auto_map'; eval data (data.eval, "
+                     "5e5e5e5e5e5e5e5e5e….jsonl): label 7 in row 2 is outside the model's 3 classes")
+    assert name_staged_files("nothing staged", None) == "nothing staged"

@@ -608,6 +608,37 @@ def localize_ref(ref: "ModelRef", *, store: "ArtifactStore", cache_dir: str | os
     return ref.with_paths(**fields)
 
 
+def name_staged_files(message: str, stored: dict[str, Any] | None) -> str:
+    """A worker's error message with staged files named by what they are, not by their content keys.
+
+    On the worker every file is a store object named by its sha256 (``5ee6….jsonl``) or a folder
+    rebuilt under ``trees/<sha256>``; a person fixing the input needs "the eval data" instead.
+
+    Example:
+        >>> key = "inputs/" + "ab" * 32 + ".jsonl"
+        >>> name_staged_files(f"/c/{'ab' * 32}.jsonl line 2: bad label", {"data": {"eval": key}})
+        'eval data (data.eval, ababababababababab….jsonl) line 2: bad label'
+    """
+    import re
+
+    if not isinstance(stored, dict):
+        return message
+    data = stored.get("data") if isinstance(stored.get("data"), dict) else {}
+    roles = [("path", stored.get("path"), "model files (model)"), ("weights", stored.get("weights"), "weights file"),
+             ("data.eval", data.get("eval"), "eval data"), ("data.calibration", data.get("calibration"),
+                                                            "calibration data")]
+    for field, key, what in roles:
+        if not isinstance(key, str):
+            continue
+        sha = key.rsplit("/", 1)[-1].split(".", 1)[0]
+        if len(sha) != 64:
+            continue
+        short = f"{sha[:18]}…{key.rsplit('/', 1)[-1][64:]}" if field != "path" or not key.endswith(".tree.json") else ""
+        label = what if field == "path" else f"{what} ({field}, {short})"
+        message = re.sub(rf"[^\s'\"()\[\]]*{sha}[A-Za-z0-9._-]*", label, message)
+    return message
+
+
 __all__ = ["IntakeError", "Problem", "architecture_names", "check_data_file", "check_ref", "content_id",
-           "localize_ref", "module_source_file", "module_source_sha256", "resolve_paths", "safetensors_header",
+           "localize_ref", "module_source_file", "name_staged_files", "module_source_sha256", "resolve_paths", "safetensors_header",
            "source_version", "stage_ref", "step_problems"]

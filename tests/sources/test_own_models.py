@@ -246,4 +246,6 @@ def test_bad_own_models_are_refused_at_submit_or_failed_by_the_worker_while_a_go
         print(f"\n{case}: {r['status']}: {r['error']}")
         assert r["status"] == "failed" and word in (r["error"] or ""), (case, r["error"])
         assert r["attempts"] == 1, case  # bad input is not retried
+    # Staged files are named by their role in the message, not only by their content key.
+    assert "eval data (data.eval, " in bad[2]["error"] and "eval data (data.eval, " in bad[3]["error"]
     assert not marker.exists(), "a user's pickle or model code ran"

@@ -207,7 +207,9 @@ def run_job(task: Task, job_id: str) -> str:
         finish(result["status"], **{**common, **columns})
         return result["status"]
     except UserInputError as e:
-        finish(JobStatus.failed.value, error=str(e), **common)
+        from modelpress.intake import name_staged_files  # store-key file names → "eval data (data.eval, …)"
+
+        finish(JobStatus.failed.value, error=name_staged_files(str(e), stored_ref), **common)
         return "failed"
     except SoftTimeLimitExceeded:
         if hb.lost.is_set():
