@@ -208,7 +208,7 @@ def _check_hf_folder(folder: Path, max_bytes: int, problems: list[Problem]) -> t
 def architecture_names(kind: str) -> tuple[str, ...]:
     """The model names ``torchvision:``/``timm:`` accept, from a static list (no torchvision/timm import).
 
-    ``tests/test_intake_names.py`` compares the lists with the installed packages.
+    ``tests/test_architecture_names.py`` compares the lists with the installed packages.
 
     Example:
         >>> "resnet18" in architecture_names("torchvision")
