@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from modelpress.api import Producer, builtin_content_id, installed_torch_version
+from modelpress.api import Producer, builtin_content_id, installed_torch_version, weights_content_id
 from modelpress.manifest import ManifestError, load_manifest, parse_manifest
 from modelpress.models_db import claim_job, fail_job, finish_job, list_jobs, migrate
 from modelpress.models_db.jobs import list_batches
@@ -95,7 +95,7 @@ def test_a_recipe_file_is_found_relative_to_the_manifest(settings, tmp_path):
     ("models: [mlp]\ndefaults: {recipes: [dynamic-int8], backends: fbgemm}\n",
      "m.yaml:2: defaults.backends: Input should be a valid list"),
     ("models:\n  - model: mlp\n    recipes: [dynamic-int8]\n    backends: [fbgemm]\n    wieghts: w.pt\n",
-     "m.yaml:5: models[0].wieghts: unknown field; allowed: model, weights, recipes, backends, budget"),
+     "m.yaml:5: models[0].wieghts: unknown field; allowed: model, weights, data, preprocess, metric, max_length, latency_batches, recipes, backends, budget"),
     ("modles: [mlp]\n", ("m.yaml:1: models: required field is missing",
                           "m.yaml:1: modles: unknown field; allowed: version, name, defaults, models")),
     ("models: [mlp]\ndefaults:\n  recipes: [dynamic-int8]\n  backends: [fbgemm]\n  budget: {max_drop: -0.1}\n",
@@ -160,7 +160,10 @@ def test_a_manifest_file_that_does_not_exist_is_a_clear_error(settings, tmp_path
 def test_the_content_id_of_a_built_in_model_is_known_without_torch_and_changes_with_the_package_version():
     from importlib.metadata import version
 
-    expected = hashlib.sha256(f"builtin:mlp:modelpress=={version('modelpress')}".encode()).hexdigest()
+    from modelpress.optimize import zoo
+
+    code = hashlib.sha256(Path(zoo.__file__).read_bytes()).hexdigest()
+    expected = hashlib.sha256(f"builtin:mlp:modelpress=={version('modelpress')}:code={code}".encode()).hexdigest()
     assert builtin_content_id("mlp") == expected
     assert builtin_content_id("digits_cnn") != expected
     assert builtin_content_id("no_such_model") is None
@@ -228,7 +231,7 @@ def test_a_manifest_becomes_one_manifest_batch_with_every_job_queued_and_publish
     assert sorted(producer.published) == sorted(("modelpress.optimize", j.id, j.backend) for j in jobs)
     assert {j.model_sha256 for j in jobs if j.model_weights_uri is None} == {builtin_content_id("mlp")}
     assert {j.model_sha256 for j in jobs if j.model_weights_uri} == {
-        hashlib.sha256((tmp_path / "mlp.pt").read_bytes()).hexdigest()}
+        weights_content_id("mlp", hashlib.sha256((tmp_path / "mlp.pt").read_bytes()).hexdigest())}
 
 
 def test_resubmitting_a_finished_manifest_reuses_every_result_and_enqueues_nothing(producer, tmp_path):

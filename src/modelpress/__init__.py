@@ -25,4 +25,14 @@ def load(path: str, **kwargs: Any) -> Any:
     """
     from modelpress.optimize.artifacts import load_artifact
 
+    if "resolve_ref" not in kwargs:
+        # A model given by its files (issue 9) is rebuilt from them; where the worker's copies are not on
+        # this machine, fetch them from the artifact store (content-addressed, hash-checked).
+        def resolve_ref(stored: Any) -> Any:
+            from modelpress.settings import Settings
+            from modelpress.store import fetch_model_ref
+
+            return fetch_model_ref(Settings(), stored)
+
+        kwargs["resolve_ref"] = resolve_ref
     return load_artifact(path, **kwargs).model

@@ -21,13 +21,16 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions, version
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from modelpress.models_db import create_job, make_engine, make_sessionmaker
 from modelpress.optimize.errors import ModelLoadError, UnknownModelError, UserInputError
 from modelpress.optimize.recipes import Recipe, resolve_recipe
 from modelpress.settings import Settings
 from modelpress.workers.routing import OPTIMIZE_TASK, route_for
+
+if TYPE_CHECKING:
+    from modelpress.optimize.sources import ModelRef
 
 
 class SubmitError(UserInputError):
@@ -68,22 +71,27 @@ def check_model_name(name: str, allowlist: tuple[str, ...]) -> None:
 def builtin_content_id(name: str) -> str | None:
     """The dedupe content id of a model used without a weights file, computed without importing torch.
 
-    ``sha256("builtin:<name>:<distribution>==<version>")`` where the distribution is the installed
-    package that registers the entry point (or, for ``module:function``, owns the module). The spec's
-    own ``version`` lives behind a torch import, so the package version stands in for it: a release
-    that could change a built-in model changes the id (a re-run, never a stale reuse). ``None`` (no
-    dedupe) for a module no installed distribution owns.
+    ``sha256("builtin:<name>:<distribution>==<version>:code=<sha256 of the factory's module file>")``
+    where the distribution is the installed package that registers the entry point (or, for
+    ``module:function``, owns the module). The spec's own ``version`` lives behind a torch import, so the
+    package version and the factory module's bytes (read, never imported: ``intake.module_source_sha256``)
+    stand in for it: a release, or an edited factory in an editable install, changes the id (a re-run,
+    never a stale reuse; issue 10 item 6). ``None`` (no dedupe) for a module no installed distribution owns.
 
     Example:
-        >>> builtin_content_id("mlp") == hashlib.sha256(b"builtin:mlp:modelpress==0.1.0").hexdigest()
+        >>> builtin_content_id("mlp") != builtin_content_id("digits_cnn")
         True
     """
+    from modelpress.intake import module_source_sha256
+
     eps = {ep.name: ep for ep in entry_points(group="modelpress.models")}
     dist_name: str | None = None
+    module = name.partition(":")[0]
     if name in eps and eps[name].dist is not None:
         dist_name = eps[name].dist.name
+        module = eps[name].module
     elif ":" in name:
-        owners = packages_distributions().get(name.partition(":")[0].split(".")[0], [])
+        owners = packages_distributions().get(module.split(".")[0], [])
         dist_name = owners[0] if len(owners) == 1 else None
     if dist_name is None:
         return None
@@ -91,7 +99,23 @@ def builtin_content_id(name: str) -> str | None:
         dist_version = version(dist_name)
     except PackageNotFoundError:
         return None
-    return hashlib.sha256(f"builtin:{name}:{dist_name}=={dist_version}".encode()).hexdigest()
+    code = module_source_sha256(module) or "unknown"
+    return hashlib.sha256(f"builtin:{name}:{dist_name}=={dist_version}:code={code}".encode()).hexdigest()
+
+
+def weights_content_id(name: str, weights_sha256: str) -> str:
+    """The dedupe content id of a registered model loaded with a weights file.
+
+    The weights alone are not enough: two factories loading the same file build different models, and a
+    changed factory builds another one (issue 10 item 6). So the id covers the factory too
+    (``builtin_content_id``, or the bare name when no distribution owns it).
+
+    Example:
+        >>> weights_content_id("mlp", "0" * 64) != weights_content_id("digits_cnn", "0" * 64)
+        True
+    """
+    factory = builtin_content_id(name) or f"unowned:{name}"
+    return hashlib.sha256(f"weights:{weights_sha256}:factory:{factory}".encode()).hexdigest()
 
 
 def check_weights_file(path: Path, *, max_bytes: int) -> None:
@@ -179,6 +203,10 @@ class JobRequest:
     recipe: Recipe
     backend: str
     weights: str | None = None
+    # A model given by its files (hf:/torchvision:/timm:/export:, or a registered one with data), with
+    # absolute local paths; staged into the store by ``submit_batch`` (issue 9). None: ``model`` names
+    # a registered factory and ``weights`` is all it needs.
+    ref: "ModelRef | None" = None
 
 
 @dataclass(frozen=True)
@@ -211,19 +239,46 @@ class Producer:
     def close(self) -> None:
         self._engine.dispose()
 
-    def validate(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None) -> JobRequest:
-        """Check one job request; raises ``UserInputError`` subclasses with the reason."""
+    def validate(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
+                 data: "str | dict[str, Any] | None" = None, preprocess: dict[str, Any] | None = None,
+                 metric: str | None = None, max_length: int | None = None,
+                 latency_batches: "Iterable[int] | None" = None, base_dir: str | Path = ".",
+                 ref: "ModelRef | None" = None) -> JobRequest:
+        """Check one job request; raises ``UserInputError`` subclasses with the reason.
+
+        ``model`` is a registered name (or allow-listed ``module:function``) or a source reference
+        ``hf:PATH``, ``torchvision:NAME``, ``timm:NAME``, ``export:PATH.pt2`` (issue 9); those need
+        ``data`` (``{"eval": ..., "calibration": ...}``, or just the eval path), and torchvision/timm a
+        ``weights`` file. Relative paths are taken from ``base_dir``. Every file is checked cheaply here
+        (``intake.check_ref``); ``ref`` passes a reference already resolved and checked (the manifest
+        does that once per model), leaving only the recipe and backend to check.
+
+        Example:
+            >>> producer.validate(model="hf:models/intent", data={"eval": "intent-eval.jsonl"},
+            ...                   recipe="dynamic-int8", backend="fbgemm").model  # doctest: +SKIP
+            'hf:intent'
+        """
         try:
             route_for(backend)
         except ValueError as e:
             raise SubmitError(str(e)) from None
-        check_model_name(model, self.settings.factory_allowlist)
         rec = recipe if isinstance(recipe, Recipe) else resolve_recipe(recipe)
-        if rec.time_limit_s is not None and rec.time_limit_s > self.settings.task_soft_time_limit:
-            # The Redis visibility timeout is sized for the deployment's limit: a longer job would be
-            # delivered again while still running.
-            raise SubmitError(f"recipe {rec.name!r}: time_limit_s {rec.time_limit_s} is above this deployment's "
-                              f"MODELPRESS_TASK_SOFT_TIME_LIMIT ({self.settings.task_soft_time_limit} s)")
+        extras = (data, preprocess, metric, max_length, latency_batches)
+        if ref is None and (any(x is not None for x in extras) or model_has_source_prefix(model)):
+            ref = self.model_ref(model=model, weights=weights, data=data, preprocess=preprocess, metric=metric,
+                                 max_length=max_length, latency_batches=latency_batches, base_dir=base_dir)
+        if ref is not None:
+            from modelpress.intake import IntakeError, step_problems
+
+            if ref.kind == "registered":
+                check_model_name(ref.name, self.settings.factory_allowlist)
+            self._check_time_limit(rec)
+            problems = step_problems(ref, rec)
+            if problems:
+                raise IntakeError(problems)
+            return JobRequest(model=ref.display_name, recipe=rec, backend=backend, ref=ref)
+        check_model_name(model, self.settings.factory_allowlist)
+        self._check_time_limit(rec)
         if weights is not None:
             p = Path(weights)
             if not p.is_file():
@@ -234,6 +289,47 @@ class Producer:
                                      f"{self.settings.max_weights_bytes} bytes (MODELPRESS_MAX_WEIGHTS_BYTES)")
             check_weights_file(p, max_bytes=self.settings.max_weights_bytes)
         return JobRequest(model=model, recipe=rec, backend=backend, weights=weights)
+
+    def _check_time_limit(self, rec: Recipe) -> None:
+        if rec.time_limit_s is not None and rec.time_limit_s > self.settings.task_soft_time_limit:
+            # The Redis visibility timeout is sized for the deployment's limit: a longer job would be
+            # delivered again while still running.
+            raise SubmitError(f"recipe {rec.name!r}: time_limit_s {rec.time_limit_s} is above this deployment's "
+                              f"MODELPRESS_TASK_SOFT_TIME_LIMIT ({self.settings.task_soft_time_limit} s)")
+
+    def model_ref(self, *, model: str, weights: str | None = None, data: "str | dict[str, Any] | None" = None,
+                  preprocess: dict[str, Any] | None = None, metric: str | None = None, max_length: int | None = None,
+                  latency_batches: "Iterable[int] | None" = None, base_dir: str | Path = ".") -> "ModelRef":
+        """Parse, resolve (paths absolute under ``base_dir``) and check a model given by its files.
+
+        Raises ``IntakeError`` listing every problem (field, message) found without torch.
+
+        Example:
+            >>> producer.model_ref(model="export:ranker.pt2", data="ranker-eval.safetensors").kind  # doctest: +SKIP
+            'export'
+        """
+        from modelpress.intake import IntakeError, check_ref, resolve_paths
+        from modelpress.optimize.sources import parse_model_ref
+
+        if isinstance(data, str):
+            data = {"eval": data}
+        ref = parse_model_ref(model, weights=weights, data=data, preprocess=preprocess, metric=metric,
+                              max_length=max_length,
+                              latency_batches=tuple(latency_batches) if latency_batches is not None else None)
+        ref = resolve_paths(ref, base_dir)
+        if ref.kind == "registered":
+            check_model_name(ref.name, self.settings.factory_allowlist)
+        problems = check_ref(ref, max_bytes=self.settings.max_weights_bytes)
+        if problems:
+            raise IntakeError(problems)
+        return ref
+
+    def _stage_ref(self, ref: "ModelRef") -> "ModelRef":
+        """Every file of ``ref`` into the artifact store; the ref a job row keeps (``intake.stage_ref``)."""
+        from modelpress.intake import stage_ref
+        from modelpress.store import ArtifactStore
+
+        return stage_ref(ref, store=ArtifactStore.from_settings(self.settings), max_bytes=self.settings.max_weights_bytes)
 
     def _stage_weights(self, weights: str) -> tuple[str, str]:
         """Copy weights into the artifact store under their sha256, so every worker can read them.
@@ -265,21 +361,31 @@ class Producer:
 
         reqs = list(requests)
         torch_version = installed_torch_version() if reuse else None
+        # Own models' files go into the store before the transaction (a slow copy holds no rows open),
+        # once per distinct model however many recipes and backends it runs with.
+        staged: dict[str, "ModelRef"] = {}
+        for r in reqs:
+            if r.ref is not None and r.ref.to_json() not in staged:
+                staged[r.ref.to_json()] = self._stage_ref(r.ref)
         content_ids: dict[str, str | None] = {}
         reused: dict[str, str] = {}
         # Hash and copy each distinct weights file once, *before* the transaction: on SQLite the first
         # INSERT takes the database's write lock, and holding it while big files are copied starves
         # the workers' heartbeats (the reconciler then takes live jobs over).
-        staged: dict[str, tuple[str, str]] = {}
+        staged_weights: dict[str, tuple[str, str]] = {}
         for r in reqs:
-            if r.weights and r.weights not in staged:  # keyed by the path given; the store dedupes by hash
-                staged[r.weights] = self._stage_weights(r.weights)
+            if r.ref is None and r.weights and r.weights not in staged_weights:  # keyed by the path given
+                staged_weights[r.weights] = self._stage_weights(r.weights)
         with self.sessions() as s:
             batch_id = stage_batch(session=s, name=name, kind=kind, source=source).id if name else None
             jobs = []
             for r in reqs:
-                if r.weights:
-                    uri, digest = staged[r.weights]
+                ref = staged[r.ref.to_json()] if r.ref is not None else None
+                if ref is not None:
+                    uri, digest = None, ref.content_sha256
+                elif r.weights:
+                    uri, digest = staged_weights[r.weights]
+                    digest = weights_content_id(r.model, digest)
                 else:
                     if r.model not in content_ids:
                         content_ids[r.model] = builtin_content_id(r.model)
@@ -296,6 +402,8 @@ class Producer:
                 else:
                     job = create_job(session=s, model_sha256=digest, commit=False, **common)
                 job.time_limit_s = r.recipe.time_limit_s  # the job's own limit: on its row and on each message
+                if ref is not None:
+                    job.model_ref = ref.to_dict()  # store refs only: a worker needs nothing but the store
                 jobs.append(job)
             s.commit()
             ids = [(j.id, j.backend, j.reused_from_job_id if j.reused else None) for j in jobs]
@@ -323,7 +431,30 @@ class Producer:
         return self.submit_batch(requests, name=batch_name, reuse=reuse).job_ids
 
     def submit(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
-               reuse: bool = False) -> str:
-        """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id."""
-        req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights)
+               reuse: bool = False, **source: Any) -> str:
+        """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id.
+
+        ``source`` takes ``validate``'s own-model fields: ``data``, ``preprocess``, ``metric``,
+        ``max_length``, ``latency_batches``, ``base_dir``.
+
+        Example:
+            >>> producer.submit(model="torchvision:resnet18", weights="r18.safetensors",
+            ...                 data={"eval": "val-images/", "calibration": "calib-images/"},
+            ...                 recipe="static-int8", backend="fbgemm")  # doctest: +SKIP
+            '6b6984c1…'
+        """
+        req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights, **source)
         return self.submit_batch([req], reuse=reuse).job_ids[0]
+
+
+_SOURCE_PREFIXES = ("hf:", "torchvision:", "timm:", "export:")
+
+
+def model_has_source_prefix(model: str) -> bool:
+    """Whether ``model`` names a model by its files (``hf:``, ``torchvision:``, ``timm:``, ``export:``).
+
+    Example:
+        >>> model_has_source_prefix("hf:models/bert"), model_has_source_prefix("pkg.mod:factory")
+        (True, False)
+    """
+    return isinstance(model, str) and model.strip().startswith(_SOURCE_PREFIXES)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from modelpress.commands.common import ensure_db, refuse_or_warn  # noqa: F401 - re-exported: callers use cli.*
 from modelpress.settings import BACKENDS, Settings, native_backend
 
 DEMO_MODELS = ("mlp", "digits_cnn")
@@ -26,32 +27,6 @@ DEMO_RECIPES = ("dynamic-int8", "prune50-dynamic-int8")
 
 
 # ------------------------------------------------------------------------------- helpers
-def ensure_db(settings: Settings) -> None:
-    """The embedded SQLite database upgrades itself; a server database is migrated explicitly."""
-    if settings.effective_database_url.startswith("sqlite"):
-        settings.home.mkdir(parents=True, exist_ok=True)
-        from modelpress.models_db.migrate import upgrade
-
-        upgrade(settings.effective_database_url)
-
-
-def refuse_or_warn(settings: Settings, command: str, *, embedded: bool) -> int | None:
-    """Checks before a long-running process starts: 2 (after printing why) if it must not, else None.
-
-    Refuses the embedded default (no MODELPRESS_BROKER_URL / _DATABASE_URL) unless ``--embedded`` was
-    given; warns, on stderr, about secrets still set to an example value.
-
-    Example:
-        >>> refuse_or_warn(Settings(home="/tmp/mp-doc"), "worker", embedded=True)
-    """
-    for warning in settings.placeholder_secrets():
-        print(f"warning: {warning}", file=sys.stderr)
-    problem = None if embedded else settings.embedded_refusal(command)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    return None
-
 
 def _fmt_bytes(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
@@ -199,7 +174,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {', '.join(missing)} required (or give a manifest file)", file=sys.stderr)
             return 2
         job_id = producer.submit(model=args.model, recipe=args.recipe, backend=args.backend, weights=args.weights,
-                                 reuse=not args.force)
+                                 reuse=not args.force, **source_options(args))
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -207,6 +182,56 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         producer.close()
     print(job_id)
     return 0
+
+
+def parse_data_option(text: str) -> dict[str, str]:
+    """``--data eval=PATH[,calibration=PATH]`` (or just ``PATH``, the eval data) as a mapping.
+
+    Example:
+        >>> parse_data_option("eval=val.jsonl,calibration=calib.jsonl")
+        {'eval': 'val.jsonl', 'calibration': 'calib.jsonl'}
+        >>> parse_data_option("val-images/")
+        {'eval': 'val-images/'}
+    """
+    from modelpress.optimize.errors import UserInputError
+
+    if "=" not in text:
+        return {"eval": text}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if key.strip() not in ("eval", "calibration") or not sep or not value.strip():
+            raise UserInputError(f"--data {text!r}: expected eval=PATH[,calibration=PATH], got {part!r}")
+        out[key.strip()] = value.strip()
+    if "eval" not in out:
+        raise UserInputError(f"--data {text!r}: eval=PATH is required (the held-out data the metric is computed on)")
+    return out
+
+
+def source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The own-model options of ``modelpress submit`` (issue 9) as ``Producer.submit`` keywords."""
+    from modelpress.optimize.errors import UserInputError
+
+    out: dict[str, Any] = {}
+    if args.data is not None:
+        out["data"] = parse_data_option(args.data)
+    if args.preprocess is not None:
+        try:
+            out["preprocess"] = json.loads(args.preprocess)
+        except ValueError as e:
+            raise UserInputError(f"--preprocess is not JSON ({e}); e.g. '{{\"resize\": 256, \"crop\": 224}}'") from None
+        if not isinstance(out["preprocess"], dict):
+            raise UserInputError("--preprocess must be a JSON object, e.g. '{\"resize\": 256, \"crop\": 224}'")
+    if args.metric is not None:
+        out["metric"] = args.metric
+    if args.max_length is not None:
+        out["max_length"] = args.max_length
+    if args.latency_batches is not None:
+        try:
+            out["latency_batches"] = [int(b) for b in args.latency_batches.split(",")]
+        except ValueError:
+            raise UserInputError(f"--latency-batches {args.latency_batches!r}: expected sizes such as 1,32") from None
+    return out
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -293,10 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="enqueue one job (or every job of a manifest)")
     s.add_argument("manifest", nargs="?", help="a manifest YAML file (many models × recipes × backends)")
-    s.add_argument("--model", help="registered model name, or module:function inside the allow-list")
+    s.add_argument("--model", help="registered model name, module:function inside the allow-list, or a model given "
+                                   "by its files: hf:FOLDER, torchvision:NAME, timm:NAME, export:FILE.pt2")
     s.add_argument("--recipe", help="built-in recipe name or a .json/.yaml recipe file")
     s.add_argument("--backend", help=f"target backend: {', '.join(BACKENDS)}")
     s.add_argument("--weights", help="state dict file (.safetensors, or torch.save loaded with weights_only)")
+    s.add_argument("--data", metavar="eval=PATH[,calibration=PATH]",
+                   help="the model's own data: .jsonl text, .safetensors/.npz tensors, or an image folder")
+    s.add_argument("--preprocess", metavar="JSON", help="images: {\"resize\": 256, \"crop\": 224, \"mean\": [...], "
+                                                        "\"std\": [...]} (default: timm's pretrained config)")
+    s.add_argument("--metric", choices=("accuracy", "top1_agreement", "cosine"), help="override the metric")
+    s.add_argument("--max-length", type=int, help="text: tokenizer max_length (default: the tokenizer's)")
+    s.add_argument("--latency-batches", metavar="1,32", help="batch sizes to time (default 1,32)")
     s.add_argument("--force", action="store_true", help="run again even if an identical job succeeded")
     s.set_defaults(func=cmd_submit)
 

@@ -27,8 +27,23 @@ is any, nothing is written or enqueued. Otherwise it creates one batch (kind ``m
 per model × recipe × backend; a job whose result already exists is reused (see ``Producer.submit_batch``)
 unless ``--force``.
 
-Per-model evaluation/calibration data is not supported: a model's data comes from its registered
-``ModelSpec``; such a field is refused as unknown.
+A model can also be given by its files, with its own data (issue 9; docs/your-models.md)::
+
+    models:
+      - model: hf:models/intent-classifier          # a folder written by save_pretrained
+        data: {eval: data/intent-eval.jsonl, calibration: data/intent-calib.jsonl}
+        max_length: 64
+      - model: torchvision:resnet18
+        weights: weights/resnet18-finetuned.safetensors
+        data: {eval: data/val-images/, calibration: data/calib-images/}
+        preprocess: {resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+      - model: export:models/ranker.pt2             # torch.export.save
+        data: {eval: data/ranker-eval.safetensors}
+        latency_batches: [1, 64]
+
+Their files are checked without torch (missing files, remote-code configs, unknown architecture
+names, unreadable data, labels outside the class count, steps the source cannot take), each problem
+at its line, then staged into the artifact store when the batch is submitted.
 
 Example:
     >>> from modelpress.settings import Settings
@@ -43,7 +58,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -85,11 +100,27 @@ class Defaults(_Strict):
     budget: Budget | None = Field(default=None, description="Largest allowed metric drop; overrides the recipe's.")
 
 
-class ModelEntry(Defaults):
-    """One model: a registered factory name, optional weights, and overrides of ``defaults``."""
+class DataEntry(_Strict):
+    """A model's own data files (issue 9), relative to the manifest."""
 
-    model: str = Field(min_length=1, max_length=300, description="Registered model, or module:function.")
+    eval: str = Field(min_length=1, description="Held-out data the reported metric is computed on.")
+    calibration: str | None = Field(default=None, min_length=1,
+                                    description="Data for calibration and choices (default: a seeded part of eval).")
+
+
+class ModelEntry(Defaults):
+    """One model: a registered factory name or a model given by its files, and overrides of ``defaults``."""
+
+    model: str = Field(min_length=1, max_length=4096,
+                       description="Registered model, module:function, hf:PATH, torchvision:NAME, timm:NAME or "
+                                   "export:PATH.pt2.")
     weights: str | None = Field(default=None, min_length=1, description="State dict file, relative to the manifest.")
+    data: DataEntry | None = Field(default=None, description="eval (and calibration) data files or folders.")
+    preprocess: dict[str, Any] | None = Field(default=None, description="Images: resize, crop, mean, std.")
+    metric: Literal["accuracy", "top1_agreement", "cosine"] | None = Field(default=None,
+                                                                          description="Override the metric.")
+    max_length: int | None = Field(default=None, gt=0, le=65536, description="Text: tokenizer max_length.")
+    latency_batches: list[int] | None = Field(default=None, min_length=1, description="Batch sizes timed.")
 
     @model_validator(mode="before")
     @classmethod
@@ -109,7 +140,9 @@ class ManifestFile(_Strict):
 
 _FIELDS: dict[str, tuple[str, ...]] = {
     "file": tuple(ManifestFile.model_fields), "defaults": tuple(Defaults.model_fields),
-    "model": ("model", "weights", "recipes", "backends", "budget"), "budget": tuple(Budget.model_fields),
+    "model": ("model", "weights", "data", "preprocess", "metric", "max_length", "latency_batches", "recipes",
+              "backends", "budget"),
+    "budget": tuple(Budget.model_fields), "data": tuple(DataEntry.model_fields),
 }
 
 
@@ -119,6 +152,8 @@ def _allowed_fields(loc: Loc) -> tuple[str, ...]:
         return _FIELDS["file"]
     if parent[-1] == "budget":
         return _FIELDS["budget"]
+    if parent[-1] == "data":
+        return _FIELDS["data"]
     if parent == ("defaults",):
         return _FIELDS["defaults"]
     if len(parent) == 2 and parent[0] == "models":
@@ -263,6 +298,27 @@ def _resolve_recipe(ref: Any, base_dir: Path) -> Recipe:
     return resolve_recipe(str(path))
 
 
+_SOURCE_FIELDS = ("data", "preprocess", "metric", "max_length", "latency_batches")
+
+
+def _entry_ref(validator: "Producer", entry: ModelEntry, base: Path, here: Loc, problem: Any) -> Any:
+    """The entry's checked ``ModelRef`` (paths relative to the manifest), or None after listing its problems."""
+    from modelpress.intake import IntakeError
+
+    try:
+        return validator.model_ref(
+            model=entry.model, weights=entry.weights, base_dir=base,
+            data=entry.data.model_dump() if entry.data is not None else None, preprocess=entry.preprocess,
+            metric=entry.metric, max_length=entry.max_length, latency_batches=entry.latency_batches)
+    except IntakeError as e:
+        for loc, message in e.problems:
+            problem(here + loc, message)
+    except UserInputError as e:
+        # A reference that does not parse (e.g. an hf model without data): its message names the field.
+        problem(here + (("data",) if "data" in str(e) and entry.data is None else ("model",)), str(e))
+    return None
+
+
 def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".",
                    filename: str = "manifest.yaml", producer: "Producer | None" = None) -> ManifestPlan:
     """Validate a manifest's text completely; raise ``ManifestError`` listing every problem.
@@ -277,7 +333,8 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
         ManifestError: manifest.yaml is invalid (1 problem); nothing was submitted:
           manifest.yaml:2: defaults.backends[0]: unknown backend 'tpu'; choose one of: fbgemm, qnnpack
     """
-    from modelpress.api import Producer, check_model_name
+    from modelpress.api import Producer, check_model_name, model_has_source_prefix
+    from modelpress.intake import IntakeError
     from modelpress.optimize.errors import ModelLoadError
     from modelpress.workers.routing import route_for
 
@@ -345,13 +402,18 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
         raw = raw_models[m]
         raw = {"model": raw} if isinstance(raw, str) else raw if isinstance(raw, dict) else {}
         known_before = len(issues)
-        if isinstance(raw.get("model"), str) and raw["model"]:
+        # A model given by its files (issue 9): its files are checked once here, whatever it runs with.
+        from_files = entry is not None and (model_has_source_prefix(entry.model) or any(
+            getattr(entry, f) is not None for f in _SOURCE_FIELDS))
+        ref = _entry_ref(validator, entry, base, here, problem) if from_files else None
+        if not from_files and isinstance(raw.get("model"), str) and raw["model"] and not model_has_source_prefix(
+                raw["model"]):
             try:
                 check_model_name(raw["model"], settings.factory_allowlist)
             except UserInputError as e:
                 problem(here + ("model",), str(e))
         weights: str | None = None
-        if isinstance(raw.get("weights"), str) and raw["weights"]:
+        if not from_files and isinstance(raw.get("weights"), str) and raw["weights"]:
             p = Path(raw["weights"]).expanduser()
             p = p if p.is_absolute() else base / p
             if not p.is_file():
@@ -361,7 +423,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
                                              f"{settings.max_weights_bytes} bytes (MODELPRESS_MAX_WEIGHTS_BYTES)")
             else:
                 weights = str(p)
-        model_ok = len(issues) == known_before
+        model_ok = len(issues) == known_before and (ref is not None or not from_files)
         check_recipes(here, raw.get("recipes"))
         check_backends(here, raw.get("backends"))
         if entry is None or not model_ok:
@@ -389,7 +451,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
             for b, backend in enumerate(backend_names):
                 if not backends_ok.get(backend_owner + ("backends", b)):
                     continue
-                key = (entry.model, weights, recipe.sha256, backend)
+                key = (ref.to_json() if ref is not None else entry.model, weights, recipe.sha256, backend)
                 if key in seen_jobs:
                     problem(here, f"the job {entry.model} × {recipe.name} × {backend} is already listed at "
                                   f"{format_loc(seen_jobs[key])} (line {lines.line(seen_jobs[key])})")
@@ -397,7 +459,10 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
                 seen_jobs[key] = here
                 try:
                     requests.append(validator.validate(model=entry.model, recipe=recipe, backend=backend,
-                                                       weights=weights))
+                                                       weights=weights, ref=ref))
+                except IntakeError as e:
+                    for loc, message in e.problems:  # a step this source cannot take: point at the recipe
+                        problem(recipe_owner + ("recipes", r) if loc == ("recipes",) else here + loc, message)
                 except UserInputError as e:
                     # Whatever the field checks above did not cover; name the field most likely at fault.
                     field_loc = (here + ("weights",) if isinstance(e, ModelLoadError) and weights
@@ -456,5 +521,5 @@ def submit_manifest(producer: "Producer", path: str | Path, *, force: bool = Fal
     return 0
 
 
-__all__ = ["Defaults", "Issue", "ManifestError", "ManifestFile", "ManifestPlan", "ModelEntry", "load_manifest",
+__all__ = ["DataEntry", "Defaults", "Issue", "ManifestError", "ManifestFile", "ManifestPlan", "ModelEntry", "load_manifest",
            "parse_manifest", "submit_manifest"]

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -389,6 +390,146 @@ class ArtifactStore:
         return dest
 
 
+    # ----------------------------------------------------------------- folders (issue 9)
+    def put_tree(self, folder: str | os.PathLike[str], *, prefix: str, files: "list[str] | None" = None,
+                 max_files: int = 100_000, max_bytes: int | None = None) -> StoredObject:
+        """Store every file of ``folder`` content-addressed, then a small JSON index of them.
+
+        The index (``{"_version": 1, "files": {"rel/path": "<content key>", ...}}``, sorted, itself
+        content-addressed under ``<prefix>/<sha256>.tree.json``) is what a job row names; a folder with
+        the same files under the same names always gets the same key, and a file shared by two folders is
+        stored once. ``files`` (relative paths) restricts what is taken; by default every regular file
+        not under a dot-name (``.git``, editor files) is. Symlinks leaving the folder are refused.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "config.json").write_text("{}")
+            >>> store = ArtifactStore(tempfile.mkdtemp())
+            >>> obj = store.put_tree(d, prefix="inputs")
+            >>> obj.key.endswith(".tree.json"), list(store.read_tree(obj.key))
+            (True, ['config.json'])
+        """
+        root = Path(folder).resolve()
+        rels = sorted(files) if files is not None else list_tree(root)
+        if len(rels) > max_files:
+            raise StoreError(f"folder {folder} holds {len(rels)} files, more than the limit of {max_files}")
+        if not rels:
+            raise StoreError(f"folder {folder} holds no files")
+        total = 0
+        for rel in rels:
+            check_tree_path(rel)
+            path = (root / rel).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                raise StoreError(f"{rel!r} in folder {folder} is not a file inside the folder")
+            total += path.stat().st_size
+        if max_bytes is not None and total > max_bytes:
+            raise StoreError(f"folder {folder} holds {total} bytes, over the limit of {max_bytes} bytes")
+        # A file keeps its suffix in the store when the key rules allow it (people read keys); the folder's
+        # names live in the index, so a suffix the rules refuse is simply dropped.
+        index = {rel: self.put_file(root / rel, prefix=prefix,
+                                    suffix=Path(rel).suffix if _SUFFIX.match(Path(rel).suffix) else "").key
+                 for rel in rels}
+        body = json.dumps({"_version": 1, "files": index}, sort_keys=True, separators=(",", ":")).encode()
+        return self.put_bytes(body, prefix=prefix, suffix=TREE_SUFFIX)
+
+    def read_tree(self, ref: str) -> dict[str, str]:
+        """The index of a stored folder: relative path → content key, every name checked again."""
+        try:
+            doc = json.loads(self.read_bytes(ref))
+        except ValueError:
+            raise StoreError(f"{ref} is not a folder index (not JSON)") from None
+        files = doc.get("files") if isinstance(doc, dict) and doc.get("_version") == 1 else None
+        if not isinstance(files, dict) or not files:
+            raise StoreError(f"{ref} is not a folder index (expected {{'_version': 1, 'files': {{...}}}})")
+        return {check_tree_path(rel): self.key_for(key) for rel, key in files.items()}
+
+    def fetch_tree(self, ref: str, *, cache_dir: str | os.PathLike[str]) -> Path:
+        """A local folder holding a stored folder's files under their names, each hash-checked.
+
+        Built once per index under ``cache_dir/trees/<index sha256>/`` in a temp folder renamed into place,
+        so a reader sees all of it or none. Files are copies, not links: a loader that wrote into its folder
+        must not be able to change the store's objects.
+
+        Example:
+            >>> local = store.fetch_tree(obj.uri, cache_dir=tempfile.mkdtemp())  # doctest: +SKIP
+            >>> (local / "config.json").read_text()  # doctest: +SKIP
+            '{}'
+        """
+        import shutil
+
+        key = self.key_for(ref)
+        index = self.read_tree(key)
+        dest = Path(cache_dir) / "trees" / key.rsplit("/", 1)[-1].split(".", 1)[0]
+        if dest.is_dir():
+            # Built before (complete: it was renamed into place); the files are checked again all the same,
+            # since a cache folder can be edited behind our back.
+            if all((dest / rel).is_file() and file_sha256(dest / rel) == self._expected(k, None)
+                   for rel, k in index.items()):
+                return dest
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-"))
+        try:
+            for rel, k in index.items():
+                src = self.fetch(k, cache_dir=cache_dir)
+                out = tmp / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, out)
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                if not dest.is_dir():  # another process won the race with the same content: use theirs
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return dest
+
+
+TREE_SUFFIX = ".tree.json"
+
+
+def is_tree_ref(ref: str) -> bool:
+    """Whether a store ref names a folder index (``put_tree``) rather than a single file.
+
+    Example:
+        >>> is_tree_ref("inputs/" + "0" * 64 + ".tree.json"), is_tree_ref("inputs/" + "0" * 64 + ".json")
+        (True, False)
+    """
+    return ref.endswith(TREE_SUFFIX)
+
+
+def check_tree_path(rel: str) -> str:
+    """A relative path inside a stored folder: plain parts only (no ``..``, no absolute, no dot-names).
+
+    Example:
+        >>> check_tree_path("a/b.png")
+        'a/b.png'
+    """
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or len(rel) > 1024 or any(not p or p in (".", "..") or p.startswith(".") or "\\" in p
+                                            or "\x00" in p for p in parts):
+        raise UnsafeKeyError(f"{rel!r} is not a plain relative path inside a folder")
+    return rel
+
+
+def list_tree(root: str | os.PathLike[str]) -> list[str]:
+    """Every regular file under ``root`` as a sorted relative POSIX path, skipping dot-names.
+
+    Example:
+        >>> list_tree(tempfile.mkdtemp())
+        []
+    """
+    root = Path(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in filenames:
+            if not name.startswith("."):
+                out.append((Path(dirpath) / name).relative_to(root).as_posix())
+    return sorted(out)
+
+
 # --------------------------------------------------------------------- what workers use
 def worker_dir(settings: "Settings") -> Path:
     """The local folder the optimize pipeline writes into: the store itself when it is a folder,
@@ -414,6 +555,22 @@ def fetch_weights(settings: "Settings", ref: str, *, sha256: str | None) -> str:
     return str(store.fetch(ref, sha256=sha256, cache_dir=settings.home / "store-cache"))
 
 
+def fetch_model_ref(settings: "Settings", stored: "dict[str, Any]") -> Any:
+    """A job row's ``model_ref`` (store refs) as a ``ModelRef`` whose files are local and hash-checked.
+
+    Folders (an HF model, an image folder) are rebuilt under the worker's cache (``fetch_tree``).
+
+    Example:
+        >>> fetch_model_ref(settings, job.model_ref).path  # doctest: +SKIP
+        '/home/mp/store-cache/trees/3f…e1'
+    """
+    from modelpress.intake import localize_ref
+    from modelpress.optimize.sources import ModelRef
+
+    return localize_ref(ModelRef.from_dict(stored), store=ArtifactStore.from_settings(settings),
+                        cache_dir=settings.home / "store-cache")
+
+
 def publish_artifact(settings: "Settings", local_path: str, *, rejected: bool = False) -> str:
     """Make a worker's artifact reachable by everyone; returns the URI a job row records.
 
@@ -432,4 +589,5 @@ def publish_artifact(settings: "Settings", local_path: str, *, rejected: bool = 
 
 
 __all__ = ["ArtifactStore", "IntegrityError", "MissingObjectError", "StoreError", "StoredObject", "UnsafeKeyError",
-           "check_key", "fetch_weights", "file_sha256", "publish_artifact", "worker_dir"]
+           "check_key", "check_tree_path", "fetch_model_ref", "fetch_weights", "file_sha256", "is_tree_ref", "list_tree",
+           "publish_artifact", "worker_dir"]

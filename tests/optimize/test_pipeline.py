@@ -183,10 +183,12 @@ def test_result_round_trips_through_json_and_a_second_call_reuses_it(store):
 def test_onnx_export_of_an_int8_result_is_refused_before_any_work(store, monkeypatch):
     import modelpress.optimize.pipeline as pipeline
 
-    def boom(*a, **k):  # the refusal must come before the model is even built
-        raise AssertionError("materialize was called")
+    import modelpress.optimize.sources.resolve as resolve
 
-    monkeypatch.setattr(pipeline, "materialize", boom)
+    def boom(*a, **k):  # the refusal must come before the model is even built
+        raise AssertionError("the model was resolved")
+
+    monkeypatch.setattr(resolve, "resolve", boom)
     recipe = Recipe.from_dict({"name": "x", "steps": [{"type": "quantize_dynamic"}]})
     with pytest.raises(UserInputError, match="cannot export a torch.ao int8 model.*onnx_export='float'"):
         optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, onnx_export="result")

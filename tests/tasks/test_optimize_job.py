@@ -39,4 +39,8 @@ def test_weights_that_do_not_load_are_refused_or_fail_the_job_with_the_reason_an
     assert "do not fit the architecture" in rows[wrong_id]["error"]
     assert rows[wrong_id]["attempts"] == 1  # a user error is not retried
     assert rows[good_id]["status"] == "succeeded", rows[good_id]["error"]
-    assert rows[good_id]["model_sha256"] == rows[good_id]["model_weights_uri"].rsplit("/", 1)[-1].split(".")[0]
+    from modelpress.api import weights_content_id
+
+    # The reuse key covers the weights and the factory that loads them (issue 10 item 6).
+    staged_sha = rows[good_id]["model_weights_uri"].rsplit("/", 1)[-1].split(".")[0]
+    assert rows[good_id]["model_sha256"] == weights_content_id("mlp", staged_sha)

@@ -30,7 +30,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
 @contextmanager
 def _database(settings: "Settings") -> Iterator[Any]:
     """A sessionmaker on the job table for one command; its engine is disposed afterwards."""
-    from modelpress.cli import ensure_db
+    from modelpress.commands.common import ensure_db
     from modelpress.models_db import make_engine, make_sessionmaker
 
     ensure_db(settings)

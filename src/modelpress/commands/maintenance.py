@@ -23,7 +23,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: "Settings") -> int:
         $ modelpress reconcile --json
         {"requeued_stale": [], "republished": ["6b69…"], "failed_poison": [], ...}
     """
-    from modelpress.cli import ensure_db
+    from modelpress.commands.common import ensure_db
     from modelpress.reconcile import reconcile_once
 
     if args.grace is not None:

@@ -29,7 +29,7 @@ def _check_plan(settings: Settings) -> str | None:
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db, refuse_or_warn
+    from modelpress.commands.common import ensure_db, refuse_or_warn
     from modelpress.workers.beat import run_beat
 
     # Fail at start, not at 2 a.m.: a typo in the night's models or recipes stops beat here.
@@ -46,7 +46,7 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db, refuse_or_warn
+    from modelpress.commands.common import ensure_db, refuse_or_warn
     from modelpress.workers.routing import OPS_QUEUE
     from modelpress.workers.worker import make_worker_app
 
@@ -76,7 +76,7 @@ def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_nightly_run_now(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.cli import ensure_db
+    from modelpress.commands.common import ensure_db
     from modelpress.nightly import submit_night
     from modelpress.workers.app import make_app
 

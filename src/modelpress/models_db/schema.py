@@ -90,6 +90,9 @@ class Job(Base):
     model_name: Mapped[str] = mapped_column(String(300))
     model_weights_uri: Mapped[str | None] = mapped_column(Text)
     model_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The model source (``optimize.sources.ModelRef.to_dict()``) with store references in place of the
+    # user's files; null for a registered model given by name only (issue 9).
+    model_ref: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     recipe_name: Mapped[str] = mapped_column(String(128))
     recipe_json: Mapped[str] = mapped_column(Text)
     recipe_sha256: Mapped[str] = mapped_column(String(64), index=True)

@@ -94,19 +94,20 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
 
 
 def load_artifact(path: str | os.PathLike[str], *, allowlist: tuple[str, ...] = (),
-                  engine: str | None = None) -> LoadedArtifact:
+                  engine: str | None = None, resolve_ref: Any = None) -> LoadedArtifact:
     """Rebuild the model saved at ``path``: registered factory → recipe steps' structure → weights.
 
     ``engine`` defaults to the one the artifact was made for (packed int8 weights are engine-specific).
+    A user's model (HF folder, torchvision/timm, .pt2) is rebuilt from the ``ModelRef`` in the manifest;
+    when its local files are not on this machine, ``resolve_ref(stored_ref: dict) -> ModelRef`` (e.g.
+    ``store.fetch_model_ref``, fetching the store refs recorded at submit into a cache) gives local ones.
     """
     from modelpress.optimize.backends import quantized_engine
     from modelpress.optimize.recipes import parse_step
     from modelpress.optimize.steps import rebuild_step
-    from modelpress.optimize.zoo import resolve_model
 
     manifest, state_dict = read_manifest(path)
-    spec = resolve_model(manifest["model"]["name"], allowlist=allowlist)
-    model = spec.build().eval()
+    model = _build_architecture(manifest["model"], allowlist=allowlist, resolve_ref=resolve_ref)
     eng = engine or manifest.get("engine") or torch.backends.quantized.engine
     with quantized_engine(eng):
         for step, meta in zip(manifest["recipe"]["steps"], manifest["steps_meta"], strict=True):
@@ -115,3 +116,18 @@ def load_artifact(path: str | os.PathLike[str], *, allowlist: tuple[str, ...] = 
     # The engine must also be current when the model runs; record it for the caller.
     torch.backends.quantized.engine = eng
     return LoadedArtifact(model.eval(), manifest)
+
+
+def _build_architecture(m: dict[str, Any], *, allowlist: tuple[str, ...], resolve_ref: Any) -> nn.Module:
+    from modelpress.optimize.zoo import resolve_model
+
+    if "ref" not in m:
+        return resolve_model(m["name"], allowlist=allowlist).build().eval()
+    from modelpress.optimize.sources.ref import ModelRef
+    from modelpress.optimize.sources.resolve import build_for_artifact
+
+    ref = ModelRef.from_dict(m["ref"])
+    local_ok = all(Path(p).exists() for p in (ref.path, ref.weights) if p)
+    if not local_ok and resolve_ref is not None and m.get("stored_ref"):
+        ref = resolve_ref(m["stored_ref"])  # store refs (a job row's model_ref) → a ModelRef with local files
+    return build_for_artifact(ref, allowlist=allowlist)

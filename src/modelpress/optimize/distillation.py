@@ -33,7 +33,7 @@ from torch import nn
 from modelpress.optimize.errors import ModelLoadError, UserInputError
 from modelpress.optimize.measure import as_tuple, compute_metric, count_flops, count_params, predict
 from modelpress.optimize.recipes import DistillConfig, FinetuneConfig
-from modelpress.optimize.steps import StepContext, StepOutput, apply_step, register_handler
+from modelpress.optimize.step_registry import StepContext, StepOutput, apply_step, register_handler
 from modelpress.optimize.training import fit, outputs_of, require_trainable
 
 StudentFactory = Callable[[nn.Module, float], nn.Module]

@@ -43,3 +43,7 @@ def is_task_control(exc: BaseException) -> bool:
         True
     """
     return any(getattr(t, "__module__", "").split(".")[0] in ("billiard", "celery") for t in type(exc).__mro__)
+
+
+class DataError(UserInputError, ValueError):
+    """A data file that cannot be read or does not fit the model (names, shapes, labels, size)."""

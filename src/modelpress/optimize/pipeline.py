@@ -50,7 +50,7 @@ from modelpress.optimize.measure import (
 )
 from modelpress.optimize.recipes import Budget, Recipe, StepConfig
 from modelpress.optimize.steps import StepContext, StepOutput, apply_step, global_sparsity, handler_for
-from modelpress.optimize.zoo import ModelSpec, TaskData, materialize, resolve_model
+from modelpress.optimize.zoo import ModelSpec, TaskData
 
 RESULT_FORMAT = 1
 
@@ -224,7 +224,8 @@ def _fallback(chain: _Chain, recipe: Recipe, ctx: StepContext, *, spec: ModelSpe
     return best[1], best[0], record
 
 
-def optimize_model(*, model_name: str, recipe: Recipe, engine: str, store: str | Path,
+def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str, store: str | Path,
+                   model_ref: Any = None, stored_ref: Any = None,
                    weights: str | None = None, allowlist: tuple[str, ...] = (),
                    max_weights_bytes: int = 2 * 1024**3, threads: int = 1, warmup: int = 10,
                    runs: int = 50, log: Callable[[str], None] = lambda m: None,
@@ -235,17 +236,30 @@ def optimize_model(*, model_name: str, recipe: Recipe, engine: str, store: str |
     ``onnx_export`` also exports the float model (or a float result, e.g. pruned) to ONNX and checks it in
     onnxruntime (``extra["onnx"]``). ``verify_reload`` reloads the saved artifact and requires identical
     outputs (``extra["reload_check"]``).
+
+    The model is a registered ``model_name`` (as before) or a ``model_ref`` (``optimize.sources.ModelRef``,
+    its paths local files: an HF folder, torchvision/timm weights, a .pt2, with its data). ``stored_ref``
+    (the same ref with store refs, as in the job row) is recorded in the artifact so that
+    ``modelpress.load`` can fetch the files on another machine.
     """
     store = Path(store)
-    spec = resolve_model(model_name, allowlist=allowlist)
     if onnx_export not in (None, "float", "result"):
         raise OnnxExportRequestError(f"onnx_export must be 'float', 'result' or None, not {onnx_export!r}")
     if onnx_export == "result" and any(hasattr(handler_for(c), "sensitivity") for c in recipe.steps):
         raise OnnxExportRequestError(
             "onnx_export='result' cannot export a torch.ao int8 model (torch.onnx has no exporter for its "
             "packed kernels); use onnx_export='float' and quantize the ONNX file with onnxruntime")
+    # Resolve the source (registered name or a user's model ref); from here on every source takes one flow.
+    from modelpress.optimize.sources import resolve as sources_resolve
+
+    resolved = sources_resolve.resolve(model_name=model_name, model_ref=model_ref, weights=weights,
+                                       allowlist=allowlist, max_bytes=max_weights_bytes, cache_dir=store / "builtin")
+    if resolved.ref is not None:
+        sources_resolve.refuse_unsupported_steps(resolved.ref, [c.type for c in recipe.steps])
+    spec = resolved.spec
+    model_name = model_name or (resolved.ref.name if resolved.ref is not None else spec.name)
     torch.set_num_threads(threads)
-    float_model, content = materialize(spec, weights=weights, max_bytes=max_weights_bytes, cache_dir=store / "builtin")
+    float_model, content = resolved.model, resolved.content
     tv = torch.__version__
     key = artifact_key(content, recipe.sha256, engine, tv)
     result_path = store / "results" / f"{key}.json"
@@ -264,7 +278,13 @@ def optimize_model(*, model_name: str, recipe: Recipe, engine: str, store: str |
     base_manifest = {"model": {"name": model_name, "spec_name": spec.name, "version": spec.version,
                                "content_sha256": content},
                      "engine": engine, "torch_version": tv}
-    float_path = store / "float" / f"{spec.name}-{content[:16]}.mpz"
+    if resolved.ref is not None:
+        # What load_artifact rebuilds the architecture from (local paths, and store refs when known).
+        base_manifest["model"]["ref"] = resolved.ref.to_dict()
+        if stored_ref is not None:
+            base_manifest["model"]["stored_ref"] = (stored_ref if isinstance(stored_ref, dict)
+                                                    else stored_ref.to_dict())
+    float_path = store / "float" / f"{spec.name.replace('/', '_').replace(':', '_')}-{content[:16]}.mpz"
     size_before = save_artifact(float_path, float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})
 
     log("measuring the float model")

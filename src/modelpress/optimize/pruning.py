@@ -31,7 +31,7 @@ from torch import nn
 from modelpress.optimize.errors import ModelLoadError, UserInputError
 from modelpress.optimize.measure import as_tuple, count_flops, count_params
 from modelpress.optimize.recipes import L1UnstructuredPruneConfig, StructuredPruneConfig
-from modelpress.optimize.steps import StepContext, StepOutput, register_handler
+from modelpress.optimize.step_registry import StepContext, StepOutput, register_handler
 from modelpress.optimize.training import is_quantized
 from modelpress.optimize.zoo import Inputs
 

@@ -44,7 +44,7 @@ from modelpress.optimize.backends import (
 from modelpress.optimize.measure import as_tuple, batch_of, n_samples, predict
 from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig
 from modelpress.optimize.sensitivity import SensitivityReport, requantize_sensitivity, swap_sensitivity
-from modelpress.optimize.steps import StepContext, StepOutput, register_handler
+from modelpress.optimize.step_registry import StepContext, StepOutput, register_handler
 from modelpress.optimize.zoo import Inputs
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,

@@ -13,81 +13,24 @@ Example:
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar
-
 import torch
 from torch import nn
 
-from modelpress.optimize.backends import QuantBackend, get_backend
-from modelpress.optimize.recipes import StepConfig
-from modelpress.optimize.zoo import ModelSpec, TaskData
+# The registry lives in its own module so technique modules can import it without importing this one.
+from modelpress.optimize.step_registry import (  # noqa: F401 - re-exported: callers import them from here
+    StepContext,
+    StepHandler,
+    StepOutput,
+    apply_step,
+    handler_for,
+    handlers,
+    rebuild_step,
+    register_handler,
+)
 
-
-@dataclass
-class StepContext:
-    """What a handler may use besides the model: the spec, its data, the engine, the float reference."""
-
-    spec: ModelSpec
-    data: TaskData
-    engine: str
-    backend: QuantBackend = field(default_factory=get_backend)
-    seed: int = 0
-    reference: nn.Module | None = None
-    log: Callable[[str], None] = lambda msg: None
-
-
-@dataclass
-class StepOutput:
-    model: nn.Module
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-class StepHandler(Protocol):
-    def apply(self, model: nn.Module, cfg: Any, ctx: StepContext) -> StepOutput: ...
-
-    def rebuild(self, model: nn.Module, cfg: Any, meta: dict[str, Any], *, engine: str) -> nn.Module:
-        """Re-create the structure ``apply`` produced (weights are loaded afterwards)."""
-        ...
-
-
-_HANDLERS: dict[type[StepConfig], StepHandler] = {}
-H = TypeVar("H")
-
-
-def register_handler(cfg_cls: type[StepConfig]) -> Callable[[H], H]:
-    def deco(handler_cls: H) -> H:
-        # Two handlers for one step type would make the winner depend on import order: refuse.
-        existing = _HANDLERS.get(cfg_cls)
-        if existing is not None and type(existing).__qualname__ != getattr(handler_cls, "__qualname__", None):
-            raise ValueError(f"step type {cfg_cls.type!r} already has handler {type(existing).__qualname__}")
-        _HANDLERS[cfg_cls] = handler_cls()  # type: ignore[operator]
-        return handler_cls
-
-    return deco
-
-
-def handlers() -> dict[type[StepConfig], StepHandler]:
-    return dict(_HANDLERS)
-
-
-def handler_for(cfg: StepConfig) -> StepHandler:
-    try:
-        return _HANDLERS[type(cfg)]
-    except KeyError:
-        raise NotImplementedError(f"no handler registered for step type {cfg.type!r}") from None
-
-
-def apply_step(model: nn.Module, cfg: StepConfig, ctx: StepContext) -> StepOutput:
-    """Run one step on a copy of ``model``; the result is in eval mode."""
-    out = handler_for(cfg).apply(copy.deepcopy(model), cfg, ctx)
-    out.model.eval()
-    return out
-
-
-def rebuild_step(model: nn.Module, cfg: StepConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
-    return handler_for(cfg).rebuild(model, cfg, meta, engine=engine).eval()
+# Technique modules register their handlers on import (they import step_registry, never this module,
+# so there is no circle); importing them here means any code that can apply a step can apply every one.
+from modelpress.optimize import distillation, pruning, quantization  # noqa: F401,E402  isort: skip
 
 
 # ------------------------------------------------------------------------------- handlers
@@ -100,7 +43,3 @@ def global_sparsity(model: nn.Module) -> float:
             total += v.numel()
     return zeros / total if total else 0.0
 
-
-# Technique modules register their handlers on import; importing them here means any code that can
-# apply a step can apply every built-in step.
-from modelpress.optimize import quantization, pruning, distillation  # noqa: E402,F401

@@ -45,6 +45,9 @@ class TaskData:
     train_inputs: Inputs | None = None
     train_labels: torch.Tensor | None = None
     description: str = ""
+    # Rows for choices (fallback, sensitivity, early stopping): disjoint from eval, never reported.
+    val_inputs: Inputs | None = None
+    val_labels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -156,9 +156,10 @@ def run_job(task: Task, job_id: str) -> str:
                 raise task.retry(countdown=settings.heartbeat_stale_after, max_retries=settings.max_attempts * 4)
             return "not-claimed"
         recipe_json, model_name, weights = job.recipe_json, job.model_name, job.model_weights_uri
+        stored_ref = job.model_ref  # a model given by its files (issue 9): store refs, fetched below
         # A night's job exists to measure again (drift, regressions): never answer it from the cache.
         reuse_cached = job.night is None
-        input_sha256 = job.model_sha256  # the producer's content id: staged weights' sha256, or the built-in id
+        input_sha256 = job.model_sha256  # the producer's reuse key (intake.content_id, api.*_content_id)
 
     def finish(status: str, **values: Any) -> None:
         # Outside the work's try on purpose: a database blip here is retried (bounded, with backoff)
@@ -179,7 +180,7 @@ def run_job(task: Task, job_id: str) -> str:
     import torch  # only now, in the child
 
     from modelpress.optimize import Recipe, UserInputError, optimize_model
-    from modelpress.store import fetch_weights, publish_artifact, worker_dir
+    from modelpress.store import fetch_model_ref, fetch_weights, publish_artifact, worker_dir
 
     engine = IDENTITY.backend or job.backend
     common = {"engine_used": torch.backends.quantized.engine, "torch_version": torch.__version__,
@@ -190,9 +191,12 @@ def run_job(task: Task, job_id: str) -> str:
             recipe = Recipe.from_json(recipe_json)
             # Through the store with a hash check: torch reads exactly the bytes that were submitted,
             # and a row cannot point a worker at a file outside the store.
-            local_weights = fetch_weights(settings, weights, sha256=input_sha256) if weights else None
+            # The content key names the file's sha256; the row's model_sha256 is the reuse key, not a file hash.
+            local_weights = fetch_weights(settings, weights, sha256=None) if weights else None
+            local_ref = fetch_model_ref(settings, stored_ref) if stored_ref else None
             result = optimize_model(
-                model_name=model_name, recipe=recipe, engine=engine, store=worker_dir(settings),
+                model_name=None if local_ref else model_name, model_ref=local_ref, stored_ref=stored_ref,
+                recipe=recipe, engine=engine, store=worker_dir(settings),
                 weights=local_weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
                 threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
                 log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
@@ -209,7 +213,9 @@ def run_job(task: Task, job_id: str) -> str:
     except UserInputError as e:
         if hb.lost.is_set():
             return abandoned()  # whatever it says, this run no longer owns the job
-        finish(JobStatus.failed.value, error=str(e), **common)
+        from modelpress.intake import name_staged_files  # store-key file names → "eval data (data.eval, …)"
+
+        finish(JobStatus.failed.value, error=name_staged_files(str(e), stored_ref), **common)
         return "failed"
     except SoftTimeLimitExceeded:
         if hb.lost.is_set():

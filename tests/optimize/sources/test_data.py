@@ -1,0 +1,93 @@
+"""Data readers: tensors by argument name, JSONL, image folders, the seeded calibration split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelpress.optimize.errors import DataError, UserInputError
+from modelpress.optimize.sources.data import (
+    check_labels,
+    label_indices,
+    make_task_data,
+    read_images,
+    read_jsonl,
+    read_tensors,
+    split_for_calibration,
+)
+
+
+def test_the_calibration_split_is_seeded_disjoint_and_said_in_the_description() -> None:
+    keep, held = split_for_calibration(1000)
+    assert (keep, held) == split_for_calibration(1000)
+    assert not set(keep) & set(held) and len(keep) + len(held) == 1000 and len(held) == 250
+    x = torch.arange(40.0).reshape(20, 2)
+    td = make_task_data((x,), torch.arange(20) % 3, None, what="d.npz")
+    eval_rows = {tuple(r) for r in td.eval_inputs.tolist()}
+    calib_rows = {tuple(r) for r in td.calib_inputs.tolist()}
+    assert not eval_rows & calib_rows
+    assert torch.equal(td.val_inputs, td.calib_inputs)
+    assert "set aside for calibration and validation" in td.description and "seed 0" in td.description
+
+
+def test_tensors_are_read_by_forward_argument_name_with_labels(tmp_path: Path) -> None:
+    f = tmp_path / "d.npz"
+    np.savez(f, attention_mask=np.ones((6, 4), np.int64), input_ids=np.zeros((6, 4), np.int64), labels=np.arange(6))
+    (ids, mask), y = read_tensors(f, ["input_ids", "attention_mask", "token_type_ids"],
+                                  required=["input_ids", "attention_mask"])
+    assert ids.shape == (6, 4) and mask.sum() == 24 and y.tolist() == list(range(6))
+
+
+def test_tensors_with_wrong_names_are_refused_naming_both_sides(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    f = tmp_path / "d.safetensors"
+    save_file({"x": torch.zeros(3, 2)}, str(f))
+    with pytest.raises(DataError, match=r"not arguments: \['x'\].*missing: \['features'\]"):
+        read_tensors(f, ["features"])
+
+
+def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path: Path) -> None:
+    f = tmp_path / "evil.npz"
+    np.savez(f, features=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="could not be read"):
+        read_tensors(f, ["features"])
+
+
+def test_labels_outside_the_class_count_name_the_row(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="label 7 in row 3 is outside the model's 3 classes"):
+        check_labels(torch.tensor([0, 1, 7]), 3, "d.npz")
+    with pytest.raises(UserInputError, match="'cat' in row 1 is not one of the model's labels"):
+        label_indices(["cat"], num_classes=2, label2id={"pos": 0, "neg": 1}, where="e.jsonl")
+
+
+def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "e.jsonl"
+    f.write_text('{"text": "ok", "label": 0}\n{"text": "no label"}\n')
+    with pytest.raises(DataError, match="'label' is on 1 of 2 rows"):
+        read_jsonl(f)
+    f.write_text('{"text": "ok"}\n{oops\n')
+    with pytest.raises(DataError, match="line 2: not valid JSON"):
+        read_jsonl(f)
+
+
+def test_image_folders_give_labels_from_sorted_class_folders(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for c, colour in (("b_cat", (255, 0, 0)), ("a_dog", (0, 0, 255))):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (40, 30), colour).save(tmp_path / c / "1.png")
+    pre = {"resize": 16, "crop": 16, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    x, y, names = read_images(tmp_path, pre)
+    assert names == ["a_dog", "b_cat"] and y.tolist() == [0, 1]
+    assert x.shape == (2, 3, 16, 16)
+    assert float(x[0, 2].mean()) == pytest.approx(1.0) and float(x[1, 0].mean()) == pytest.approx(1.0)
+
+
+def test_a_broken_image_is_named(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="image x.png could not be read"):
+        read_images(tmp_path, {"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1]})

@@ -1,0 +1,62 @@
+"""The model reference: parsing, JSON round trip, torch-free import, step support table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from modelpress.optimize.sources import DataRef, ModelRef, ModelRefError, parse_model_ref, unsupported_reason
+
+
+def test_every_kind_parses_and_round_trips_through_json() -> None:
+    refs = [
+        parse_model_ref("hf:models/bert", data=DataRef(eval="e.jsonl", calibration="c.jsonl"), max_length=64),
+        parse_model_ref("torchvision:resnet18", weights="r.safetensors", data={"eval": "imgs"},
+                        preprocess={"resize": 64, "crop": 64}),
+        parse_model_ref("timm:resnet18", weights="r.safetensors", data={"eval": "imgs"}),
+        parse_model_ref("export:m.pt2", data={"eval": "x.npz"}, latency_batches=(1, 8)),
+        parse_model_ref("mlp"),
+        parse_model_ref("my.pkg:factory"),
+    ]
+    assert [r.kind for r in refs] == ["hf", "torchvision", "timm", "export", "registered", "registered"]
+    for r in refs:
+        d = r.to_dict()
+        assert d["_version"] == 1
+        assert ModelRef.from_dict(d) == r
+        assert ModelRef.from_dict(__import__("json").loads(r.to_json())) == r
+
+
+@pytest.mark.parametrize("text, fields, fragment", [
+    ("torchvision:resnet18", {"data": {"eval": "x"}}, "needs a weights file"),
+    ("hf:folder", {}, "needs data"),
+    ("export:model.pt", {"data": {"eval": "x"}}, ".pt2"),
+    ("timm:", {}, "nothing after"),
+    ("", {}, "empty"),
+])
+def test_incomplete_references_are_refused_naming_what_is_missing(text: str, fields: dict, fragment: str) -> None:
+    with pytest.raises(ModelRefError, match=fragment):
+        parse_model_ref(text, **fields)
+
+
+def test_unknown_fields_and_versions_are_refused() -> None:
+    good = parse_model_ref("mlp").to_dict()
+    with pytest.raises(ModelRefError, match="trust_remote_code"):
+        ModelRef.from_dict({**good, "trust_remote_code": True})
+    with pytest.raises(ModelRefError, match="version"):
+        ModelRef.from_dict({**good, "_version": 99})
+
+
+def test_sources_package_and_ref_import_without_torch() -> None:
+    code = ("import sys, modelpress.optimize.sources as s; s.parse_model_ref('mlp'); "
+            "s.unsupported_reason('export', 'qat'); assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_training_steps_and_structured_pruning_of_graphs_are_refused_with_a_reason() -> None:
+    assert "training" in (unsupported_reason("hf", "finetune") or "")
+    assert "graph" in (unsupported_reason("export", "prune_structured") or "")
+    assert unsupported_reason("torchvision", "prune_structured") is None
+    assert unsupported_reason("registered", "qat") is None

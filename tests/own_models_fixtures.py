@@ -1,0 +1,279 @@
+"""Builders of the three "own" models of issue 9, made at test time and unknown to every worker.
+
+Shared by the optimize-level tests (tests/optimize/sources/) and the end-to-end queue tests
+(tests/sources/): each builder writes real files into a folder (``tmp_path``) and returns their paths.
+
+- ``build_hf_classifier``: a BERT-style sequence classifier (small ``BertConfig``, its own WordPiece
+  vocabulary) trained briefly on a generated topic task, saved with ``save_pretrained`` (safetensors),
+  plus JSONL eval/calibration files;
+- ``build_resnet18``: torchvision ResNet-18 with ``num_classes`` outputs, trained a few steps on
+  generated images, weights as ``.safetensors``, and ImageFolder-layout eval/calibration folders;
+- ``build_export``: a ``.pt2`` (``torch.export.save``) of a module defined only here, with a
+  ``.safetensors`` file of inputs by forward argument name and ``labels``;
+- ``build_pickle_pt2``: a ``.pt2`` whose weights entry is a pickle that would create a marker file.
+
+Everything is seeded; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+TOPICS = {
+    "sports": ["goal", "match", "team", "score", "coach", "league", "player", "win"],
+    "weather": ["rain", "sun", "cloud", "storm", "wind", "snow", "cold", "warm"],
+    "music": ["song", "band", "guitar", "drum", "album", "tune", "sing", "concert"],
+}
+FILLER = ["the", "a", "today", "very", "was", "and", "with", "new", "big", "small", "of", "it"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model's files: what a manifest entry names."""
+
+    model: str                       # the manifest's ``model:`` value
+    eval: Path
+    calibration: Path | None = None
+    weights: Path | None = None
+    preprocess: dict | None = None
+
+
+def _sentence(rng: random.Random, label: int) -> str:
+    topic = list(TOPICS.values())[label]
+    words = [rng.choice(topic) for _ in range(rng.randint(3, 5))]
+    words += [rng.choice(FILLER) for _ in range(rng.randint(2, 5))]
+    # A word of another topic now and then, so the task is not trivially separable.
+    if rng.random() < 0.3:
+        words.append(rng.choice(list(TOPICS.values())[(label + 1) % len(TOPICS)]))
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def topic_rows(n: int, *, seed: int, names: bool = False) -> list[dict]:
+    rng = random.Random(seed)
+    labels = list(TOPICS)
+    rows = []
+    for i in range(n):
+        y = i % len(TOPICS)
+        rows.append({"text": _sentence(rng, y), "label": labels[y] if names else y})
+    return rows
+
+
+def build_hf_classifier(root: Path, *, steps: int = 120, seed: int = 0) -> Built:
+    """A 2-layer BERT classifier over three topics; returns its folder and JSONL eval/calibration files."""
+    import torch
+
+    import_torchvision()  # transformers imports torchvision when it is installed
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder = root / "intent-classifier"
+    folder.mkdir(parents=True)
+    vocab = SPECIAL + sorted({w for ws in TOPICS.values() for w in ws} | set(FILLER))
+    # transformers 5 builds a fast tokenizer from a vocab mapping (vocab_file= alone yields specials only).
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=32)
+    labels = list(TOPICS)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
+                     id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(cfg)
+    train = topic_rows(256, seed=seed + 100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = train[(step * 32) % len(train):][:32]
+        enc = tok([r["text"] for r in batch], padding=True, truncation=True, max_length=32, return_tensors="pt")
+        out = model(**enc, labels=torch.tensor([r["label"] for r in batch]))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    ev = write_jsonl(root / "intent-eval.jsonl", topic_rows(96, seed=seed + 1, names=True))
+    cal = write_jsonl(root / "intent-calib.jsonl", topic_rows(48, seed=seed + 2))
+    return Built(model=f"hf:{folder}", eval=ev, calibration=cal)
+
+
+def _image(rng: random.Random, label: int, size: int):  # type: ignore[no-untyped-def]
+    """A generated image whose class decides its dominant colour channel and stripe direction."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(rng.randrange(1 << 30))
+    img = g.integers(0, 90, size=(size, size, 3)).astype(np.uint8)
+    channel = label % 3
+    img[..., channel] = np.clip(img[..., channel].astype(int) + 120, 0, 255).astype(np.uint8)
+    if label >= 3:
+        img[::4, :, :] = 255  # stripes tell class 3 from class 0
+    return Image.fromarray(img)
+
+
+def write_image_folder(folder: Path, *, per_class: int, classes: int, size: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    for c in range(classes):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            _image(rng, c, size).save(folder / f"class{c}" / f"{i:03d}.png")
+    return folder
+
+
+def build_resnet18(root: Path, *, num_classes: int = 4, size: int = 64, steps: int = 4, seed: int = 0) -> Built:
+    """torchvision ResNet-18 (``num_classes`` outputs), weights in a .safetensors file, image folders."""
+    import torch
+    from safetensors.torch import save_file
+
+    import_torchvision()
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    ev = write_image_folder(root / "val-images", per_class=12, classes=num_classes, size=size, seed=seed + 1)
+    cal = write_image_folder(root / "calib-images", per_class=8, classes=num_classes, size=size, seed=seed + 2)
+    pre = {"resize": size, "crop": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    # A few steps on calibration-like images so the metric means something (trained on its own images).
+    train = write_image_folder(root / "train-images", per_class=8, classes=num_classes, size=size, seed=seed + 3)
+    xs, ys = [], []
+    import numpy as np
+    from PIL import Image
+
+    mean, std = torch.tensor(pre["mean"]).view(3, 1, 1), torch.tensor(pre["std"]).view(3, 1, 1)
+    for c in range(num_classes):
+        for p in sorted((train / f"class{c}").iterdir()):
+            arr = torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+            xs.append((arr - mean) / std)
+            ys.append(c)
+    x, y = torch.stack(xs), torch.tensor(ys)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # A few steps leave BatchNorm's running statistics far from the data's: recompute them exactly (one
+    # cumulative pass) so that the eval-mode model is the one that was trained.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        model(x)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 0.1
+    model.eval()
+    weights = root / "resnet18-finetuned.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return Built(model="torchvision:resnet18", eval=ev, calibration=cal, weights=weights, preprocess=pre)
+
+
+def import_torchvision() -> None:
+    """torchvision beside the CPU torch (the common brief's shim), as the vision source imports it."""
+    from modelpress.optimize.sources.vision import import_torchvision as shim
+
+    shim()
+
+
+def _ranker_module():  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    class Ranker(nn.Module):
+        """Defined only here: no worker can import it, so only the exported graph carries it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+            self.head = nn.Linear(256, 5)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(features))
+
+    return Ranker()
+
+
+def build_export(root: Path, *, seed: int = 0) -> Built:
+    """A ``.pt2`` of a module defined only in this function; tensors by argument name, with labels."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = _ranker_module().eval()
+    # Labels the float model gets mostly right: argmax of a fixed projection the model is fit to.
+    x = torch.randn(512, 64)
+    proj = torch.randn(64, 5)
+    y = (x @ proj).argmax(1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(model(x[:384]), y[:384])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model, (x[:2],), dynamic_shapes={"features": {0: batch}})
+    path = root / "ranker.pt2"
+    torch.export.save(program, str(path))
+    ev = root / "ranker-eval.safetensors"
+    save_file({"features": x[384:].contiguous(), "labels": y[384:].contiguous()}, str(ev))
+    cal = root / "ranker-calib.safetensors"
+    save_file({"features": x[256:384].contiguous()}, str(cal))
+    return Built(model=f"export:{path}", eval=ev, calibration=cal)
+
+
+class _CreateFile:
+    """Unpickling this opens (creates) a file: the marker a refused payload must never leave behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def build_pickle_pt2(root: Path, marker: Path) -> Built:
+    """A ``.pt2`` like ``build_export``'s whose first weight is a pickle that creates ``marker``.
+
+    Its weights config marks that weight ``use_pickle``, which ``torch.export.load`` hands to
+    ``torch.load(weights_only=False)``: code runs unless the loader makes that impossible.
+    """
+    import pickle
+    import zipfile
+
+    (root / "good-export").mkdir(parents=True, exist_ok=True)
+    good = build_export(root / "good-export")
+    bad = root / "ranker-evil.pt2"
+    with zipfile.ZipFile(good.model.removeprefix("export:")) as src, zipfile.ZipFile(bad, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"].values()))
+                first["use_pickle"] = True
+                poisoned = first["path_name"]
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+        prefix = next(n for n in src.namelist() if n.endswith("_weights_config.json")).rsplit("/", 1)[0]
+    with zipfile.ZipFile(bad) as check:
+        names = check.namelist()
+    # Rewrite the poisoned weight's bytes (zip members cannot be replaced in place: copy again).
+    payload = pickle.dumps(_CreateFile(marker), protocol=2)
+    final = root / "ranker-evil-final.pt2"
+    with zipfile.ZipFile(bad) as src, zipfile.ZipFile(final, "w") as out:
+        for name in names:
+            data = payload if name == f"{prefix}/{poisoned}" else src.read(name)
+            out.writestr(src.getinfo(name), data)
+    bad.unlink()
+    final.rename(bad)
+    return Built(model=f"export:{bad}", eval=good.eval, calibration=good.calibration)

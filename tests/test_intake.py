@@ -1,0 +1,304 @@
+"""Submit-time intake of own models (issue 9): torch-free checks, staging, the reuse key, CLI/manifest fields.
+
+Tiny files written here stand in for real models: these checks read headers and configs, never weights.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modelpress.api import Producer, builtin_content_id, weights_content_id
+from modelpress.intake import (
+    IntakeError,
+    check_ref,
+    content_id,
+    localize_ref,
+    module_source_sha256,
+    resolve_paths,
+    stage_ref,
+)
+from modelpress.manifest import ManifestError, parse_manifest
+from modelpress.optimize.sources import parse_model_ref
+from modelpress.settings import Settings
+from modelpress.store import ArtifactStore
+
+MB = 1 << 20
+
+
+def _safetensors(path: Path, tensors: dict[str, list[int]]) -> Path:
+    """A valid safetensors file of zero-filled float32 tensors with these shapes (no torch needed)."""
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        n = 4
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * offset)
+    return path
+
+
+def _hf_folder(root: Path, **config: object) -> Path:
+    folder = root / "bert"
+    folder.mkdir()
+    cfg = {"model_type": "bert", "architectures": ["BertForSequenceClassification"],
+           "id2label": {"0": "sports", "1": "weather", "2": "music"}, **config}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _safetensors(folder / "model.safetensors", {"classifier.weight": [3, 4]})
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\ngoal\n")
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
+
+
+def test_an_hf_folder_whose_config_asks_for_remote_code_is_refused_naming_auto_map(tmp_path):
+    folder = _hf_folder(tmp_path, auto_map={"AutoModel": "modeling_x.X"})
+    (tmp_path / "eval.jsonl").write_text('{"text": "goal", "label": "sports"}\n')
+    ref = parse_model_ref(f"hf:{folder}", data={"eval": str(tmp_path / "eval.jsonl")})
+    problems = check_ref(ref, max_bytes=MB)
+    assert [loc for loc, _ in problems] == [("model",)]
+    assert "auto_map" in problems[0][1] and "trust_remote_code" in problems[0][1]
+
+
+def test_jsonl_labels_outside_the_class_count_or_not_a_label_name_are_refused_with_their_line(tmp_path):
+    folder = _hf_folder(tmp_path)
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"text": "goal", "label": 0}\n\n{"text": "rain", "label": 3}\n{"text": "x", "label": "jazz"}\n'
+                    '{"label": 1}\nnot json\n')
+    ref = parse_model_ref(f"hf:{folder}", data={"eval": str(data)})
+    messages = [m for loc, m in check_ref(ref, max_bytes=MB) if loc == ("data", "eval")]
+    assert "line 3: label 3 is outside the model's 3 classes" in messages[0]
+    assert "line 4: label 'jazz' is not one of the model's classes" in messages[1]
+    assert "line 5" in messages[2] and "text" in messages[2]
+    assert "line 6: not valid JSON" in messages[3]
+
+
+def test_an_unknown_torchvision_name_is_refused_with_close_names_and_missing_files_are_named(tmp_path):
+    ref = parse_model_ref("torchvision:resnet81", weights=str(tmp_path / "w.safetensors"),
+                          data={"eval": str(tmp_path / "imgs")})
+    problems = dict(check_ref(ref, max_bytes=MB))
+    assert "unknown torchvision model 'resnet81'; did you mean resnet18" in problems[("model",)]
+    assert "does not exist" in problems[("weights",)] and "does not exist" in problems[("data", "eval")]
+
+
+def test_an_image_folder_with_more_classes_than_the_weights_classifier_is_refused(tmp_path):
+    weights = _safetensors(tmp_path / "w.safetensors", {"fc.weight": [4, 8], "fc.bias": [4]})
+    for c in range(5):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+        (tmp_path / "imgs" / f"c{c}" / "a.png").write_bytes(b"not decoded at submit")
+    ref = parse_model_ref("timm:resnet18", weights=str(weights), data={"eval": str(tmp_path / "imgs")})
+    assert check_ref(ref, max_bytes=MB) == [
+        (("data", "eval"), f"data folder {tmp_path / 'imgs'} has 5 class subfolders but the weights' classifier "
+                           "has 4 outputs")]
+
+
+def _pt2(path: Path, *, use_pickle: bool = False, inputs: tuple[str, ...] = ("features",)) -> Path:
+    """The layout torch.export.save writes, reduced to what the submit check reads."""
+    program = {"graph_module": {"signature": {"input_specs": [
+        {"parameter": {"arg": {"name": "p_w"}, "parameter_name": "w"}},
+        *({"user_input": {"arg": {"as_tensor": {"name": n}}}} for n in inputs)]}}}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("m/models/model.json", json.dumps(program))
+        zf.writestr("m/data/weights/model_weights_config.json",
+                    json.dumps({"config": {"w": {"path_name": "weight_0", "use_pickle": use_pickle}}}))
+        zf.writestr("m/data/weights/weight_0", b"\0" * 16)
+    return path
+
+
+def test_a_pt2_with_pickled_weights_is_refused_before_anything_loads_it(tmp_path):
+    data = _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
+    ref = parse_model_ref(f"export:{_pt2(tmp_path / 'm.pt2', use_pickle=True)}", data={"eval": str(data)})
+    ((loc, message),) = check_ref(ref, max_bytes=MB)
+    assert loc == ("model",) and "model_weights_config.json:w as a pickle" in message
+
+
+def test_tensor_names_that_are_not_the_programs_inputs_are_refused_naming_both(tmp_path):
+    data = _safetensors(tmp_path / "eval.safetensors", {"feats": [2, 4], "labels": [2]})
+    ref = parse_model_ref(f"export:{_pt2(tmp_path / 'm.pt2')}", data={"eval": str(data)})
+    ((loc, message),) = check_ref(ref, max_bytes=MB)
+    assert loc == ("data", "eval")
+    assert "holds tensors feats but the program's inputs are features (missing: features)" in message
+    good = _safetensors(tmp_path / "good.safetensors", {"features": [2, 4], "labels": [2]})
+    assert check_ref(ref.with_paths(data={"eval": str(good)}), max_bytes=MB) == []
+
+
+def test_steps_an_exported_graph_cannot_take_are_refused_at_submit_naming_the_recipe(tmp_path, settings):
+    data = _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
+    producer = Producer(settings)
+    try:
+        with pytest.raises(IntakeError, match="recipe 'prune50-finetune': step 'prune_structured'"):
+            producer.validate(model=f"export:{_pt2(tmp_path / 'm.pt2')}", data=str(data), recipe="prune50-finetune",
+                              backend="fbgemm")
+        req = producer.validate(model="export:m.pt2", data={"eval": "eval.safetensors"}, recipe="static-int8",
+                                backend="fbgemm", base_dir=tmp_path)
+    finally:
+        producer.close()
+    assert req.model == "export:m.pt2" and req.ref is not None and req.ref.path == str(tmp_path / "m.pt2")
+
+
+def test_staging_stores_each_file_once_and_a_worker_gets_the_same_folder_back(tmp_path):
+    folder = _hf_folder(tmp_path)
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("not staged")
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"text": "goal", "label": 0}\n')
+    store = ArtifactStore(tmp_path / "store")
+    ref = resolve_paths(parse_model_ref("hf:bert", data={"eval": "eval.jsonl"}), tmp_path)
+    staged = stage_ref(ref, store=store, max_bytes=MB)
+    assert staged.path.endswith(".tree.json") and staged.data.eval.endswith(".jsonl")
+    assert sorted(store.read_tree(staged.path)) == ["config.json", "model.safetensors", "vocab.txt"]
+    objects = sorted(p.name for p in (tmp_path / "store" / "inputs").iterdir())
+    assert stage_ref(ref, store=store, max_bytes=MB) == staged  # same files: same refs, nothing new written
+    assert sorted(p.name for p in (tmp_path / "store" / "inputs").iterdir()) == objects
+
+    local = localize_ref(staged, store=store, cache_dir=tmp_path / "cache")
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        assert (Path(local.path) / name).read_bytes() == (folder / name).read_bytes()
+    assert not (Path(local.path) / ".git").exists()
+    assert Path(local.data.eval).read_bytes() == data.read_bytes()
+
+
+def test_a_stored_folder_whose_file_changed_in_the_store_fails_its_hash_check(tmp_path):
+    from modelpress.store import IntegrityError
+
+    folder = _hf_folder(tmp_path)
+    store = ArtifactStore(tmp_path / "store")
+    tree = store.put_tree(folder, prefix="inputs")
+    victim = store.read_tree(tree.key)["config.json"]
+    (tmp_path / "store" / victim).write_text('{"model_type": "bert", "auto_map": {}}')
+    with pytest.raises(IntegrityError, match="changed or truncated"):
+        store.fetch_tree(tree.key, cache_dir=tmp_path / "cache")
+
+
+def test_a_folder_index_cannot_point_outside_the_store_or_the_folder(tmp_path):
+    from modelpress.store import StoreError, UnsafeKeyError
+
+    store = ArtifactStore(tmp_path / "store")
+    evil = store.put_bytes(json.dumps({"_version": 1, "files": {"../../etc/x": "inputs/" + "0" * 64}}).encode(),
+                           prefix="inputs", suffix=".tree.json")
+    with pytest.raises(UnsafeKeyError):
+        store.fetch_tree(evil.key, cache_dir=tmp_path / "cache")
+    outside = store.put_bytes(json.dumps({"_version": 1, "files": {"a": "/etc/passwd"}}).encode(),
+                              prefix="inputs", suffix=".tree.json")
+    with pytest.raises(StoreError):
+        store.fetch_tree(outside.key, cache_dir=tmp_path / "cache")
+
+
+def test_the_reuse_key_changes_with_the_data_the_name_and_the_options_but_not_the_users_paths(tmp_path):
+    weights = "inputs/" + "1" * 64 + ".safetensors"
+    a = parse_model_ref("timm:resnet18", weights=weights, data={"eval": "inputs/" + "2" * 64 + ".tree.json"})
+    assert content_id(a) != content_id(a.with_paths(data={"eval": "inputs/" + "3" * 64 + ".tree.json"}))
+    assert content_id(a) != content_id(a.with_paths(name="resnet34"))
+    assert content_id(a) != content_id(a.with_paths(preprocess={"resize": 32, "crop": 32}))
+    b = parse_model_ref("export:/home/ann/m.pt2", data={"eval": "inputs/" + "4" * 64 + ".npz"})
+    staged_b = b.with_paths(path="inputs/" + "5" * 64 + ".pt2")
+    moved = parse_model_ref("export:/home/bob/copy.pt2", data={"eval": "inputs/" + "4" * 64 + ".npz"})
+    assert content_id(staged_b) == content_id(moved.with_paths(path="inputs/" + "5" * 64 + ".pt2"))
+
+
+def test_two_factories_loading_the_same_weights_never_share_a_reuse_key():
+    w = "a" * 64
+    assert weights_content_id("mlp", w) != weights_content_id("digits_cnn", w)
+    assert weights_content_id("mlp", w) != w
+    # The factory's code is part of the key: its module file's bytes, read without importing it.
+    assert module_source_sha256("modelpress.optimize.zoo") is not None
+    assert builtin_content_id("mlp") != builtin_content_id("digits_cnn")
+
+
+def test_a_manifest_points_at_the_line_of_each_bad_own_model_field(tmp_path, settings):
+    _pt2(tmp_path / "ranker.pt2")
+    _safetensors(tmp_path / "wrong.safetensors", {"feats": [2, 4]})
+    text = (
+        "defaults: {recipes: [dynamic-int8], backends: [fbgemm]}\n"
+        "models:\n"
+        "  - model: export:ranker.pt2\n"
+        "    data:\n"
+        "      eval: wrong.safetensors\n"          # line 5
+        "  - model: hf:no-such-folder\n"           # line 6
+        "    data: {eval: e.jsonl}\n"
+        "  - model: export:ranker.pt2\n"           # line 8: data missing
+        "  - model: torchvision:resnet18\n"
+        "    weights: w.safetensors\n"             # line 10
+        "    data: {eval: imgs, calibartion: c}\n"  # line 11
+    )
+    with pytest.raises(ManifestError) as e:
+        parse_manifest(text, settings=settings, base_dir=tmp_path, filename="m.yaml")
+    lines = str(e.value).splitlines()[1:]
+    assert any(ln.strip().startswith("m.yaml:5: models[0].data.eval: data file wrong.safetensors holds tensors feats")
+               for ln in lines), lines
+    assert any(ln.strip().startswith("m.yaml:6: models[1].model: HF model folder") for ln in lines), lines
+    assert any(ln.strip().startswith("m.yaml:8: models[2]") and "needs data" in ln for ln in lines), lines
+    assert any(ln.strip().startswith("m.yaml:11: models[3].data.calibartion: unknown field") for ln in lines), lines
+
+
+def test_the_cli_takes_an_own_model_with_its_data_and_refuses_a_bad_data_option(tmp_path):
+    from modelpress.cli import build_parser, source_options
+
+    args = build_parser().parse_args(["submit", "--model", "hf:m", "--recipe", "dynamic-int8", "--backend", "fbgemm",
+                                      "--data", "eval=e.jsonl,calibration=c.jsonl", "--max-length", "64",
+                                      "--preprocess", '{"resize": 72, "crop": 64}', "--latency-batches", "1,8"])
+    assert source_options(args) == {"data": {"eval": "e.jsonl", "calibration": "c.jsonl"}, "max_length": 64,
+                                    "preprocess": {"resize": 72, "crop": 64}, "latency_batches": [1, 8]}
+    env = {"PATH": "/usr/bin:/bin", "MODELPRESS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-m", "modelpress", "submit", "--model", "hf:m", "--recipe", "dynamic-int8",
+                          "--backend", "fbgemm", "--data", "calib=c.jsonl"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "expected eval=PATH[,calibration=PATH]" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "modelpress", "submit", "--model", f"hf:{tmp_path / 'none'}",
+                          "--recipe", "dynamic-int8", "--backend", "fbgemm", "--data", "eval=e.jsonl"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "HF model folder" in out.stderr and "does not exist" in out.stderr, out.stderr
+
+
+def test_checking_and_staging_own_models_never_imports_torch_or_transformers(tmp_path):
+    folder = _hf_folder(tmp_path)
+    (tmp_path / "eval.jsonl").write_text('{"text": "goal", "label": "sports"}\n')
+    _pt2(tmp_path / "m.pt2")
+    _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
+    code = f"""
+import sys
+from pathlib import Path
+from modelpress.intake import check_ref, resolve_paths, stage_ref
+from modelpress.optimize.sources import parse_model_ref
+from modelpress.store import ArtifactStore
+root = Path({str(tmp_path)!r})
+refs = [parse_model_ref("hf:bert", data={{"eval": "eval.jsonl"}}),
+        parse_model_ref("export:m.pt2", data={{"eval": "eval.safetensors"}}),
+        parse_model_ref("torchvision:resnet18", weights="eval.safetensors", data={{"eval": "bert"}})]
+problems = [check_ref(resolve_paths(r, root), max_bytes=1 << 20) for r in refs]
+stage_ref(resolve_paths(refs[0], root), store=ArtifactStore(root / "store"), max_bytes=1 << 20)
+print(problems[0], problems[1], len(problems[2]) > 0, sorted(m for m in ("torch", "transformers", "torchvision")
+                                                              if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[] [] True []", out.stdout + out.stderr
+
+
+def test_a_registered_model_given_with_data_keys_its_reuse_on_the_factory_too():
+    data = {"eval": "inputs/" + "6" * 64 + ".npz"}
+    mlp = parse_model_ref("mlp", weights="inputs/" + "7" * 64 + ".safetensors", data=data)
+    cnn = parse_model_ref("digits_cnn", weights="inputs/" + "7" * 64 + ".safetensors", data=data)
+    assert content_id(mlp) != content_id(cnn)
+
+
+def test_a_workers_error_names_staged_files_by_their_role_not_by_their_content_key():
+    from modelpress.intake import name_staged_files
+
+    tree, data = "inputs/" + "06" * 32 + ".tree.json", "inputs/" + "5e" * 32 + ".jsonl"
+    stored = {"path": tree, "data": {"eval": data, "calibration": None}}
+    message = (f"HF folder /home/w/store-cache/trees/{'06' * 32}: config.json has 'auto_map'; "
+               f"{'5e' * 32}.jsonl: label 7 in row 2 is outside the model's 3 classes")
+    named = name_staged_files(message, stored)
+    assert named == ("HF folder model files (model): config.json has 'auto_map'; eval data (data.eval, "
+                     "5e5e5e5e5e5e5e5e5e….jsonl): label 7 in row 2 is outside the model's 3 classes")
+    assert name_staged_files("nothing staged", None) == "nothing staged"
