@@ -156,9 +156,11 @@ MINILM_EVAL_BATCH = 32
 
 
 def _offline() -> None:
-    # The package bundles every file; never let transformers / the hub try the network on a worker.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # The package bundles every file; never let transformers / the hub try the network on a worker;
+    # and transformers' own torchvision import needs the shim (optimize/hf_env.py).
+    from modelpress.optimize.hf_env import prepare_transformers
+
+    prepare_transformers()
 
 
 def _minilm_dir() -> Path:
@@ -176,6 +178,7 @@ class MiniLMEmbedder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        _offline()
         from transformers import BertConfig, BertModel
 
         config = BertConfig.from_pretrained(str(_minilm_dir()))
@@ -229,6 +232,7 @@ def calibration_sentences() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer() -> Any:
+    _offline()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(_minilm_dir()))

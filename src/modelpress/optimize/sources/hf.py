@@ -39,15 +39,9 @@ DEFAULT_MAX_LENGTH_CAP = 512
 
 
 def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # transformers imports torchvision when it is installed; the registry's build needs the shim first.
-    from modelpress.optimize.sources.vision import import_torchvision
+    from modelpress.optimize.hf_env import prepare_transformers
 
-    try:
-        import_torchvision()
-    except ImportError:
-        pass  # no torchvision: transformers does without it
+    prepare_transformers()
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
