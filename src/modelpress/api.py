@@ -37,7 +37,17 @@ class SubmitError(UserInputError):
 _FACTORY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def check_model_name(name: str, allowlist: tuple[str, ...]) -> None:
+def registered_model_names() -> frozenset[str]:
+    """Names in the ``modelpress.models`` entry-point group (one registry read: call once per submit).
+
+    Example:
+        >>> "mlp" in registered_model_names()
+        True
+    """
+    return frozenset(ep.name for ep in entry_points(group="modelpress.models"))
+
+
+def check_model_name(name: str, allowlist: tuple[str, ...], *, registered: frozenset[str] | None = None) -> None:
     """Registered entry point, or ``module:attr`` inside the allow-list (module not imported here).
 
     Example:
@@ -49,7 +59,7 @@ def check_model_name(name: str, allowlist: tuple[str, ...]) -> None:
     """
     if not isinstance(name, str) or not name or len(name) > 300:
         raise UnknownModelError(f"model name {str(name)[:80]!r} is not allowed: 1 to 300 characters")
-    names = {ep.name for ep in entry_points(group="modelpress.models")}
+    names = registered_model_names() if registered is None else registered
     if name in names:
         return
     if ":" in name:
@@ -211,13 +221,17 @@ class Producer:
     def close(self) -> None:
         self._engine.dispose()
 
-    def validate(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None) -> JobRequest:
-        """Check one job request; raises ``UserInputError`` subclasses with the reason."""
+    def validate(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
+                 registered: frozenset[str] | None = None) -> JobRequest:
+        """Check one job request; raises ``UserInputError`` subclasses with the reason.
+
+        ``registered`` is the entry-point names read once by a caller validating many requests.
+        """
         try:
             route_for(backend)
         except ValueError as e:
             raise SubmitError(str(e)) from None
-        check_model_name(model, self.settings.factory_allowlist)
+        check_model_name(model, self.settings.factory_allowlist, registered=registered)
         rec = recipe if isinstance(recipe, Recipe) else resolve_recipe(recipe)
         if rec.time_limit_s is not None and rec.time_limit_s > self.settings.task_soft_time_limit:
             # The Redis visibility timeout is sized for the deployment's limit: a longer job would be
@@ -247,12 +261,15 @@ class Producer:
         return obj.uri, obj.sha256
 
     def submit_batch(self, requests: Iterable[JobRequest], *, name: str | None = None, kind: str = "manual",
-                     source: str | None = None, reuse: bool = True) -> Submission:
+                     source: str | None = None, reuse: bool = True, force: bool = False) -> Submission:
         """Write a batch and all its rows in one transaction, then publish one message per job to run.
 
         With ``reuse`` (the default; ``--force`` turns it off) a request whose (model content hash,
         recipe hash, backend, torch version) already has a result gets a finished row with
         ``reused=True`` that copies that result, and no message.
+
+        ``force`` (``--force``) means measured anew: no reuse here, and each row carries ``force=True`` so
+        the worker does not answer from its own result cache either (the row then says ``reused=False``).
 
         Example:
             >>> sub = producer.submit_batch([producer.validate(model="mlp", recipe="dynamic-int8",
@@ -264,6 +281,7 @@ class Producer:
         from modelpress.workers.app import job_message_options
 
         reqs = list(requests)
+        reuse = reuse and not force
         torch_version = installed_torch_version() if reuse else None
         content_ids: dict[str, str | None] = {}
         reused: dict[str, str] = {}
@@ -289,6 +307,7 @@ class Producer:
                 else:
                     job = create_job(session=s, model_sha256=digest, commit=False, **common)
                 job.time_limit_s = r.recipe.time_limit_s  # the job's own limit: on its row and on each message
+                job.force = force
                 jobs.append(job)
             s.commit()
             ids = [(j.id, j.backend, j.reused_from_job_id if j.reused else None) for j in jobs]
@@ -314,7 +333,10 @@ class Producer:
         return self.submit_batch(requests, name=batch_name, reuse=reuse).job_ids
 
     def submit(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
-               reuse: bool = False) -> str:
-        """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id."""
+               reuse: bool = False, force: bool = False) -> str:
+        """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id.
+
+        ``force`` measures anew, bypassing the worker's result cache too (see ``submit_batch``).
+        """
         req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights)
-        return self.submit_batch([req], reuse=reuse).job_ids[0]
+        return self.submit_batch([req], reuse=reuse, force=force).job_ids[0]

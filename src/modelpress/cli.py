@@ -177,7 +177,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {', '.join(missing)} required (or give a manifest file)", file=sys.stderr)
             return 2
         job_id = producer.submit(model=args.model, recipe=args.recipe, backend=args.backend, weights=args.weights,
-                                 reuse=not args.force)
+                                 reuse=not args.force, force=args.force)
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
