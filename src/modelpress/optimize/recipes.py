@@ -359,8 +359,10 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
 
 # Every built-in recipe is judged: "succeeded" must mean "within budget". As accuracy-aware tuners do
 # (NNCF's quantize_with_accuracy_control, Intel Neural Compressor's tolerable loss), the default is a 1 %
-# relative drop of the model's metric; a recipe that writes its own budget keeps it.
-DEFAULT_BUDGET: dict[str, Any] = {"max_drop": 0.01, "relative": True}
+# relative drop of the model's metric; a recipe that writes its own budget keeps it. The default is a
+# guard only (max_float_layers 0): "dynamic-int8" stays all-int8 and is rejected when it costs too much;
+# the "-fallback" recipes are the ones that keep measured-sensitive layers float to fit.
+DEFAULT_BUDGET: dict[str, Any] = {"max_drop": 0.01, "relative": True, "max_float_layers": 0}
 
 
 def _with_default_budget(data: dict[str, Any]) -> dict[str, Any]:

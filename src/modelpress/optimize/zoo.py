@@ -118,8 +118,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([A-Za-z0-9_.]+(?: ?\.[A-Za-z0-9_]+)*)")
-_UNSAFE_CALL = re.compile(r"(?:Trying to call|Unsupported operand|Unsupported class) ([^\n]{1,120})")
+# torch words it several ways across versions: "Unsupported global: GLOBAL os.system was not an allowed
+# global", "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][A-Za-z0-9_.]*)")
+_UNSAFE_CALL = re.compile(r"(Unsupported operand [0-9]+|Unsupported class [A-Za-z0-9_.]+)")
 
 
 def unsafe_weights_message(filename: str, error: BaseException) -> str:
@@ -137,9 +139,9 @@ def unsafe_weights_message(filename: str, error: BaseException) -> str:
     text = str(error)
     m = _UNSAFE_GLOBAL.search(text)
     if m is not None:
-        what = f"it tries to load {m.group(1)}"
+        what = f"it tries to load {m.group(1).rstrip('.')}"
     elif (c := _UNSAFE_CALL.search(text)) is not None:
-        what = f"{c.group(0).strip()}"
+        what = f"a pickle instruction outside the tensor allow-list: {c.group(1).lower()}"
     else:
         what = None
     if what is not None or "weights only load failed" in text.lower():
