@@ -160,6 +160,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print("\nsizes are bytes of the saved artifact files; latency is the median of "
           f"{settings.latency_runs} timed runs after {settings.latency_warmup} warm-up runs, "
           f"{settings.worker_threads} thread(s); `modelpress show JOB` has p90, batch 1 and every other number.")
+    print("rejected = the result broke its recipe's accuracy budget (built-in recipes allow a 1 % drop unless they "
+          "say otherwise); its artifact is kept under rejected/, never promoted, and the reason is in the notes.")
     return 0 if all(r["status"] in ("succeeded", "rejected") for r in rows) else 1
 
 
