@@ -216,14 +216,15 @@ class _ChoiceRows:
     batch_size: int
 
     @classmethod
-    def of(cls, spec: ModelSpec, data: TaskData, float_model: nn.Module, *, batch_size: int) -> "_ChoiceRows":
-        if data.val_inputs is not None:
+    def of(cls, spec: ModelSpec, data: TaskData, float_model: nn.Module, *,
+           batch_size: int) -> "_ChoiceRows | None":
+        """The choice rows of ``data``, or None when it has neither validation nor calibration rows."""
+        if data.val_inputs is not None and n_samples(data.val_inputs) > 0:
             rows, inputs, labels = "validation", data.val_inputs, data.val_labels
         else:
             rows, inputs, labels = "calibration", data.calib_inputs, None
         if n_samples(inputs) == 0:
-            raise UserInputError("the accuracy budget is checked on validation or calibration rows, and this "
-                                 "model's data has neither")
+            return None  # nothing to choose on: the budget is only a verdict on eval, with no fallback
         if spec.metric == "accuracy" and labels is not None:
             metric = "accuracy"
         else:
@@ -432,11 +433,12 @@ def optimize_model(*, model_name: str, recipe: Recipe, engine: str, store: str |
             # eval rows only ever give the reported number, and the verdict on it.
             first_metric = metric_after
             choice = _ChoiceRows.of(spec, data, float_model, batch_size=eval_bs)
-            choice_after = choice.measure(chain.model)
-            extra["budget_check"] = {**choice.describe(), "after": choice_after,
-                                     "within_budget": budget.allows(before=choice.before, after=choice_after)}
             fb = None
-            if not extra["budget_check"]["within_budget"]:
+            if choice is not None:
+                choice_after = choice.measure(chain.model)
+                extra["budget_check"] = {**choice.describe(), "after": choice_after,
+                                         "within_budget": budget.allows(before=choice.before, after=choice_after)}
+            if choice is not None and not extra["budget_check"]["within_budget"]:
                 fb = _fallback(chain, recipe, ctx, data=data, choice=choice, choice_after=choice_after,
                                eval_bs=eval_bs, log=log)
             if fb is not None:
@@ -451,7 +453,7 @@ def optimize_model(*, model_name: str, recipe: Recipe, engine: str, store: str |
                 if fb is not None:
                     trials = fb[1]["trials"]
                     reason += (f"; keeping up to {len(trials) - 1} of the most sensitive layer(s) float "
-                               f"(chosen on {choice.rows} rows) did not fit either (without fallback: "
+                               f"(chosen on {fb[1]['chosen_on']['rows']} rows) did not fit either (without fallback: "
                                f"{first_metric:.4f}; max_float_layers={budget.max_float_layers})")
         model, metas = chain.model, chain.metas
         if model.training:
