@@ -172,7 +172,7 @@ def _check_alias_expansion(root: Any, filename: str, *, limit: int = MAX_EXPANDE
 
     Example:
         >>> import yaml
-        >>> _check_alias_expansion(yaml.compose("a: &a [1, 2]\nb: *a"), "m.yaml")
+        >>> _check_alias_expansion(yaml.compose("a: &a [1, 2]\\nb: *a"), "m.yaml")
         >>> try:
         ...     _check_alias_expansion(yaml.compose("a: &a [*a]"), "m.yaml")
         ... except ManifestError as e:
