@@ -14,6 +14,7 @@ from modelpress.manifest import ManifestError, load_manifest, parse_manifest
 from modelpress.models_db import claim_job, fail_job, finish_job, list_jobs, migrate
 from modelpress.models_db.jobs import list_batches
 from modelpress.settings import Settings
+from tests.faults.record import record
 
 GOOD = """\
 name: weekly
@@ -351,6 +352,8 @@ def test_a_billion_laughs_manifest_is_refused_quickly_with_a_line(settings):
     assert took < 2.0, took
     assert peak < 50 * 1024**2, peak
     assert len(problems) == 1 and "expand to more than" in problems[0] and problems[0].startswith("m.yaml:"), problems
+    record("bad_input", group="manifest", case="a billion laughs (nine levels of nested aliases)", stage="submit",
+           error=problems[0])
 
 
 def test_a_self_referencing_alias_is_refused_with_its_line_not_a_recursion_error(settings):
@@ -358,6 +361,7 @@ def test_a_self_referencing_alias_is_refused_with_its_line_not_a_recursion_error
     assert took < 2.0
     assert problems == ["m.yaml:2: a YAML alias refers to the node that contains it (a self-referencing alias); "
                         "manifests must be finite trees"]
+    record("bad_input", group="manifest", case="a self-referencing alias", stage="submit", error=problems[0])
 
 
 def test_aliases_that_expand_modestly_are_still_accepted(settings):
@@ -379,8 +383,10 @@ def test_a_manifest_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path)
         parse_manifest(text, settings=small, filename="m.yaml")
     f = tmp_path / "big.yaml"
     f.write_text(text)
-    with pytest.raises(ManifestError, match=r"MAX_MANIFEST_BYTES"):
+    with pytest.raises(ManifestError, match=r"MAX_MANIFEST_BYTES") as refused:
         load_manifest(f, settings=small)
+    record("bad_input", group="manifest", case="a manifest over the size limit", stage="submit",
+           error=str(refused.value).splitlines()[-1].strip())
 
 
 def test_a_manifest_of_32768_entries_parses_in_seconds_reading_the_registry_once(settings, monkeypatch):
