@@ -128,16 +128,26 @@ def test_a_twenty_job_manifest_runs_on_both_backends_and_resubmitting_it_enqueue
     assert "Best artifact per model" in page and page.count('aria-label="artifact size against') == 3
     assert "http" not in page and "<script" not in page
 
-    # Staged weights that changed in the store are caught by the worker's hash check, not loaded.
+    # Staged weights that change in the store after staging are caught by the worker's hash check, not loaded.
+    from modelpress.cli import _rows
+
     producer = Producer(settings)
     tampered = tmp_path / "mlp-seed8.pt"
     torch.manual_seed(8)
     torch.save(SeedMLP().state_dict(), tampered)
-    obj = ArtifactStore.from_settings(settings).put_file(tampered, prefix="inputs")
-    Path(obj.uri).write_bytes(b"\0" * obj.size)  # same size, so staging keeps the stored copy
+    workers.stop("fbgemm")  # the job waits in its queue while its staged copy is damaged
     bad_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(tampered))
+    (queued,) = _rows(settings, ids=[bad_id])
+    staged = Path(queued["model_weights_uri"])
+    staged.write_bytes(b"\0" * staged.stat().st_size)  # same size, other bytes
+    workers.start("fbgemm")
     (bad,) = wait_for(settings, [bad_id], timeout=120, quiet=True)
     assert bad["status"] == "failed" and "is corrupt" in bad["error"] and bad["attempts"] == 1
+    # Submitting the file again replaces the corrupt object (its hash is checked, not only its size).
+    fixed_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", weights=str(tampered))
+    (fixed,) = wait_for(settings, [fixed_id], timeout=120, quiet=True)
+    assert fixed["status"] in ("succeeded", "rejected") and fixed["model_weights_uri"] == str(staged), fixed["error"]
+    assert ArtifactStore.from_settings(settings).read_bytes(str(staged)) == tampered.read_bytes()
 
     workers.stop_all()  # from here on, any message published would stay in Redis
     again = _cli(env, "submit", str(manifest))
