@@ -14,6 +14,7 @@ from modelpress.manifest import ManifestError, load_manifest, parse_manifest
 from modelpress.models_db import claim_job, fail_job, finish_job, list_jobs, migrate
 from modelpress.models_db.jobs import list_batches
 from modelpress.settings import Settings
+from tests.faults.record import record
 
 GOOD = """\
 name: weekly
@@ -78,10 +79,10 @@ def test_a_budget_changes_the_recipe_hash_so_results_under_another_budget_are_no
         defaults: {recipes: [dynamic-int8], backends: [fbgemm]}
         models:
           - mlp
-          - {model: mlp, budget: {max_drop: 0.01, relative: true}}
+          - {model: mlp, budget: {max_drop: 0.02, relative: true}}
         """, settings)
     plain, budgeted = plan.requests
-    assert plain.recipe.budget is None and budgeted.recipe.budget.relative is True
+    assert plain.recipe.budget.max_drop == 0.01 and budgeted.recipe.budget.max_drop == 0.02  # default vs own
     assert plain.recipe.sha256 != budgeted.recipe.sha256
 
 
@@ -328,3 +329,85 @@ def test_validating_and_submitting_a_manifest_imports_no_torch(tmp_path):
             f"settings=Settings(home={str(tmp_path)!r})); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+# --------------------------------------------------------------------------- hostile YAML (issue 10, item 12)
+def _timed_problems(text: str, settings: Settings) -> tuple[list[str], float]:
+    import time
+
+    t0 = time.perf_counter()
+    problems = _problems(text, settings)
+    return problems, time.perf_counter() - t0
+
+
+def test_a_billion_laughs_manifest_is_refused_quickly_with_a_line(settings):
+    import tracemalloc
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    text = "\n".join(levels) + "\nmodels: [mlp]\n"
+    tracemalloc.start()
+    try:
+        problems, took = _timed_problems(text, settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert took < 2.0, took
+    assert peak < 50 * 1024**2, peak
+    assert len(problems) == 1 and "expand to more than" in problems[0] and problems[0].startswith("m.yaml:"), problems
+    record("bad_input", group="manifest", case="a billion laughs (nine levels of nested aliases)", stage="submit",
+           error=problems[0])
+
+
+def test_a_self_referencing_alias_is_refused_with_its_line_not_a_recursion_error(settings):
+    problems, took = _timed_problems("models: [mlp]\na: &a [*a]\n", settings)
+    assert took < 2.0
+    assert problems == ["m.yaml:2: a YAML alias refers to the node that contains it (a self-referencing alias); "
+                        "manifests must be finite trees"]
+    record("bad_input", group="manifest", case="a self-referencing alias", stage="submit", error=problems[0])
+
+
+def test_aliases_that_expand_modestly_are_still_accepted(settings):
+    plan = _parse("""
+        defaults: &d {recipes: [dynamic-int8], backends: [fbgemm]}
+        models:
+          - {model: mlp, recipes: [dynamic-int8], backends: [qnnpack]}
+          - model: digits_cnn
+            <<: *d
+    """, settings)
+    assert [(r.model, r.backend) for r in plan.requests] == [("mlp", "qnnpack"), ("digits_cnn", "fbgemm")]
+
+
+def test_a_manifest_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path):
+    small = Settings(home=tmp_path / "home", max_manifest_bytes=1000)
+    text = "models:\n" + "".join(f"  - {{model: mlp, recipes: [dynamic-int8], backends: [fbgemm]}}  # {i}\n"
+                                 for i in range(40))
+    with pytest.raises(ManifestError, match="over the limit of 1000 bytes"):
+        parse_manifest(text, settings=small, filename="m.yaml")
+    f = tmp_path / "big.yaml"
+    f.write_text(text)
+    with pytest.raises(ManifestError, match=r"MAX_MANIFEST_BYTES") as refused:
+        load_manifest(f, settings=small)
+    record("bad_input", group="manifest", case="a manifest over the size limit", stage="submit",
+           error=str(refused.value).splitlines()[-1].strip())
+
+
+def test_a_manifest_of_32768_entries_parses_in_seconds_reading_the_registry_once(settings, monkeypatch):
+    import time
+
+    import modelpress.api as api
+
+    reads = []
+    real = api.entry_points
+    monkeypatch.setattr(api, "entry_points", lambda **kw: reads.append(kw) or real(**kw))
+    recipes = ["dynamic-int8", "prune50-dynamic-int8", "l1-sparse50", "static-int8"]
+    entries = "".join(f"  - {{model: mlp, recipes: [{recipes[i % 4]}], backends: [{('fbgemm', 'qnnpack')[i // 4 % 2]}], "
+                      f"budget: {{max_drop: 0.{i // 8:05d}1}}}}\n" for i in range(32768))
+    text = "models:\n" + entries
+    assert len(text) > 2_000_000
+    t0 = time.perf_counter()
+    plan = parse_manifest(text, settings=settings, filename="big.yaml")
+    took = time.perf_counter() - t0
+    assert len(plan.requests) == 32768
+    assert len(reads) == 1, len(reads)
+    assert took < 120, took  # generous for a loaded machine (a few seconds idle); 103 s idle before the fix

@@ -141,3 +141,13 @@ def test_zoo_rows_render_like_job_rows():
     rows = rows_from_zoo(zoo)
     assert rows[0].size_ratio == 2_513_821 / 654_143 and rows[0].stayed_float() == "none"
     assert "no width" in render_html(rows, title="zoo")
+
+
+def test_the_html_table_shows_the_eval_batch_the_batch_1_metric_and_the_load_while_timed_and_marks_rejected_rows():
+    jobs = [_job("a", metric_eval_batch_size=256, metric_after_b1=0.9844, metric_b1_rows=512, timing_load_avg=1.25),
+            _job("r", status="rejected", metric_after=0.4556, error="top1_agreement fell from 1.0000 to 0.4556, "
+                 "more than the budget allows (0.0100)")]
+    page = render_html(rows_from_jobs(jobs), title="t")
+    assert "<th>eval batch</th>" in page and "<th>after at batch 1 (rows)</th>" in page
+    assert "0.9844 (512)" in page and "1.25" in page
+    assert re.search(r'<tr class="rejected">.*?more than the budget allows', page, re.S)

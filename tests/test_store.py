@@ -167,3 +167,18 @@ def test_with_a_local_store_the_pipeline_writes_into_the_store_and_paths_are_kep
     settings = Settings(home=tmp_path / "home")
     assert worker_dir(settings) == Path(settings.effective_artifact_store)
     assert publish_artifact(settings, "/somewhere/a.mpz") == "/somewhere/a.mpz"
+
+
+def test_a_corrupt_object_of_the_right_size_is_replaced_when_the_file_is_stored_again(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    src = tmp_path / "w.safetensors"
+    src.write_bytes(b"weights" * 1000)
+    obj = store.put_file(src, prefix="inputs")
+    path = Path(store.uri(obj.key))
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        store.read_bytes(obj.key)
+    again = store.put_file(src, prefix="inputs")  # submitting again repairs it
+    assert again.key == obj.key and store.read_bytes(obj.key) == src.read_bytes()

@@ -40,7 +40,17 @@ class SubmitError(UserInputError):
 _FACTORY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def check_model_name(name: str, allowlist: tuple[str, ...]) -> None:
+def registered_model_names() -> frozenset[str]:
+    """Names in the ``modelpress.models`` entry-point group (one registry read: call once per submit).
+
+    Example:
+        >>> "mlp" in registered_model_names()
+        True
+    """
+    return frozenset(ep.name for ep in entry_points(group="modelpress.models"))
+
+
+def check_model_name(name: str, allowlist: tuple[str, ...], *, registered: frozenset[str] | None = None) -> None:
     """Registered entry point, or ``module:attr`` inside the allow-list (module not imported here).
 
     Example:
@@ -52,7 +62,7 @@ def check_model_name(name: str, allowlist: tuple[str, ...]) -> None:
     """
     if not isinstance(name, str) or not name or len(name) > 300:
         raise UnknownModelError(f"model name {str(name)[:80]!r} is not allowed: 1 to 300 characters")
-    names = {ep.name for ep in entry_points(group="modelpress.models")}
+    names = registered_model_names() if registered is None else registered
     if name in names:
         return
     if ":" in name:
@@ -243,7 +253,7 @@ class Producer:
                  data: "str | dict[str, Any] | None" = None, preprocess: dict[str, Any] | None = None,
                  metric: str | None = None, max_length: int | None = None,
                  latency_batches: "Iterable[int] | None" = None, base_dir: str | Path = ".",
-                 ref: "ModelRef | None" = None) -> JobRequest:
+                 ref: "ModelRef | None" = None, registered: frozenset[str] | None = None) -> JobRequest:
         """Check one job request; raises ``UserInputError`` subclasses with the reason.
 
         ``model`` is a registered name (or allow-listed ``module:function``) or a source reference
@@ -251,7 +261,8 @@ class Producer:
         ``data`` (``{"eval": ..., "calibration": ...}``, or just the eval path), and torchvision/timm a
         ``weights`` file. Relative paths are taken from ``base_dir``. Every file is checked cheaply here
         (``intake.check_ref``); ``ref`` passes a reference already resolved and checked (the manifest
-        does that once per model), leaving only the recipe and backend to check.
+        does that once per model), leaving only the recipe and backend to check. ``registered`` is the
+        entry-point names, read once by a caller validating many requests.
 
         Example:
             >>> producer.validate(model="hf:models/intent", data={"eval": "intent-eval.jsonl"},
@@ -271,13 +282,13 @@ class Producer:
             from modelpress.intake import IntakeError, step_problems
 
             if ref.kind == "registered":
-                check_model_name(ref.name, self.settings.factory_allowlist)
+                check_model_name(ref.name, self.settings.factory_allowlist, registered=registered)
             self._check_time_limit(rec)
             problems = step_problems(ref, rec)
             if problems:
                 raise IntakeError(problems)
             return JobRequest(model=ref.display_name, recipe=rec, backend=backend, ref=ref)
-        check_model_name(model, self.settings.factory_allowlist)
+        check_model_name(model, self.settings.factory_allowlist, registered=registered)
         self._check_time_limit(rec)
         if weights is not None:
             p = Path(weights)
@@ -343,12 +354,15 @@ class Producer:
         return obj.uri, obj.sha256
 
     def submit_batch(self, requests: Iterable[JobRequest], *, name: str | None = None, kind: str = "manual",
-                     source: str | None = None, reuse: bool = True) -> Submission:
+                     source: str | None = None, reuse: bool = True, force: bool = False) -> Submission:
         """Write a batch and all its rows in one transaction, then publish one message per job to run.
 
         With ``reuse`` (the default; ``--force`` turns it off) a request whose (model content hash,
         recipe hash, backend, torch version) already has a result gets a finished row with
         ``reused=True`` that copies that result, and no message.
+
+        ``force`` (``--force``) means measured anew: no reuse here, and each row carries ``force=True`` so
+        the worker does not answer from its own result cache either (the row then says ``reused=False``).
 
         Example:
             >>> sub = producer.submit_batch([producer.validate(model="mlp", recipe="dynamic-int8",
@@ -360,6 +374,7 @@ class Producer:
         from modelpress.workers.routing import job_message_options
 
         reqs = list(requests)
+        reuse = reuse and not force
         torch_version = installed_torch_version() if reuse else None
         # Own models' files go into the store before the transaction (a slow copy holds no rows open),
         # once per distinct model however many recipes and backends it runs with.
@@ -404,6 +419,7 @@ class Producer:
                 job.time_limit_s = r.recipe.time_limit_s  # the job's own limit: on its row and on each message
                 if ref is not None:
                     job.model_ref = ref.to_dict()  # store refs only: a worker needs nothing but the store
+                job.force = force
                 jobs.append(job)
             s.commit()
             ids = [(j.id, j.backend, j.reused_from_job_id if j.reused else None) for j in jobs]
@@ -431,11 +447,12 @@ class Producer:
         return self.submit_batch(requests, name=batch_name, reuse=reuse).job_ids
 
     def submit(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
-               reuse: bool = False, **source: Any) -> str:
+               reuse: bool = False, force: bool = False, **source: Any) -> str:
         """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id.
 
         ``source`` takes ``validate``'s own-model fields: ``data``, ``preprocess``, ``metric``,
-        ``max_length``, ``latency_batches``, ``base_dir``.
+        ``max_length``, ``latency_batches``, ``base_dir``. ``force`` measures anew, bypassing the
+        worker's result cache too (see ``submit_batch``).
 
         Example:
             >>> producer.submit(model="torchvision:resnet18", weights="r18.safetensors",
@@ -444,7 +461,7 @@ class Producer:
             '6b6984c1…'
         """
         req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights, **source)
-        return self.submit_batch([req], reuse=reuse).job_ids[0]
+        return self.submit_batch([req], reuse=reuse, force=force).job_ids[0]
 
 
 _SOURCE_PREFIXES = ("hf:", "torchvision:", "timm:", "export:")

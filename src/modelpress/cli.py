@@ -157,6 +157,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print("\nsizes are bytes of the saved artifact files; latency is the median of "
           f"{settings.latency_runs} timed runs after {settings.latency_warmup} warm-up runs, "
           f"{settings.worker_threads} thread(s); `modelpress show JOB` has p90, batch 1 and every other number.")
+    print("rejected = the result broke its recipe's accuracy budget (built-in recipes allow a 1 % drop unless they "
+          "say otherwise); its artifact is kept under rejected/, never promoted, and the reason is in the notes.")
     return 0 if all(r["status"] in ("succeeded", "rejected") for r in rows) else 1
 
 
@@ -174,7 +176,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {', '.join(missing)} required (or give a manifest file)", file=sys.stderr)
             return 2
         job_id = producer.submit(model=args.model, recipe=args.recipe, backend=args.backend, weights=args.weights,
-                                 reuse=not args.force, **source_options(args))
+                                 reuse=not args.force, force=args.force, **source_options(args))
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -194,6 +194,63 @@ def format_loc(loc: Loc) -> str:
     return out
 
 
+# Hostile YAML is bounded before anything expands it: aliases let a 1 kB file name billions of nodes
+# ("billion laughs") or itself (``a: &a [*a]``), and both the line walk below and pydantic would expand them.
+MAX_EXPANDED_NODES = 1_000_000
+
+
+def _check_alias_expansion(root: Any, filename: str, *, limit: int = MAX_EXPANDED_NODES) -> None:
+    """Refuse a node graph that refers to itself or expands to more than ``limit`` nodes.
+
+    Counts each node's expanded size once (memoized by identity), so the check is linear in the
+    *composed* document however many times aliases repeat it.
+
+    Example:
+        >>> import yaml
+        >>> _check_alias_expansion(yaml.compose("a: &a [1, 2]\\nb: *a"), "m.yaml")
+        >>> try:
+        ...     _check_alias_expansion(yaml.compose("a: &a [*a]"), "m.yaml")
+        ... except ManifestError as e:
+        ...     print(e.issues[0].line)
+        1
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    mapping = yaml.MappingNode
+
+    def size(node: Any) -> int:
+        value = node.value
+        if isinstance(value, str):
+            return 1  # a scalar
+        nid = id(node)
+        known = sizes.get(nid)
+        if known is not None:
+            return known
+        if nid in active:
+            raise ManifestError(filename, [Issue(node.start_mark.line + 1, (),
+                "a YAML alias refers to the node that contains it (a self-referencing alias); "
+                "manifests must be finite trees")])
+        active.add(nid)
+        if isinstance(node, mapping):
+            total = 1 + sum(size(k) + size(v) for k, v in value)
+        else:
+            total = 1 + sum(size(c) for c in value)
+        active.discard(nid)
+        if total > limit:
+            raise ManifestError(filename, [Issue(node.start_mark.line + 1, (),
+                f"the YAML aliases here expand to more than {limit} nodes; write the manifest out "
+                "instead of nesting aliases")])
+        sizes[nid] = total
+        return total
+
+    try:
+        size(root)
+    except RecursionError:
+        raise ManifestError(filename, [Issue(None, (), "the YAML is nested too deeply")]) from None
+
+
 class _Lines:
     """Line numbers of every key and value in a YAML document, by path (from yaml's node marks)."""
 
@@ -229,16 +286,21 @@ class _Lines:
         return None
 
 
-def _load_yaml(text: str, filename: str) -> tuple[Any, _Lines]:
+def _load_yaml(text: str, filename: str, *, max_nodes: int = MAX_EXPANDED_NODES) -> tuple[Any, _Lines]:
     import yaml
 
     lines = _Lines()
-    loader = yaml.SafeLoader(text)
+    # libyaml's parser when present: the pure-Python one takes minutes on a manifest of 32,768 entries.
+    loader = (yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
         if node is None:
             raise ManifestError(filename, [Issue(1, (), "the file is empty; it needs at least a `models` list")])
-        lines.walk(node)
+        _check_alias_expansion(node, filename, limit=max_nodes)
+        try:
+            lines.walk(node)
+        except RecursionError:
+            raise ManifestError(filename, [Issue(None, (), "the YAML is nested too deeply")]) from None
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -339,7 +401,12 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
     from modelpress.workers.routing import route_for
 
     base = Path(base_dir).resolve()
-    data, lines = _load_yaml(text, filename)
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > settings.max_manifest_bytes:
+        raise ManifestError(filename, [Issue(None, (), f"the manifest is {size} bytes, over the limit of "
+                                       f"{settings.max_manifest_bytes} bytes (MODELPRESS_MAX_MANIFEST_BYTES); "
+                                       "split it into several batches")])
+    data, lines = _load_yaml(text, filename, max_nodes=settings.max_manifest_nodes)
     issues: list[Issue] = list(lines.duplicates)
     if not isinstance(data, dict):
         issues.append(Issue(1, (), f"the manifest must be a mapping with a `models` list, not {type(data).__name__}"))
@@ -392,6 +459,10 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
     check_recipes(("defaults",), raw_defaults.get("recipes"))
     check_backends(("defaults",), raw_defaults.get("backends"))
 
+    from modelpress.api import registered_model_names
+
+    # The entry-point registry is read once per manifest (it costs milliseconds per read).
+    registered = registered_model_names()
     owns_producer = producer is None
     validator = producer or Producer(settings)  # validate() reads settings only; no connection is made
     requests: list[JobRequest] = []
@@ -409,7 +480,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
         if not from_files and isinstance(raw.get("model"), str) and raw["model"] and not model_has_source_prefix(
                 raw["model"]):
             try:
-                check_model_name(raw["model"], settings.factory_allowlist)
+                check_model_name(raw["model"], settings.factory_allowlist, registered=registered)
             except UserInputError as e:
                 problem(here + ("model",), str(e))
         weights: str | None = None
@@ -459,7 +530,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
                 seen_jobs[key] = here
                 try:
                     requests.append(validator.validate(model=entry.model, recipe=recipe, backend=backend,
-                                                       weights=weights, ref=ref))
+                                                       weights=weights, ref=ref, registered=registered))
                 except IntakeError as e:
                     for loc, message in e.problems:  # a step this source cannot take: point at the recipe
                         problem(recipe_owner + ("recipes", r) if loc == ("recipes",) else here + loc, message)
@@ -487,6 +558,12 @@ def load_manifest(path: str | Path, *, settings: "Settings", producer: "Producer
     """
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > settings.max_manifest_bytes:
+            # Refused before reading: a huge file must not be loaded into memory to be rejected.
+            raise ManifestError(str(path), [Issue(None, (), f"the manifest is {size} bytes, over the limit of "
+                                            f"{settings.max_manifest_bytes} bytes (MODELPRESS_MAX_MANIFEST_BYTES); "
+                                            "split it into several batches")])
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestError(str(path), [Issue(None, (), "no such file")]) from None
@@ -512,7 +589,8 @@ def submit_manifest(producer: "Producer", path: str | Path, *, force: bool = Fal
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sub = producer.submit_batch(plan.requests, name=plan.name, kind="manifest", source=plan.source, reuse=not force)
+    sub = producer.submit_batch(plan.requests, name=plan.name, kind="manifest", source=plan.source, reuse=not force,
+                                force=force)
     backends = sorted({r.backend for r in plan.requests})
     print(f"batch {sub.batch_id} ({plan.name!r}): {len(sub.job_ids)} jobs, {len(sub.enqueued)} enqueued, "
           f"{len(sub.reused)} reused from earlier results, across {', '.join(backends)}\n"

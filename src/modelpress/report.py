@@ -67,6 +67,12 @@ class ResultRow:
     error: str | None = None  # the failure, or the reason a result was rejected
     regression: dict[str, Any] | None = None
     artifact_uri: str | None = None
+    # What the figures were measured under: dynamic int8 depends on the eval batch, so the metric at batch 1
+    # (on metric_b1_rows rows) is shown beside it; and the host's load while latency was timed.
+    metric_eval_batch_size: int | None = None
+    metric_after_b1: float | None = None
+    metric_b1_rows: int | None = None
+    timing_load_avg: float | None = None
 
     @staticmethod
     def _ratio(before: float | None, after: float | None) -> float | None:
@@ -164,6 +170,8 @@ def rows_from_jobs(jobs: Iterable[dict[str, Any]]) -> list[ResultRow]:
             float_layers=list(m.get("float_layers") or []),
             budget=recipe.get("budget") if isinstance(recipe, dict) else None,
             error=j.get("error"), regression=_json(j.get("regression")), artifact_uri=j.get("artifact_uri"),
+            metric_eval_batch_size=j.get("metric_eval_batch_size"), metric_after_b1=j.get("metric_after_b1"),
+            metric_b1_rows=j.get("metric_b1_rows"), timing_load_avg=j.get("timing_load_avg"),
         ))
     return out
 
@@ -533,7 +541,8 @@ def render_html(rows: Sequence[ResultRow], *, title: str, subtitle: str = "") ->
     h.append("<h2>All results</h2>")
     head = ["job", "model", "recipe", "backend", "status", "bytes before", "bytes after", "smaller"]
     head += [x for b in batches for x in (f"b{b} ms before", f"b{b} ms after", f"b{b} faster")]
-    head += ["metric", "before", "after", "Δ", "stayed float", "budget", "reason / error", "regression"]
+    head += ["metric", "before", "after", "Δ", "eval batch", "after at batch 1 (rows)", "load while timed",
+             "stayed float", "budget", "reason / error", "regression"]
     h.append("<table><tr>" + "".join(f"<th>{escape(c)}</th>" for c in head) + "</tr>")
     for r in rows:
         cls = r.status if r.status in ("failed", "rejected") else ""
@@ -546,6 +555,10 @@ def render_html(rows: Sequence[ResultRow], *, title: str, subtitle: str = "") ->
                       _cell(_x(r.speedup(b)), "num")]
         cells += [_cell(r.metric_name or "-"), _cell(_metric(r.metric_before), "num"),
                   _cell(_metric(r.metric_after), "num"), _cell(_delta(r.metric_delta), "num"),
+                  _cell(str(r.metric_eval_batch_size or "-"), "num"),
+                  _cell(f"{_metric(r.metric_after_b1)} ({r.metric_b1_rows})" if r.metric_after_b1 is not None else "-",
+                        "num"),
+                  _cell(f"{r.timing_load_avg:.2f}" if r.timing_load_avg is not None else "-", "num"),
                   _cell(r.stayed_float()), _cell(_budget(r.budget)), _cell(r.error or ""),
                   _cell(r.regression_summary() or "", "reg")]
         h.append(f'<tr class="{cls.strip()}">' + "".join(cells) + "</tr>")

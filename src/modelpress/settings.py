@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default=(), description="Module prefixes whose `module:function` model factories may be loaded."
     )
     max_weights_bytes: int = Field(default=2 * 1024**3, gt=0, description="Refuse larger weight files.")
+    max_manifest_bytes: int = Field(default=16 * 1024**2, gt=0, description="Refuse larger manifest files.")
+    max_manifest_nodes: int = Field(
+        default=1_000_000, gt=0, description="Refuse a manifest whose YAML (aliases expanded) has more nodes.")
     worker_threads: int = Field(default=1, ge=1, description="torch threads per worker child.")
     worker_concurrency: int = Field(default=1, ge=1)
     task_soft_time_limit: int = Field(default=1800, gt=0, description="Seconds; SoftTimeLimitExceeded.")
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, description="Deliveries before a job is failed for good.")
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between heartbeats of a running job.")
     heartbeat_stale_after: float = Field(default=60.0, gt=0, description="A running job silent this long is lost.")
+    timing_lock_dir: Path = Field(
+        default=Path("/tmp"), description="Host-wide folder of the lock that serializes latency timing across "
+                                          "every worker process on the host (shared by all MODELPRESS_HOMEs).")
     latency_warmup: int = Field(default=10, ge=0)
     latency_runs: int = Field(default=50, ge=3)
     flower_basic_auth: SecretStr | None = Field(default=None, description="user:password for Flower.")

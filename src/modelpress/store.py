@@ -249,7 +249,8 @@ class ArtifactStore:
     def put_file(self, src: str | os.PathLike[str], *, prefix: str, suffix: str | None = None) -> StoredObject:
         """Store a local file under ``<prefix>/<its sha256><suffix>`` (suffix default: the file's).
 
-        Write-once: an object of the same size already under that key is kept as is.
+        Write-once: an object already under that key whose bytes hash to its name is kept as is; one
+        that does not (corrupt, even with the right size) is replaced by these bytes.
 
         Example:
             >>> import tempfile; src = tempfile.mktemp(suffix=".pt"); _ = open(src, "wb").write(b"w")
@@ -259,7 +260,7 @@ class ArtifactStore:
         src = Path(src)
         digest, size = file_sha256(src), src.stat().st_size
         key = self.content_key(digest, prefix=prefix, suffix=src.suffix if suffix is None else suffix)
-        if self.exists(key) and self.size(key) == size:
+        if self.exists(key) and self.size(key) == size and self._intact(key, digest):
             return StoredObject(key, self.uri(key), digest, size)
         with src.open("rb") as f:
             written, n = self._write_atomically(key, f)
@@ -275,9 +276,20 @@ class ArtifactStore:
 
         digest = hashlib.sha256(data).hexdigest()
         key = self.content_key(digest, prefix=prefix, suffix=suffix)
-        if not self.exists(key):
+        if not (self.exists(key) and self._intact(key, digest)):
             self._write_atomically(key, io.BytesIO(data))
         return StoredObject(key, self.uri(key), digest, len(data))
+
+    def _intact(self, key: str, sha256: str) -> bool:
+        # A same-sized object can still be corrupt (a flipped bit): only its hash says it is the object.
+        path = self._path(key)
+        if self.is_local:
+            return file_sha256(path) == sha256
+        h = hashlib.sha256()
+        with self._fs.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest() == sha256
 
     def _write_atomically(self, key: str, src: BinaryIO) -> tuple[str, int]:
         final = self._path(key)

@@ -227,7 +227,8 @@ def test_after_every_refusal_a_good_job_from_the_same_producer_still_runs(site, 
     finally:
         producer.close()
     (row,) = site.wait_finished([good]).values()
-    assert row["status"] == "succeeded", row["error"]
+    # Ran to a result; its 1 % default budget gives the verdict (a 64-row eval moves in 1.6 % steps).
+    assert row["status"] in ("succeeded", "rejected") and row["artifact_uri"], row["error"]
 
 
 def test_pickled_code_in_a_weights_file_is_live_when_unpickled_so_its_absence_later_means_something(tmp_path):

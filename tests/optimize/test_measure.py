@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from modelpress.optimize.backends import get_backend
-from modelpress.optimize.measure import compute_metric, count_flops, count_params, file_size, measure_latency
+from modelpress.optimize.measure import (
+    compute_metric,
+    count_flops,
+    count_params,
+    file_size,
+    host_timing_lock,
+    measure_latency,
+)
 from modelpress.optimize.zoo import SeedMLP
 
 
@@ -45,3 +52,61 @@ def test_metrics_are_computed_from_outputs_not_assumed():
 
 def test_flops_of_the_seed_mlp_are_two_per_multiply_accumulate():
     assert count_flops(SeedMLP().eval(), torch.randn(1, 512)) == 2 * (512 * 1024 + 1024 * 100)
+
+
+# ----------------------------------------------------------------- one timing at a time per host (issue 10, item 11)
+_HOLD = """
+import sys, time
+from modelpress.optimize.measure import host_timing_lock
+with host_timing_lock(sys.argv[1], phase="holder"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_the_host_timing_lock_makes_another_process_wait_and_records_the_wait_and_the_load(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path), "1.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with host_timing_lock(tmp_path, phase="mine") as rec:
+            pass
+    finally:
+        holder.wait(timeout=30)
+    assert rec["waited_s"] >= 1.0, rec  # it queued behind the other process's timing
+    assert rec["lock_file"] == str(tmp_path / "modelpress-timing.lock")
+    assert rec["load_avg_1m_start"] is not None and rec["load_avg_1m_end"] is not None
+
+
+_OPTIMIZE = """
+import json, sys
+from modelpress.optimize.pipeline import optimize_model
+from modelpress.optimize.recipes import Recipe
+recipe = Recipe.from_dict({"name": "all-int8", "steps": [{"type": "quantize_dynamic"}]})
+r = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=sys.argv[1], timing_lock_dir=sys.argv[2],
+                   warmup=10, runs=200)
+print(json.dumps(r.extra["timing"]))
+"""
+
+
+def test_two_processes_optimizing_at_once_never_time_their_models_at_the_same_moment(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    lock_dir = tmp_path / "lock"
+    procs = [subprocess.Popen([sys.executable, "-c", _OPTIMIZE, str(tmp_path / f"store{i}"), str(lock_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    timings = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    phases = [[(ph["start"], ph["end"]) for ph in t["phases"]] for t in timings]
+    assert all(len(p) == 2 for p in phases)  # before and after
+    for a0, a1 in phases[0]:
+        for b0, b1 in phases[1]:
+            assert a1 <= b0 or b1 <= a0, f"timed at the same time: {(a0, a1)} and {(b0, b1)}"
+    for t in timings:
+        assert t["load_avg_1m"] is not None and t["lock_wait_s"] >= 0
+        assert {ph["lock_file"] for ph in t["phases"]} == {str(lock_dir / "modelpress-timing.lock")}

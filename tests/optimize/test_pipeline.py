@@ -98,7 +98,9 @@ def test_dynamic_budget_fallback_keeps_the_measured_most_sensitive_layer_float(s
     assert r.status == "succeeded" and r.reason is None
     assert r.float_layers == ["2"] and r.steps_meta[0]["float_modules"] == ["2"]
     assert fb["chosen_float_layers"] == 1 and fb["trials"][-1]["within_budget"]
-    assert r.metric_after == fb["trials"][-1]["metric"] >= 0.98
+    # Chosen on calibration rows (this spec has no validation rows); reported once, on eval.
+    assert fb["chosen_on"] == {"rows": "calibration", "samples": 256, "metric": "top1_agreement", "before": 1.0}
+    assert fb["trials"][-1]["metric"] >= 0.98 and r.metric_after == fb["eval_metric"] >= 0.98
     assert Path(r.artifact_path).parent.name == "artifacts"
     assert r.extra["reload_check"]["equal"] is True
     assert r.extra["metrics_after"]["mean_abs_diff"] > 0
@@ -133,9 +135,12 @@ def test_budget_that_cannot_be_met_is_rejected_with_numbers_and_the_best_effort_
     assert "top1_agreement fell from 1.0000 to" in r.reason and "max_float_layers=1" in r.reason
     assert Path(r.artifact_path).parent.name == "rejected" and Path(r.artifact_path).is_file()
     assert not (store / "artifacts" / Path(r.artifact_path).name).exists()
-    trials = r.extra["fallback"]["trials"]
+    fb = r.extra["fallback"]
+    trials = fb["trials"]
     assert len(trials) == 2 and not any(t["within_budget"] for t in trials)
-    assert r.metric_after == max(t["metric"] for t in trials)  # the best effort is what was kept
+    assert fb["chosen_on"]["rows"] == "validation"  # the MLP's held-apart rows, not its eval rows
+    kept = max(trials, key=lambda t: t["metric"])  # the best effort on the validation rows is what was kept
+    assert r.float_layers == sorted(kept["float_layers"]) and r.metric_after == fb["eval_metric"]
     assert _reloaded_metric(r) == r.metric_after
 
 
@@ -153,7 +158,7 @@ def test_static_and_qat_artifacts_reload_with_the_measured_outputs(store, step):
     r = optimize_model(model_name="digits_cnn", recipe=recipe, engine="fbgemm", store=store, **FAST)
     assert r.status == "succeeded" and r.metric_after >= r.metric_before - 0.02
     assert r.size_after_bytes < r.size_before_bytes / 3
-    assert r.extra["reload_check"] == {"samples": 256, "max_abs_diff": 0.0, "equal": True}
+    assert r.extra["reload_check"] == {"samples": 240, "max_abs_diff": 0.0, "equal": True}  # 240 eval rows
     loaded = modelpress.load(r.artifact_path)
     assert sum(isinstance(m, nniq.ConvReLU2d) for m in loaded.modules()) == 3
     assert _reloaded_metric(r) == r.metric_after
@@ -192,3 +197,162 @@ def test_onnx_export_of_an_int8_result_is_refused_before_any_work(store, monkeyp
     recipe = Recipe.from_dict({"name": "x", "steps": [{"type": "quantize_dynamic"}]})
     with pytest.raises(UserInputError, match="cannot export a torch.ao int8 model.*onnx_export='float'"):
         optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, onnx_export="result")
+
+
+# ----------------------------------------------------------------- choices never see the reported rows (issue 10, item 9)
+VAL_EVAL_X, VAL_CALIB_X, VAL_X = _x(1024, 1), _x(256, 2), _x(512, 4)
+
+
+def outlier_val_spec() -> ModelSpec:
+    """The outlier MLP with validation rows; its tensors are module constants so a test can spot them."""
+    return ModelSpec(
+        name="outlier_mlp_val", version=1, build=outlier_mlp, metric="top1_agreement",
+        make_input=lambda b: _x(b, 100 + b), latency_batches=(1,), pretrained=_outlier_pretrained,
+        data=lambda: TaskData(eval_inputs=VAL_EVAL_X, eval_labels=None, calib_inputs=VAL_CALIB_X, val_inputs=VAL_X,
+                              description="N(0,1), seeds 1 (eval) / 2 (calibration) / 4 (validation)"),
+        extra={"eval_batch_size": 128},
+    )
+
+
+def test_the_fallback_chooses_on_validation_rows_and_never_predicts_on_the_eval_rows_while_choosing(store, monkeypatch):
+    import modelpress.optimize.pipeline as pipeline
+    import modelpress.optimize.sensitivity as sensitivity
+
+    choosing = {"on": False}
+    seen: list[tuple[bool, bool]] = []  # (while choosing, on the eval rows) for every prediction
+
+    def spy(real):
+        def predict(model, inputs, **kw):
+            seen.append((choosing["on"], inputs is VAL_EVAL_X))
+            return real(model, inputs, **kw)
+        return predict
+
+    real_of, real_fallback = pipeline._ChoiceRows.of, pipeline._fallback
+
+    def of(*a, **k):
+        choosing["on"] = True  # from the first look at the budget ...
+        return real_of(*a, **k)
+
+    def fallback(*a, **k):
+        try:
+            return real_fallback(*a, **k)
+        finally:
+            choosing["on"] = False  # ... until the trial is chosen
+
+    monkeypatch.setattr(pipeline, "predict", spy(pipeline.predict))
+    monkeypatch.setattr(sensitivity, "predict", spy(sensitivity.predict))
+    monkeypatch.setattr(pipeline._ChoiceRows, "of", staticmethod(of))
+    monkeypatch.setattr(pipeline, "_fallback", fallback)
+    recipe = Recipe.from_dict({"name": "dyn-val", "budget": {"max_drop": 0.02},
+                               "steps": [{"type": "quantize_dynamic", "per_channel": False}]})
+    r = optimize_model(model_name=f"{__name__}:outlier_val_spec", allowlist=ALLOW, recipe=recipe, engine="fbgemm",
+                       store=store, **FAST)
+
+    fb = r.extra["fallback"]
+    assert fb["chosen_on"] == {"rows": "validation", "samples": 512, "metric": "top1_agreement", "before": 1.0}
+    assert r.extra["budget_check"]["rows"] == "validation" and not r.extra["budget_check"]["within_budget"]
+    assert any(c for c, _ in seen), "the spy saw no prediction while choosing"
+    assert not any(c and e for c, e in seen), "the eval rows were predicted on while the fallback was chosen"
+    assert any(e and not c for c, e in seen)  # the reported metric is computed on eval, after the choice
+    # The trials' numbers are the validation rows' (recomputed here), the reported one the eval rows'.
+    loaded = modelpress.load(r.artifact_path, allowlist=ALLOW)
+    float_model = modelpress.load(r.float_artifact_path, allowlist=ALLOW)
+    with quantized_engine("fbgemm"):
+        on_val = compute_metric("top1_agreement", predict(loaded, VAL_X), labels=None, reference=predict(float_model, VAL_X))
+    assert fb["trials"][-1]["metric"] == on_val and fb["trials"][-1]["within_budget"]
+    assert r.metric_after == fb["eval_metric"] == _reloaded_metric_of(r, VAL_EVAL_X)
+
+
+def _reloaded_metric_of(r: OptimizeResult, x: torch.Tensor) -> float:
+    loaded = modelpress.load(r.artifact_path, allowlist=ALLOW)
+    ref = predict(modelpress.load(r.float_artifact_path, allowlist=ALLOW), x, batch_size=128)
+    with quantized_engine(r.engine):
+        return compute_metric("top1_agreement", predict(loaded, x, batch_size=128), labels=None, reference=ref)
+
+
+def test_zoo_specs_hold_validation_rows_apart_from_their_eval_rows():
+    from modelpress.optimize.zoo import resolve_model
+
+    for name in ("mlp", "digits_cnn", "seq_lstm", "seq_gru", "minilm_l6_v2"):
+        data = resolve_model(name).data()
+        assert data.val_inputs is not None, name
+        val = data.val_inputs if isinstance(data.val_inputs, tuple) else (data.val_inputs,)
+        ev = data.eval_inputs if isinstance(data.eval_inputs, tuple) else (data.eval_inputs,)
+        val_rows = {tuple(torch.cat([t[i].flatten().float() for t in val]).tolist()) for i in range(len(val[0]))}
+        eval_rows = {tuple(torch.cat([t[i].flatten().float() for t in ev]).tolist()) for i in range(len(ev[0]))}
+        assert not val_rows & eval_rows, f"{name}: validation rows also in eval"
+        assert (data.val_labels is not None) == (data.eval_labels is not None), name
+
+
+# ----------------------------------------------------------------- the metric's batch (issue 10, item 10)
+def test_the_row_records_the_eval_batch_and_the_metric_one_row_at_a_time(store):
+    recipe = Recipe.from_dict({"name": "b1", "steps": [{"type": "quantize_dynamic"}]})  # no budget: plain figures
+    r = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, reuse=False, **FAST)
+    assert r.metric_eval_batch_size == 256 and r.metric_b1_rows == 512
+    from modelpress.optimize.zoo import resolve_model
+
+    x = resolve_model("mlp").data().eval_inputs[:512]
+    loaded, float_model = modelpress.load(r.artifact_path), modelpress.load(r.float_artifact_path)
+    with quantized_engine("fbgemm"):
+        one_by_one = predict(loaded, x, batch_size=1)
+        batched = predict(loaded, x, batch_size=256)
+    ref = predict(float_model, x, batch_size=256)
+    assert r.metric_after_b1 == compute_metric("top1_agreement", one_by_one, labels=None, reference=ref)
+    assert r.metric_before_b1 == 1.0
+    # Dynamic int8 depends on the batch: the two evaluations do differ for this model.
+    assert not torch.equal(one_by_one, batched)
+
+
+# ----------------------------------------------------------------- immutable artifacts (issue 10, item 8)
+_DRIFT = {"calls": 0}
+
+
+def _drifting_pretrained(model: nn.Module, cache_dir: Path | None) -> None:
+    # The same built-in id each time, other weights each call: a factory whose code changed, or a
+    # nightly re-measure; the key stays the same while the bytes differ.
+    _DRIFT["calls"] += 1
+    torch.manual_seed(_DRIFT["calls"])
+    model.load_state_dict(outlier_mlp().state_dict())
+
+
+def drifting_spec() -> ModelSpec:
+    return ModelSpec(name="drifting", version=1, build=outlier_mlp, metric="top1_agreement",
+                     make_input=lambda b: _x(b, 100 + b), latency_batches=(1,), pretrained=_drifting_pretrained,
+                     data=lambda: TaskData(eval_inputs=_x(256, 1), eval_labels=None, calib_inputs=_x(64, 2)))
+
+
+def test_a_later_run_of_the_same_key_writes_new_objects_and_never_rewrites_the_old_ones(tmp_path):
+    from modelpress.store import file_sha256
+
+    recipe = Recipe.from_dict({"name": "drift", "steps": [{"type": "quantize_dynamic"}]})
+    kw = dict(model_name=f"{__name__}:drifting_spec", allowlist=ALLOW, recipe=recipe, engine="fbgemm",
+              store=tmp_path, **FAST)
+    first = optimize_model(**kw)
+    first_bytes = Path(first.artifact_path).read_bytes()
+    second = optimize_model(**kw, reuse=False)
+    assert first.artifact_key == second.artifact_key
+    assert first.artifact_path != second.artifact_path and first.float_artifact_path != second.float_artifact_path
+    for r in (first, second):
+        for path, sha in ((r.artifact_path, r.artifact_sha256), (r.float_artifact_path, r.float_artifact_sha256)):
+            assert Path(path).name == f"{sha}.mpz" and file_sha256(path) == sha
+    assert Path(first.artifact_path).read_bytes() == first_bytes  # the first row still describes its bytes
+    third = optimize_model(**kw)  # the key's index now names the second result
+    assert third.reused and third.artifact_path == second.artifact_path
+
+
+def test_a_corrupt_artifact_of_the_right_size_is_detected_and_replaced_by_running_again(tmp_path):
+    from modelpress.store import IntegrityError, file_sha256
+
+    recipe = Recipe.from_dict({"name": "corrupt", "steps": [{"type": "quantize_dynamic"}]})
+    kw = dict(model_name="mlp", recipe=recipe, engine="fbgemm", store=tmp_path, **FAST)
+    first = optimize_model(**kw)
+    p = Path(first.artifact_path)
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    p.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="corrupt"):
+        modelpress.load(str(p))
+    again = optimize_model(**kw)  # not answered from the corrupt object
+    assert not again.reused and again.artifact_path == first.artifact_path
+    assert file_sha256(p) == again.artifact_sha256 == p.stem
+    modelpress.load(str(p))

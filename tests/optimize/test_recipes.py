@@ -119,3 +119,23 @@ def test_a_recipe_file_in_yaml_resolves_to_the_same_recipe_as_its_json(tmp_path)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
     (tmp_path / "r.json").write_text(recipe.to_json())
     assert resolve_recipe(str(tmp_path / "r.yaml")) == resolve_recipe(str(tmp_path / "r.json")) == recipe
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_RECIPES))
+def test_every_builtin_recipe_carries_a_budget_one_percent_unless_it_says_otherwise(name):
+    budget = resolve_recipe(name).budget
+    assert budget is not None
+    if name.endswith("-fallback"):  # these write their own: 0.01 absolute with a measured fallback
+        assert budget.max_drop == 0.01 and budget.max_float_layers == 8
+    else:
+        assert (budget.max_drop, budget.relative, budget.max_float_layers) == (0.01, True, 0)
+
+
+def test_the_mlp_after_prune50_dynamic_int8_is_rejected_with_its_reason(tmp_path):
+    from modelpress.optimize.pipeline import optimize_model
+
+    r = optimize_model(model_name="mlp", recipe=resolve_recipe("prune50-dynamic-int8"), engine="fbgemm",
+                       store=tmp_path, warmup=1, runs=3)
+    assert r.status == "rejected" and r.metric_after < 0.6
+    assert r.reason.startswith("top1_agreement fell from 1.0000 to 0.4") and "more than the budget allows (0.0100)" in r.reason
+    assert "/rejected/" in r.artifact_path

@@ -31,7 +31,8 @@ def test_the_report_has_one_row_per_model_and_recipe_with_measured_numbers(mlp_r
     assert list(by) == ["l1-sparse50", "prune50-finetune", "distill-w0.5", "dynamic-int8", "int8-keep-fc2"]
     l1, pruned = by["l1-sparse50"], by["prune50-finetune"]
     for r in (l1, pruned):
-        assert r.status == "succeeded" and r.size_before_bytes > 0 and r.size_after_bytes > 0
+        # Measured either way; the 1 % default budget of built-in recipes gives the verdict on the MLP.
+        assert r.status in ("succeeded", "rejected") and r.size_before_bytes > 0 and r.size_after_bytes > 0
         assert set(r.latency_before_ms) == set(r.latency_after_ms) == {1, 64}
         assert r.metric_name == "top1_agreement" and r.metric_before == 1.0
     # Zeros in dense tensors: same bytes on disk; the compressed size is only a labelled note.

@@ -38,9 +38,33 @@ def test_weights_that_do_not_load_are_refused_or_fail_the_job_with_the_reason_an
     assert rows[wrong_id]["status"] == "failed"
     assert "do not fit the architecture" in rows[wrong_id]["error"]
     assert rows[wrong_id]["attempts"] == 1  # a user error is not retried
-    assert rows[good_id]["status"] == "succeeded", rows[good_id]["error"]
+    assert rows[good_id]["status"] in ("succeeded", "rejected") and rows[good_id]["artifact_uri"], rows[good_id]["error"]
     from modelpress.api import weights_content_id
 
     # The reuse key covers the weights and the factory that loads them (issue 10 item 6).
     staged_sha = rows[good_id]["model_weights_uri"].rsplit("/", 1)[-1].split(".")[0]
     assert rows[good_id]["model_sha256"] == weights_content_id("mlp", staged_sha)
+
+
+def test_a_forced_job_is_measured_anew_by_the_worker_and_its_row_says_not_reused(queue):
+    env, workers = queue
+    workers.start("fbgemm")
+    settings = settings_from_env(env)
+    producer = Producer(settings)
+    first = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm")
+    [a] = wait_for(settings, [first], timeout=180, quiet=True)
+    # Without --force and without producer-side reuse, the worker answers from its result cache ...
+    cached = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", reuse=False)
+    [c] = wait_for(settings, [cached], timeout=180, quiet=True)
+    # ... with --force it must measure again, and say so.
+    forced = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm", force=True)
+    [f] = wait_for(settings, [forced], timeout=180, quiet=True)
+    producer.close()
+
+    assert a["status"] in ("succeeded", "rejected") and not a["reused"], a["error"]
+    assert c["reused"] and not c["force"]
+    assert f["force"] and f["reused"] is False and f["reused_from_job_id"] is None
+    assert f["status"] == a["status"]
+    first_timing = a["measurements"]["extra"]["timing"]["phases"]
+    forced_timing = f["measurements"]["extra"]["timing"]["phases"]
+    assert forced_timing[0]["start"] > first_timing[-1]["end"]  # timed in its own run, not copied

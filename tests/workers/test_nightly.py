@@ -208,12 +208,14 @@ def test_a_night_worse_than_the_last_good_one_is_flagged_on_its_row_after_a_real
             time.sleep(0.5)
     finally:
         eng.dispose()
-    assert row["status"] == "succeeded", (row["error"], workers.log("fbgemm")[-2000:])
+    # The seed MLP's all-int8 agreement (~0.97) breaks dynamic-int8's default 1 % budget: rejected, and
+    # rejected after a succeeded night is one more thing that got worse.
+    assert row["status"] == "rejected", (row["error"], workers.log("fbgemm")[-2000:])
     assert row["batch_id"] == f"nightly-{today}"
     reg = row["regression"]
     assert reg is not None, workers.log("fbgemm")[-2000:]
     assert reg["previous_job_id"] == good and reg["previous_night"] == good_night
-    assert sorted(reg["worse"]) == ["latency_after_median_ms", "size_after_bytes"]
+    assert sorted(reg["worse"]) == ["latency_after_median_ms", "size_after_bytes", "status"]
     assert reg["worse"]["size_after_bytes"]["current"] == row["size_after_bytes"]
 
 

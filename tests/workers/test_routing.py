@@ -22,7 +22,8 @@ def test_each_job_runs_on_a_worker_of_its_target_backend_with_that_engine(queue)
     rows = wait_for(settings, ids, timeout=180, quiet=True)
     assert sorted(r["backend"] for r in rows) == ["fbgemm", "fbgemm", "qnnpack", "qnnpack"]
     for row in rows:
-        assert row["status"] == "succeeded", row["error"]
+        # The MLP's all-int8 agreement (~0.97) breaks dynamic-int8's default 1 % budget: a result either way.
+        assert row["status"] in ("succeeded", "rejected"), row["error"]
         # The engine the child actually had set, and the worker node that claimed the job, both match
         # the job's target backend: a qnnpack job never runs on the fbgemm worker.
         assert row["engine_used"] == row["backend"]
@@ -44,7 +45,7 @@ def test_a_worker_consumes_only_its_own_queue(queue):
     fb = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm")
     producer.close()
     rows = {r["id"]: r for r in wait_for(settings, [fb], timeout=120, quiet=True)}
-    assert rows[fb]["status"] == "succeeded"
+    assert rows[fb]["status"] in ("succeeded", "rejected"), rows[fb]["error"]
     from modelpress.cli import _rows
 
     (pending,) = _rows(settings, ids=[qn])
@@ -52,7 +53,7 @@ def test_a_worker_consumes_only_its_own_queue(queue):
     assert pending["status"] == "queued" and pending["attempts"] == 0
     workers.start("qnnpack")
     (done,) = wait_for(settings, [qn], timeout=120, quiet=True)
-    assert done["status"] == "succeeded" and done["engine_used"] == "qnnpack"
+    assert done["status"] in ("succeeded", "rejected") and done["engine_used"] == "qnnpack"
 
 
 def test_each_job_message_carries_model_recipe_and_backend_as_the_name_flower_and_worker_events_show(queue):
@@ -78,5 +79,5 @@ def test_each_job_message_carries_model_recipe_and_backend_as_the_name_flower_an
     # A real worker reports the job under that name in its task-received event (what Flower's Tasks page lists).
     workers.start("fbgemm")
     (row,) = wait_for(settings, [job], timeout=120, quiet=True)
-    assert row["status"] == "succeeded"
+    assert row["status"] in ("succeeded", "rejected")
     assert f"Task mlp dynamic-int8 fbgemm[" in workers.log("fbgemm")

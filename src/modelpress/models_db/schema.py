@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -115,6 +116,8 @@ class Job(Base):
     time_limit_s: Mapped[int | None] = mapped_column(Integer)  # the job's own limit, from its recipe
     night: Mapped[str | None] = mapped_column(String(10))  # YYYY-MM-DD (UTC) for nightly jobs
     regression: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what got worse than the previous night
+    # Submitted with --force: the worker measures anew and never answers from its result cache.
+    force: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     # --- measured results (all from optimize.OptimizeResult) ---
     size_before_bytes: Mapped[int | None] = mapped_column(BigInteger)
@@ -128,6 +131,15 @@ class Job(Base):
     metric_name: Mapped[str | None] = mapped_column(String(64))
     metric_before: Mapped[float | None] = mapped_column(Float)
     metric_after: Mapped[float | None] = mapped_column(Float)
+    # Dynamic int8 scales activations per batch: the batch the metric was evaluated in, and the metric
+    # one row at a time (how a service calls the model) on metric_b1_rows rows (capped for time).
+    metric_eval_batch_size: Mapped[int | None] = mapped_column(Integer)
+    metric_after_b1: Mapped[float | None] = mapped_column(Float)
+    metric_b1_rows: Mapped[int | None] = mapped_column(Integer)
+    # The host's 1-minute load average while latency was timed (under the host-wide timing lock), and
+    # how long the job waited for that lock.
+    timing_load_avg: Mapped[float | None] = mapped_column(Float)
+    timing_lock_wait_s: Mapped[float | None] = mapped_column(Float)
     measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the full result, both batch sizes
     artifact_uri: Mapped[str | None] = mapped_column(Text)
 

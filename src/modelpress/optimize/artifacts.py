@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,109 @@ def save_artifact(path: Path, model: nn.Module, manifest: dict[str, Any]) -> int
     return os.stat(path).st_size
 
 
+_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_object(tmp: Path, folder: Path, suffix: str) -> tuple[Path, str, int]:
+    """Move a finished temp file to ``folder/<sha256><suffix>``; never overwrite good bytes.
+
+    An object already there with the right hash is kept (same bytes: nothing to do). One whose bytes
+    do not match its name (corrupt, e.g. a flipped bit with the size unchanged) is replaced.
+    """
+    from modelpress.store import file_sha256
+
+    digest, size = file_sha256(tmp), os.stat(tmp).st_size
+    final = folder / f"{digest}{suffix}"
+    if final.is_file() and file_sha256(final) == digest:
+        os.unlink(tmp)
+    else:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; other workers and users read objects
+        os.replace(tmp, final)
+    return final, digest, size
+
+
+def save_artifact_object(folder: Path, model: nn.Module, manifest: dict[str, Any]) -> tuple[Path, str, int]:
+    """Save an artifact as an immutable, content-addressed object ``folder/<sha256>.mpz``.
+
+    Returns (path, sha256, bytes). A later run never rewrites an earlier object: same bytes land on the
+    same name, other bytes on another name, so a job row's path always holds the bytes it describes.
+
+    Example:
+        >>> import tempfile
+        >>> p, sha, n = save_artifact_object(Path(tempfile.mkdtemp()), torch.nn.Linear(2, 2), {"doc": 1})
+        >>> p.name == f"{sha}.mpz" and n == p.stat().st_size
+        True
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_artifact(tmp, model, manifest)
+        return _publish_object(tmp, folder, ".mpz")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def put_json_object(folder: Path, data: Any) -> tuple[Path, str]:
+    """Write JSON as an immutable object ``folder/<sha256>.json``; returns (path, sha256).
+
+    Example:
+        >>> import tempfile
+        >>> p, sha = put_json_object(Path(tempfile.mkdtemp()), {"a": 1})
+        >>> p.name == f"{sha}.json"
+        True
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(data, indent=1, sort_keys=True).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        path, digest, _ = _publish_object(tmp, folder, ".json")
+        return path, digest
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def verify_object(path: str | os.PathLike[str], sha256: str | None = None) -> None:
+    """Raise ``IntegrityError`` if the file's sha256 is not ``sha256`` (default: the hash its name says).
+
+    A file not named by its hash and given no ``sha256`` is not checked.
+
+    Example:
+        >>> import tempfile
+        >>> p, sha = put_json_object(Path(tempfile.mkdtemp()), {"a": 1})
+        >>> verify_object(p)
+        >>> _ = p.write_text('{"a": 2}')
+        >>> try:
+        ...     verify_object(p)
+        ... except Exception as e:
+        ...     print(type(e).__name__)
+        IntegrityError
+    """
+    from modelpress.store import IntegrityError, file_sha256
+
+    p = Path(path)
+    expected = sha256 or (p.name.split(".", 1)[0] if _SHA256_NAME.match(p.name.split(".", 1)[0]) else None)
+    if expected is None:
+        return
+    actual = file_sha256(p)
+    if actual != expected:
+        raise IntegrityError(f"artifact {p} is corrupt: its sha256 is {actual[:16]}…, expected {expected[:16]}… "
+                             "(changed after it was stored); submit the job again with --force to replace it")
+
+
 @dataclass
 class LoadedArtifact:
     model: nn.Module
@@ -106,6 +210,7 @@ def load_artifact(path: str | os.PathLike[str], *, allowlist: tuple[str, ...] = 
     from modelpress.optimize.recipes import parse_step
     from modelpress.optimize.steps import rebuild_step
 
+    verify_object(path)  # a content-addressed artifact must hold the bytes its name says
     manifest, state_dict = read_manifest(path)
     model = _build_architecture(manifest["model"], allowlist=allowlist, resolve_ref=resolve_ref)
     eng = engine or manifest.get("engine") or torch.backends.quantized.engine

@@ -9,15 +9,24 @@ This is the whole job as a library call (no Celery, no database):
     3.85
 
 The artifact key hashes (model content, recipe, engine, torch version): a second call with the same
-inputs, e.g. a redelivered task, finds the stored artifact and result and returns them (``reused``).
+inputs, e.g. a redelivered task, finds the stored result through ``index/<key>.json`` and returns it
+(``reused``) when the objects it names are intact. Every output is an immutable object named by its
+sha256 (``float/``, ``artifacts/``, ``rejected/``, ``results/``): a later run of the same key writes new
+objects and re-points the index, so an older row's path still holds the bytes that row describes.
 
-Accuracy budget with fallback: when the recipe's budget is broken and a quantization step is in the
-chain, the per-layer sensitivity of that step is *measured* on calibration inputs
-(``optimize.sensitivity``), then its most sensitive layers are kept float one more at a time (up to
-``Budget.max_float_layers``) until the budget holds. The layers kept float are recorded in the step meta
-(``float_modules``, so the artifact rebuilds the same structure) and in ``OptimizeResult.float_layers``;
-every trial is in ``extra["fallback"]``. If no trial fits, the job is ``rejected`` with the numbers and
-its best-effort artifact is kept under ``rejected/``, never promoted.
+Accuracy budget with fallback: whether the budget holds is first judged on validation rows
+(``TaskData.val_inputs``; else calibration rows, by fidelity). When it is broken there and a
+quantization step is in the chain, the per-layer sensitivity of that step is *measured* on calibration
+inputs (``optimize.sensitivity``), then its most sensitive layers are kept float one more at a time (up
+to ``Budget.max_float_layers``) until the budget holds *on those rows*. The reported metric is then
+computed once on the eval rows for the chosen trial (``extra["fallback"]["chosen_on"]`` says which rows
+chose), and the final verdict is the budget on that reported metric. The layers kept float are recorded
+in the step meta (``float_modules``) and in ``OptimizeResult.float_layers``. If the budget does not hold
+on eval, the job is ``rejected`` with the numbers and its artifact is kept under ``rejected/``.
+
+Figures carry their conditions: the eval batch size (dynamic int8 scales activations per batch) and the
+metric at batch 1 on the first rows (``metric_after_b1``); latency is timed under a host-wide lock
+(``measure.host_timing_lock``) with the wait and the host's load average in ``extra["timing"]``.
 
 Every artifact is reloaded with ``artifacts.load_artifact`` before the result is written, and its outputs
 must equal those of the model that was measured (``extra["reload_check"]``).
@@ -27,7 +36,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -35,7 +46,13 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from modelpress.optimize.artifacts import artifact_key, atomic_write_json, load_artifact, save_artifact
+from modelpress.optimize.artifacts import (
+    artifact_key,
+    atomic_write_json,
+    load_artifact,
+    put_json_object,
+    save_artifact_object,
+)
 from modelpress.optimize.backends import is_quantized_module, quantized_engine
 from modelpress.optimize.errors import ModelLoadError, UserInputError
 from modelpress.optimize.measure import (
@@ -44,6 +61,7 @@ from modelpress.optimize.measure import (
     compute_metric,
     count_flops,
     count_params,
+    host_timing_lock,
     measure_latency,
     n_samples,
     predict,
@@ -88,6 +106,14 @@ class OptimizeResult:
     eval_description: str
     reused: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Content addresses of the two artifacts (their file names are these hashes).
+    artifact_sha256: str = ""
+    float_artifact_sha256: str = ""
+    # Dynamic int8 scales activations per batch: the metric depends on the batch it is evaluated in.
+    metric_eval_batch_size: int | None = None
+    metric_before_b1: float | None = None  # on the same first ``metric_b1_rows`` eval rows
+    metric_after_b1: float | None = None
+    metric_b1_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,12 +199,56 @@ def _sensitivity_inputs(data: TaskData, budget: Budget) -> Any:
     return b[0] if len(b) == 1 else b
 
 
-def _fallback(chain: _Chain, recipe: Recipe, ctx: StepContext, *, spec: ModelSpec, data: TaskData,
-              ref_out: torch.Tensor, metric_before: float, metric_after: float,
-              log: Callable[[str], None]) -> tuple[_Chain, float, dict[str, Any]] | None:
+@dataclass
+class _ChoiceRows:
+    """The rows choices are made on (validation, else calibration), never the reported eval rows.
+
+    ``metric`` is the task's accuracy when these rows have labels, else fidelity to the float model on
+    them: top-1 agreement for logits, cosine for embeddings. ``before`` is the float model's value.
+    """
+
+    rows: str  # "validation" | "calibration"
+    inputs: Any
+    labels: torch.Tensor | None
+    metric: str
+    reference: torch.Tensor
+    before: float
+    batch_size: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec, data: TaskData, float_model: nn.Module, *,
+           batch_size: int) -> "_ChoiceRows | None":
+        """The choice rows of ``data``, or None when it has neither validation nor calibration rows."""
+        if data.val_inputs is not None and n_samples(data.val_inputs) > 0:
+            rows, inputs, labels = "validation", data.val_inputs, data.val_labels
+        else:
+            rows, inputs, labels = "calibration", data.calib_inputs, None
+        if n_samples(inputs) == 0:
+            return None  # nothing to choose on: the budget is only a verdict on eval, with no fallback
+        if spec.metric == "accuracy" and labels is not None:
+            metric = "accuracy"
+        else:
+            metric, labels = ("cosine" if spec.metric == "cosine" else "top1_agreement"), None
+        reference = predict(float_model, inputs, batch_size=batch_size)
+        before = compute_metric(metric, reference, labels=labels, reference=reference)  # type: ignore[arg-type]
+        return cls(rows, inputs, labels, metric, reference, before, batch_size)
+
+    def measure(self, model: nn.Module) -> float:
+        out = predict(model, self.inputs, batch_size=self.batch_size)
+        return compute_metric(self.metric, out, labels=self.labels, reference=self.reference)  # type: ignore[arg-type]
+
+    def describe(self) -> dict[str, Any]:
+        return {"rows": self.rows, "samples": n_samples(self.inputs), "metric": self.metric, "before": self.before}
+
+
+def _fallback(chain: _Chain, recipe: Recipe, ctx: StepContext, *, data: TaskData, choice: _ChoiceRows,
+              choice_after: float, eval_bs: int, log: Callable[[str], None]) -> tuple[_Chain, dict[str, Any]] | None:
     """Keep the most sensitive layers of the last quantization step float until the budget holds.
 
-    Returns the chosen chain, its metric and a JSON-able record, or None when no fallback applies.
+    Every decision (the ranking, and how many layers stay float) is made on calibration or validation
+    rows (``choice``), never on the eval rows whose metric is reported: the caller computes that once,
+    for the chosen trial. Returns the chosen chain and a JSON-able record, or None when no fallback
+    applies.
     """
     budget = recipe.budget
     assert budget is not None
@@ -189,18 +259,17 @@ def _fallback(chain: _Chain, recipe: Recipe, ctx: StepContext, *, spec: ModelSpe
     cfg = recipe.steps[i]
     handler = handler_for(cfg)
     model_in, out = chain.inputs[i], chain.outputs[i]
-    eval_bs = _eval_batch_size(spec)
     inputs = _sensitivity_inputs(data, budget)
     reference = predict(model_in, inputs, batch_size=eval_bs)
-    log(f"budget broken ({metric_after:.4f}); measuring per-layer sensitivity of step {i + 1} "
-        f"({len(out.meta['quantized_modules'])} layers, {budget.sensitivity_method})")
+    log(f"budget broken on the {choice.rows} rows ({choice.metric} {choice_after:.4f}); measuring per-layer "
+        f"sensitivity of step {i + 1} ({len(out.meta['quantized_modules'])} layers, {budget.sensitivity_method})")
     report = handler.sensitivity(model_in, out, cfg, ctx, inputs=inputs, reference=reference,  # type: ignore[attr-defined]
                                  method=budget.sensitivity_method, batch_size=eval_bs)
     ranking = report.ranking()
     # Keeping every layer float is not quantization: leave at least one layer int8.
     limit = min(budget.max_float_layers, len(ranking) - 1)
-    trials: list[dict[str, Any]] = [{"float_layers": [], "metric": metric_after, "within_budget": False}]
-    best: tuple[float, _Chain] = (metric_after, chain)
+    trials: list[dict[str, Any]] = [{"float_layers": [], "metric": choice_after, "within_budget": False}]
+    best: tuple[float, _Chain] = (choice_after, chain)
     chosen = None
     base_keep = tuple(getattr(cfg, "keep_float", ()))
     for k in range(1, limit + 1):
@@ -208,11 +277,11 @@ def _fallback(chain: _Chain, recipe: Recipe, ctx: StepContext, *, spec: ModelSpe
         trial_cfg = cfg.model_copy(update={"keep_float": keep})
         steps = recipe.steps[:i] + (trial_cfg,) + recipe.steps[i + 1 :]
         trial = _run_steps(chain, steps, i, ctx, log=lambda m: None)
-        out_k = predict(trial.model, data.eval_inputs, batch_size=eval_bs)
-        metric_k = compute_metric(spec.metric, out_k, labels=data.eval_labels, reference=ref_out)
-        ok = budget.allows(before=metric_before, after=metric_k)
+        metric_k = choice.measure(trial.model)
+        ok = budget.allows(before=choice.before, after=metric_k)
         trials.append({"float_layers": list(ranking[:k]), "metric": metric_k, "within_budget": ok})
-        log(f"fallback: {k} layer(s) float → {spec.metric} {metric_k:.4f}{' (within budget)' if ok else ''}")
+        log(f"fallback: {k} layer(s) float → {choice.metric} {metric_k:.4f} on {choice.rows} rows"
+            f"{' (within budget)' if ok else ''}")
         if metric_k > best[0]:
             best = (metric_k, trial)
         if ok:
@@ -220,8 +289,77 @@ def _fallback(chain: _Chain, recipe: Recipe, ctx: StepContext, *, spec: ModelSpe
             best = (metric_k, trial)
             break
     record = {"step": i, "sensitivity": report.to_dict(), "trials": trials, "chosen_float_layers": chosen,
-              "max_float_layers": budget.max_float_layers}
-    return best[1], best[0], record
+              "max_float_layers": budget.max_float_layers, "chosen_on": choice.describe()}
+    return best[1], record
+
+
+# Batch-1 evaluation is one forward per row: bounded in rows and in time, and the row count recorded.
+B1_MAX_ROWS = 512
+B1_MAX_SECONDS = 30.0
+
+
+@torch.inference_mode()
+def _metric_at_batch1(model: nn.Module, data: TaskData, metric: str, ref_out: torch.Tensor, *,
+                      max_rows: int = B1_MAX_ROWS, max_seconds: float = B1_MAX_SECONDS) -> dict[str, Any]:
+    """The metric with the model called one row at a time (as a service calls it), on the first rows.
+
+    ``before`` is the float model's metric on the same rows, so the two compare like with like.
+    """
+    n = min(max_rows, n_samples(data.eval_inputs))
+    outs = []
+    t0 = time.monotonic()
+    for r in range(n):
+        o = model(*batch_of(data.eval_inputs, r, r + 1))
+        outs.append((o.dequantize() if o.is_quantized else o).float())
+        if time.monotonic() - t0 > max_seconds:
+            break
+    k = len(outs)
+    out = torch.cat(outs)
+    labels = data.eval_labels[:k] if data.eval_labels is not None else None
+    ref = ref_out[:k]
+    return {"after": compute_metric(metric, out, labels=labels, reference=ref),  # type: ignore[arg-type]
+            "before": compute_metric(metric, ref, labels=labels, reference=ref), "rows": k}  # type: ignore[arg-type]
+
+
+def _timed_latency(model: nn.Module, spec: ModelSpec, *, phase: str, lock_dir: str | os.PathLike[str] | None,
+                   warmup: int, runs: int, threads: int, timings: list[dict[str, Any]]) -> list[LatencyStats]:
+    # Only the timing itself holds the host-wide lock: the rest of a job runs beside other jobs.
+    with host_timing_lock(lock_dir, phase=phase) as rec:
+        stats = [measure_latency(model, spec.make_input(b), warmup=warmup, runs=runs, threads=threads)
+                 for b in spec.latency_batches]
+    timings.append(rec)
+    return stats
+
+
+def _timing_record(timings: list[dict[str, Any]]) -> dict[str, Any]:
+    loads = [v for t in timings for v in (t["load_avg_1m_start"], t["load_avg_1m_end"]) if v is not None]
+    return {"phases": timings, "lock_wait_s": sum(t["waited_s"] for t in timings),
+            "load_avg_1m": max(loads) if loads else None}
+
+
+def _cached_result(store: Path, key: str, log: Callable[[str], None]) -> "OptimizeResult | None":
+    """The stored result for ``key`` if it and both artifacts it names are intact, else None."""
+    from modelpress.store import file_sha256
+
+    index = store / "index" / f"{key}.json"
+    if not index.is_file():
+        return None
+    try:
+        ref = json.loads(index.read_text())
+        result_path = store / "results" / f"{ref['result_sha256']}.json"
+        if file_sha256(result_path) != ref["result_sha256"]:
+            raise ValueError("the stored result does not match its hash")
+        stored = OptimizeResult.from_dict(json.loads(result_path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log(f"stored result {key[:12]} is unreadable ({e}); measuring anew")
+        return None
+    for path, sha in ((stored.artifact_path, stored.artifact_sha256),
+                      (stored.float_artifact_path, stored.float_artifact_sha256)):
+        if not sha or not Path(path).is_file() or file_sha256(path) != sha:
+            # Corrupt or missing: measure again; the new object replaces the corrupt one.
+            log(f"stored artifact {path} is missing or corrupt; measuring anew")
+            return None
+    return stored
 
 
 def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str, store: str | Path,
@@ -230,12 +368,14 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
                    max_weights_bytes: int = 2 * 1024**3, threads: int = 1, warmup: int = 10,
                    runs: int = 50, log: Callable[[str], None] = lambda m: None,
                    onnx_export: Literal["float", "result"] | None = None,
-                   verify_reload: bool = True, reuse: bool = True) -> OptimizeResult:
+                   verify_reload: bool = True, reuse: bool = True,
+                   timing_lock_dir: str | os.PathLike[str] | None = None) -> OptimizeResult:
     """Optimize ``model_name`` with ``recipe`` for ``engine``; artifacts go under ``store``.
 
     ``onnx_export`` also exports the float model (or a float result, e.g. pruned) to ONNX and checks it in
     onnxruntime (``extra["onnx"]``). ``verify_reload`` reloads the saved artifact and requires identical
-    outputs (``extra["reload_check"]``).
+    outputs (``extra["reload_check"]``). Latency is timed under the host-wide lock in ``timing_lock_dir``
+    (default ``measure.default_timing_lock_dir()``); ``extra["timing"]`` records waits and load.
 
     The model is a registered ``model_name`` (as before) or a ``model_ref`` (``optimize.sources.ModelRef``,
     its paths local files: an HF folder, torchvision/timm weights, a .pt2, with its data). ``stored_ref``
@@ -262,14 +402,12 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     float_model, content = resolved.model, resolved.content
     tv = torch.__version__
     key = artifact_key(content, recipe.sha256, engine, tv)
-    result_path = store / "results" / f"{key}.json"
-    # ``reuse=False`` re-measures (e.g. a nightly run watching for drift) and rewrites the same key.
-    if reuse and result_path.is_file():
-        stored = OptimizeResult.from_dict(json.loads(result_path.read_text()))
-        if Path(stored.artifact_path).is_file():
-            log(f"reusing stored result {key[:12]}")
-            stored.reused = True
-            return stored
+    # ``reuse=False`` re-measures (a nightly run watching for drift, --force): it writes new objects and
+    # points the key's index at them; the objects older rows name are never rewritten.
+    if reuse and (stored := _cached_result(store, key, log)) is not None:
+        log(f"reusing stored result {key[:12]}")
+        stored.reused = True
+        return stored
 
     data = spec.data()
     eval_bs = _eval_batch_size(spec)
@@ -284,8 +422,8 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
         if stored_ref is not None:
             base_manifest["model"]["stored_ref"] = (stored_ref if isinstance(stored_ref, dict)
                                                     else stored_ref.to_dict())
-    float_path = store / "float" / f"{spec.name.replace('/', '_').replace(':', '_')}-{content[:16]}.mpz"
-    size_before = save_artifact(float_path, float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})
+    float_path, float_sha, size_before = save_artifact_object(
+        store / "float", float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})
 
     log("measuring the float model")
     if float_model.training:
@@ -295,8 +433,9 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
         metric_before = compute_metric(spec.metric, ref_out, labels=data.eval_labels, reference=ref_out)
     except RuntimeError as e:
         raise ModelLoadError(f"the model's outputs do not fit its labels: {e}") from None
-    lat_before = [measure_latency(float_model, spec.make_input(b), warmup=warmup, runs=runs, threads=threads)
-                  for b in spec.latency_batches]
+    timings: list[dict[str, Any]] = []
+    lat_before = _timed_latency(float_model, spec, phase="before", lock_dir=timing_lock_dir, warmup=warmup,
+                                runs=runs, threads=threads, timings=timings)
     probe = spec.make_input(1)
     params_before, flops_before = count_params(float_model), count_flops(float_model, probe)
 
@@ -309,33 +448,48 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
 
         status, reason = "succeeded", None
         budget = recipe.budget
-        if budget is not None and not budget.allows(before=metric_before, after=metric_after):
+        if budget is not None:
+            # Whether to fall back, and how far, is decided on validation (or calibration) rows; the
+            # eval rows only ever give the reported number, and the verdict on it.
             first_metric = metric_after
-            fb = _fallback(chain, recipe, ctx, spec=spec, data=data, ref_out=ref_out, metric_before=metric_before,
-                           metric_after=metric_after, log=log)
+            choice = _ChoiceRows.of(spec, data, float_model, batch_size=eval_bs)
+            fb = None
+            if choice is not None:
+                choice_after = choice.measure(chain.model)
+                extra["budget_check"] = {**choice.describe(), "after": choice_after,
+                                         "within_budget": budget.allows(before=choice.before, after=choice_after)}
+            if choice is not None and not extra["budget_check"]["within_budget"]:
+                fb = _fallback(chain, recipe, ctx, data=data, choice=choice, choice_after=choice_after,
+                               eval_bs=eval_bs, log=log)
             if fb is not None:
-                chain, metric_after, extra["fallback"] = fb
+                chain, extra["fallback"] = fb
                 out_after = predict(chain.model, data.eval_inputs, batch_size=eval_bs)
+                metric_after = compute_metric(spec.metric, out_after, labels=data.eval_labels, reference=ref_out)
+                extra["fallback"]["eval_metric"] = metric_after
             if not budget.allows(before=metric_before, after=metric_after):
                 status = "rejected"
                 reason = (f"{spec.metric} fell from {metric_before:.4f} to {metric_after:.4f}, more than the budget "
                           f"allows ({budget.allowed_drop(metric_before):.4f})")
                 if fb is not None:
-                    tried = len(fb[2]["trials"]) - 1
-                    reason += (f"; keeping the {tried} most sensitive layer(s) float did not fit either "
-                               f"(without fallback: {first_metric:.4f}; max_float_layers={budget.max_float_layers})")
+                    trials = fb[1]["trials"]
+                    reason += (f"; keeping up to {len(trials) - 1} of the most sensitive layer(s) float "
+                               f"(chosen on {fb[1]['chosen_on']['rows']} rows) did not fit either (without fallback: "
+                               f"{first_metric:.4f}; max_float_layers={budget.max_float_layers})")
         model, metas = chain.model, chain.metas
         if model.training:
             raise RuntimeError("the optimized model must be in eval mode before it is measured")
-        lat_after = [measure_latency(model, spec.make_input(b), warmup=warmup, runs=runs, threads=threads)
-                     for b in spec.latency_batches]
+        b1 = _metric_at_batch1(model, data, spec.metric, ref_out)
+        lat_after = _timed_latency(model, spec, phase="after", lock_dir=timing_lock_dir, warmup=warmup, runs=runs,
+                                   threads=threads, timings=timings)
+        extra["timing"] = _timing_record(timings)
         for name, fn in spec.extra.get("extra_metrics", {}).items():
             extra.setdefault("metrics_after", {})[name] = float(fn(out_after, ref_out))
 
-        # A rejected result is kept (users want to see it) but never under the promoted name.
-        art_path = store / ("rejected" if status == "rejected" else "artifacts") / f"{key}.mpz"
+        # A rejected result is kept (users want to see it) but never under the promoted name. Objects
+        # are named by their sha256 and never rewritten: older rows keep describing their bytes.
         manifest = {**base_manifest, "recipe": recipe.to_dict(), "steps_meta": metas}
-        size_after = save_artifact(art_path, model, manifest)
+        art_path, art_sha, size_after = save_artifact_object(
+            store / ("rejected" if status == "rejected" else "artifacts"), model, manifest)
         if verify_reload:
             extra["reload_check"] = _verify_reload(art_path, model, data, allowlist=allowlist, engine=engine,
                                                    batch_size=eval_bs)
@@ -356,9 +510,12 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
         params_before=params_before, params_after=count_params(model), flops_before=flops_before,
         flops_after=count_flops(last_float, probe), sparsity_after=global_sparsity(last_float),
         float_layers=float_layers, steps_meta=metas, eval_description=data.description, extra=extra,
+        artifact_sha256=art_sha, float_artifact_sha256=float_sha, metric_eval_batch_size=eval_bs,
+        metric_before_b1=b1["before"], metric_after_b1=b1["after"], metric_b1_rows=b1["rows"],
     )
-    # Written last: its presence means the artifact above is complete.
-    atomic_write_json(result_path, {**result.to_dict(), "reused": False})
+    # Written last: the result object, then the key's index (replaced atomically) naming it.
+    _, result_sha = put_json_object(store / "results", {**result.to_dict(), "reused": False})
+    atomic_write_json(store / "index" / f"{key}.json", {"key": key, "result_sha256": result_sha})
     return result
 
 

@@ -357,8 +357,34 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# Every built-in recipe is judged: "succeeded" must mean "within budget". As accuracy-aware tuners do
+# (NNCF's quantize_with_accuracy_control, Intel Neural Compressor's tolerable loss), the default is a 1 %
+# relative drop of the model's metric; a recipe that writes its own budget keeps it. The default is a
+# guard only (max_float_layers 0): "dynamic-int8" stays all-int8 and is rejected when it costs too much;
+# the "-fallback" recipes are the ones that keep measured-sensitive layers float to fit.
+DEFAULT_BUDGET: dict[str, Any] = {"max_drop": 0.01, "relative": True, "max_float_layers": 0}
+
+
+def _with_default_budget(data: dict[str, Any]) -> dict[str, Any]:
+    return data if data.get("budget") is not None else {**data, "budget": dict(DEFAULT_BUDGET)}
+
+
+for _name in list(BUILTIN_RECIPES):
+    BUILTIN_RECIPES[_name] = _with_default_budget(BUILTIN_RECIPES[_name])
+
+
 def register_builtin_recipe(data: dict[str, Any]) -> None:
-    """Add a named recipe (validated now, so a bad built-in fails at import, not at 3 a.m.)."""
+    """Add a named recipe (validated now, so a bad built-in fails at import, not at 3 a.m.).
+
+    A recipe without a ``budget`` gets ``DEFAULT_BUDGET`` (1 % relative drop).
+
+    Example:
+        >>> register_builtin_recipe({"name": "doc-int8", "steps": [{"type": "quantize_dynamic"}]})
+        >>> resolve_recipe("doc-int8").budget.max_drop
+        0.01
+        >>> _ = BUILTIN_RECIPES.pop("doc-int8")
+    """
+    data = _with_default_budget(data)
     Recipe.from_dict(data)
     BUILTIN_RECIPES[data["name"]] = data
 

@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -36,7 +37,10 @@ Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 class TaskData:
     """Held-out evaluation data, calibration inputs and (optionally) training data.
 
-    ``eval_labels`` is None for models judged by fidelity to the float model.
+    ``eval_labels`` is None for models judged by fidelity to the float model. ``val_inputs`` (and
+    ``val_labels``) are rows held apart from eval for choices (how many layers the fallback keeps
+    float): nothing is chosen on the rows whose metric is reported. Without them, choices use the
+    calibration inputs and fidelity to the float model.
     """
 
     eval_inputs: Inputs
@@ -115,6 +119,44 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+# torch words it several ways across versions: "Unsupported global: GLOBAL os.system was not an allowed
+# global", "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][A-Za-z0-9_.]*)")
+_UNSAFE_CALL = re.compile(r"(Unsupported operand [0-9]+|Unsupported class [A-Za-z0-9_.]+)")
+
+
+def unsafe_weights_message(filename: str, error: BaseException) -> str:
+    """Why a weights file was refused, without torch's advice to load it with ``weights_only=False``.
+
+    torch's message suggests disabling the very check that protects the worker; modelpress never
+    passes that on. It names what the file tried to load (the global, parsed from torch's message)
+    and how to fix the file.
+
+    Example:
+        >>> unsafe_weights_message("w.pt", RuntimeError("Weights only load failed ... Unsupported global: "
+        ...                        "GLOBAL os.system was not an allowed global by default."))
+        'weights file w.pt was refused: it holds code, not only tensors (it tries to load os.system); re-save it as safetensors or as a plain state dict (torch.save(model.state_dict()))'
+    """
+    text = str(error)
+    m = _UNSAFE_GLOBAL.search(text)
+    if m is not None:
+        what = f"it tries to load {m.group(1).rstrip('.')}"
+    elif (c := _UNSAFE_CALL.search(text)) is not None:
+        what = f"a pickle instruction outside the tensor allow-list: {c.group(1).lower()}"
+    else:
+        what = None
+    if what is not None or "weights only load failed" in text.lower():
+        return (f"weights file {filename} was refused: it holds code, not only tensors "
+                f"({what or 'an object outside the tensor allow-list'}); re-save it as safetensors or as a plain "
+                "state dict (torch.save(model.state_dict()))")
+    # Other reader errors (truncated, not a torch file): their first line, minus any weights_only advice.
+    first_line = (text.splitlines() or [""])[0][:300]
+    if "weights_only" in first_line:
+        first_line = "the file is not a plain tensor file"
+    return (f"weights file {filename} could not be read safely ({type(error).__name__}: {first_line}); "
+            "save it with safetensors or torch.save(model.state_dict())")
+
+
 def read_state_dict(path: str | os.PathLike[str], *, max_bytes: int) -> dict[str, torch.Tensor]:
     """Read a state dict without unpickling code: safetensors, or ``torch.load(weights_only=True)``."""
     p = Path(path)
@@ -137,11 +179,7 @@ def read_state_dict(path: str | os.PathLike[str], *, max_bytes: int) -> dict[str
         # ...except Celery's soft time limit (billiard raises it inside whatever runs): it must reach the task.
         if is_task_control(e):
             raise
-        first_line = (str(e).splitlines() or [""])[0][:300]
-        raise ModelLoadError(
-            f"weights file {p.name} could not be read safely ({type(e).__name__}: {first_line}); "
-            "save it with safetensors or torch.save(model.state_dict())"
-        ) from None
+        raise ModelLoadError(unsafe_weights_message(p.name, e)) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -227,7 +265,8 @@ def _mlp_data() -> TaskData:
         eval_labels=None,
         calib_inputs=_randn((256, 512), 2),
         train_inputs=_randn((2048, 512), 3),
-        description="fixed N(0,1) inputs, seeds 1 (eval) / 2 (calibration)",
+        val_inputs=_randn((512, 512), 4),
+        description="fixed N(0,1) inputs, seeds 1 (eval) / 2 (calibration) / 4 (validation, for choices)",
     )
 
 
@@ -281,10 +320,19 @@ def _digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _digits_data() -> TaskData:
+    from sklearn.model_selection import train_test_split
+
     xtr, ytr, xte, yte = _digits_split()
+    # The 360 held-out rows are split again (stratified): 120 validation rows for choices, 240 for the
+    # reported metric. Training is unchanged (the built-in weights stay the same).
+    idx_val, idx_eval = train_test_split(torch.arange(len(yte)).numpy(), train_size=120, random_state=1,
+                                         stratify=yte.numpy())
+    iv, ie = torch.as_tensor(idx_val), torch.as_tensor(idx_eval)
     return TaskData(
-        eval_inputs=xte, eval_labels=yte, calib_inputs=xtr[:256], train_inputs=xtr, train_labels=ytr,
-        description="scikit-learn load_digits, stratified 80/20 split (random_state=0), 360 held out",
+        eval_inputs=xte[ie], eval_labels=yte[ie], calib_inputs=xtr[:256], train_inputs=xtr, train_labels=ytr,
+        val_inputs=xte[iv], val_labels=yte[iv],
+        description="scikit-learn load_digits, stratified 80/20 split (random_state=0); of the 360 held out, "
+                    "240 evaluate and 120 (stratified, random_state=1) validate choices",
     )
 
 

@@ -90,9 +90,16 @@ def _seq_splits() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor
 
 def _seq_data() -> TaskData:
     (xtr, ytr), (xte, yte), xcal = _seq_splits()
+    xval, yval = _seq_val()
     return TaskData(eval_inputs=xte, eval_labels=yte, calib_inputs=xcal, train_inputs=xtr, train_labels=ytr,
+                    val_inputs=xval, val_labels=yval,
                     description="key majority: 32 tokens, 4 keys; generated with seeds 1 (train, 4000), "
-                                "2 (held out, 1000), 3 (calibration, 256)")
+                                "2 (held out, 1000), 3 (calibration, 256), 4 (validation for choices, 500)")
+
+
+@functools.lru_cache(maxsize=1)
+def _seq_val() -> tuple[torch.Tensor, torch.Tensor]:
+    return key_majority_data(500, 4)
 
 
 def _seq_pretrained(cell: str) -> Any:
@@ -270,9 +277,14 @@ def top1_retrieval_agreement(outputs: torch.Tensor, reference: torch.Tensor) -> 
 
 def _minilm_data() -> TaskData:
     sentences, calib = bundled_sentences(), calibration_sentences()
-    return TaskData(eval_inputs=tokenize(sentences), eval_labels=None, calib_inputs=tokenize(calib),
-                    description=f"{len(sentences)} bundled sentences (20 topics), padded to {MINILM_SEQ_LEN} "
-                                f"tokens, batches of {MINILM_EVAL_BATCH}; cosine to the float embeddings")
+    # Every fifth bundled sentence (40, all topics) is held apart to validate choices; 160 evaluate.
+    val = sentences[4::5]
+    held_out = [s for i, s in enumerate(sentences) if i % 5 != 4]
+    return TaskData(eval_inputs=tokenize(held_out), eval_labels=None, calib_inputs=tokenize(calib),
+                    val_inputs=tokenize(val),
+                    description=f"{len(held_out)} bundled sentences (20 topics; every fifth of the 200, 40, held "
+                                f"apart to validate choices), padded to {MINILM_SEQ_LEN} tokens, batches of "
+                                f"{MINILM_EVAL_BATCH}; cosine to the float embeddings")
 
 
 def _minilm_input(b: int) -> tuple[torch.Tensor, torch.Tensor]:

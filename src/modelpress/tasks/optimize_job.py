@@ -114,6 +114,17 @@ def result_columns(result: dict[str, Any]) -> dict[str, Any]:
         "metric_after": result["metric_after"], "measurements": result, "artifact_uri": result["artifact_path"],
         "torch_version": result["torch_version"], "reused": bool(result.get("reused")),
         "error": result.get("reason"),
+        **figure_columns(result),
+    }
+
+
+def figure_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """The columns that say what a figure means: eval batch, batch-1 metric, load while timing."""
+    timing = (result.get("extra") or {}).get("timing") or {}
+    return {
+        "metric_eval_batch_size": result.get("metric_eval_batch_size"),
+        "metric_after_b1": result.get("metric_after_b1"), "metric_b1_rows": result.get("metric_b1_rows"),
+        "timing_load_avg": timing.get("load_avg_1m"), "timing_lock_wait_s": timing.get("lock_wait_s"),
     }
 
 
@@ -158,7 +169,7 @@ def run_job(task: Task, job_id: str) -> str:
         recipe_json, model_name, weights = job.recipe_json, job.model_name, job.model_weights_uri
         stored_ref = job.model_ref  # a model given by its files (issue 9): store refs, fetched below
         # A night's job exists to measure again (drift, regressions): never answer it from the cache.
-        reuse_cached = job.night is None
+        reuse_cached = job.night is None and not job.force  # --force means measured anew, too
         input_sha256 = job.model_sha256  # the producer's reuse key (intake.content_id, api.*_content_id)
 
     def finish(status: str, **values: Any) -> None:
@@ -200,6 +211,7 @@ def run_job(task: Task, job_id: str) -> str:
                 weights=local_weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
                 threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
                 log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
+                timing_lock_dir=settings.timing_lock_dir,
             ).to_dict()
         if hb.lost.is_set():
             return abandoned()
