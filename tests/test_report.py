@@ -166,7 +166,7 @@ def test_emulated_rows_are_flagged_in_every_format_and_never_compared_with_nativ
 def test_the_cli_jobs_table_marks_emulated_latency_and_names_the_cpu():
     from modelpress.cli import jobs_table
 
-    base = {"size_before_bytes": 10, "size_after_bytes": 5, "latency_batch_size": 64, "latency_before_median_ms": 4.0,
+    base = {"size_before_bytes": 10, "size_after_bytes": 4, "latency_batch_size": 64, "latency_before_median_ms": 4.0,
             "latency_after_median_ms": 2.0, "metric_name": "accuracy", "metric_before": 0.9, "metric_after": 0.9,
             "engine_used": "qnnpack", "worker_host": "h", "model_name": "mlp", "recipe_name": "r",
             "backend": "qnnpack", "status": "succeeded", "error": None}
