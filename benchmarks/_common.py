@@ -99,6 +99,8 @@ def machine_info() -> dict[str, Any]:
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(dirty) if dirty is not None else None,
         "load_average": list(os.getloadavg()),
+        # Set by tools/arm-worker (aarch64 under qemu-user): such times are not speeds (docs/operations.md).
+        "emulated": os.environ.get("MODELPRESS_EMULATED") or None,
     }
 
 
@@ -205,7 +207,8 @@ def machine_markdown(m: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in m["load_average"])
     return md_table(["what", "value"], [
         ["date (UTC)", m["date_utc"]],
-        ["CPU", f"{m['cpu_model']} ({m['arch']}{', virtual machine' if m.get('hypervisor') else ''})"],
+        ["CPU", f"{m['cpu_model']} ({m['arch']}{', virtual machine' if m.get('hypervisor') else ''})"
+                + (f" — EMULATED ({m['emulated']}): times show the path runs, not its speed" if m.get("emulated") else "")],
         ["cores (logical / usable)", f"{m['logical_cpus']} / {m['usable_cpus']}"],
         ["int8-relevant CPU features", ", ".join(m["cpu_int8_features"]) or "none"],
         ["memory", fmt(m["mem_total_bytes"] and m["mem_total_bytes"] / 2**30, ".1f") + " GiB"],

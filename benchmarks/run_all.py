@@ -85,6 +85,14 @@ def render_docs(out: Path, names: Sequence[str], statuses: list[dict[str, Any]])
     if others:
         docs += ["Some results came from another machine or commit: " +
                  ", ".join(f"{n}: {m['cpu_model']} @ {(m['git_commit'] or '?')[:12]}" for n, m in others.items()), ""]
+    emulated = [n for n, d in loaded.items() if d["machine"].get("emulated")]
+    if emulated:
+        docs += [f"**EMULATED CPU** for {', '.join(emulated)}: its times show that the path runs, not its speed; "
+                 "never compare them with native numbers.", ""]
+    docs += ["All `qnnpack` numbers on this page come from an x86 CPU, where qnnpack's fast kernels do not run. "
+             "The aarch64 path is exercised only under user-mode QEMU (`tools/arm-worker`, `tests/arm/`; "
+             "docs/operations.md): there, latency is recorded but flagged `emulated` in the job row and in every "
+             "report, and it never appears on this page beside native numbers.", ""]
     warns = [(n, d["load_warning_at_start"]) for n, d in loaded.items() if d.get("load_warning_at_start")]
     if warns:
         docs += ["**Measured on a busy machine** — treat absolute times as noisy:", ""]

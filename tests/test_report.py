@@ -151,3 +151,39 @@ def test_the_html_table_shows_the_eval_batch_the_batch_1_metric_and_the_load_whi
     assert "<th>eval batch</th>" in page and "<th>after at batch 1 (rows)</th>" in page
     assert "0.9844 (512)" in page and "1.25" in page
     assert re.search(r'<tr class="rejected">.*?more than the budget allows', page, re.S)
+
+
+def test_emulated_rows_are_flagged_in_every_format_and_never_compared_with_native_ones():
+    native = _job("n", backend="qnnpack", size_after=650_000, b64_after=2.0, worker_arch="x86_64", emulated=None)
+    # Smaller and "faster" than the native row: it must still not win, be plotted, or get a speed ratio.
+    emu = _job("m", backend="qnnpack", size_after=640_000, b64_after=900.0, worker_arch="aarch64", emulated="qemu-user")
+    rows = rows_from_jobs([native, emu])
+    assert [r.speedup(64) is None for r in rows] == [False, True]
+    assert best_per_model(rows)[("mlp", "qnnpack")].job_id == "n" * 8
+    table = render_table(rows)
+    line = next(ln for ln in table.splitlines() if ln.startswith("mmmmmmmm"))
+    assert "qnnpack (aarch64, emulated)" in line and "900.000*" in line and "emulated" in line.split("900.000*")[1]
+    assert "never compare it with native rows" in table
+    html = render_html(rows, title="t")
+    assert "b-emulated" in html and "Not plotted: 1 emulated job(s)" in html
+    assert html.count("900.000") == 1  # in the results table only: not on the shared latency scale
+    recs = {r["job_id"]: r for r in csv.DictReader(io.StringIO(render_csv(rows)))}
+    assert recs["m" * 8]["emulated"] == "qemu-user" and recs["m" * 8]["b64_speedup"] == ""
+    assert recs["n" * 8]["emulated"] == "" and recs["n" * 8]["worker_arch"] == "x86_64"
+    assert {d["job_id"]: d["emulated"] for d in json.loads(render_json(rows))} == {"n" * 8: None, "m" * 8: "qemu-user"}
+
+
+def test_the_cli_jobs_table_marks_emulated_latency_and_names_the_cpu():
+    from modelpress.cli import jobs_table
+
+    base = {"size_before_bytes": 10, "size_after_bytes": 4, "latency_batch_size": 64, "latency_before_median_ms": 4.0,
+            "latency_after_median_ms": 2.0, "metric_name": "accuracy", "metric_before": 0.9, "metric_after": 0.9,
+            "engine_used": "qnnpack", "worker_host": "h", "model_name": "mlp", "recipe_name": "r",
+            "backend": "qnnpack", "status": "succeeded", "error": None}
+    native = jobs_table([{**base, "id": "a" * 32, "worker_arch": "x86_64", "emulated": None}])
+    assert "2.00x" in native and "*" not in native
+    mixed = jobs_table([{**base, "id": "a" * 32, "worker_arch": "x86_64", "emulated": None},
+                        {**base, "id": "b" * 32, "worker_arch": "aarch64", "emulated": "qemu-user"}])
+    emu_line = next(ln for ln in mixed.splitlines() if ln.startswith("bbbbbbbb"))
+    assert "2.000*" in emu_line and "2.00x" not in emu_line and "aarch64 (emulated: qemu-user)" in emu_line
+    assert "never compare it with native rows" in mixed

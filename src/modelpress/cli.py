@@ -44,25 +44,41 @@ def jobs_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of job rows (sizes in bytes, latency at the recorded batch size)."""
     head = ["job", "model", "recipe", "backend", "status", "bytes before", "bytes after", "smaller",
             "batch", "ms before", "ms after", "faster", "metric", "before", "after", "engine", "host"]
+    any_arch = any(r.get("emulated") for r in rows)
+    if any_arch:
+        head.append("cpu")
     body = []
     for r in rows:
+        # An emulated worker's latencies (tools/arm-worker) are marked "*" and get no speed ratio: they
+        # show the path runs, not how fast, and must never be read against native rows.
+        emu = "*" if r.get("emulated") else ""
         body.append([
             r["id"][:8], r["model_name"], r["recipe_name"], r["backend"], r["status"] + (" (reused)" if r.get("reused") else ""),
             _fmt_bytes(r["size_before_bytes"]), _fmt_bytes(r["size_after_bytes"]),
             _ratio(r["size_before_bytes"], r["size_after_bytes"]),
-            str(r["latency_batch_size"] or "-"), _num(r["latency_before_median_ms"]), _num(r["latency_after_median_ms"]),
-            _ratio(r["latency_before_median_ms"], r["latency_after_median_ms"]),
+            str(r["latency_batch_size"] or "-"), _num(r["latency_before_median_ms"]) + emu,
+            _num(r["latency_after_median_ms"]) + emu,
+            "emulated" if emu else _ratio(r["latency_before_median_ms"], r["latency_after_median_ms"]),
             r["metric_name"] or "-", _num(r["metric_before"], ".4f"), _num(r["metric_after"], ".4f"),
             r["engine_used"] or "-", r["worker_host"] or "-",
-        ])
+        ] + ([_arch(r)] if any_arch else []))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
     errors = [f"  {r['id'][:8]}: {r['error']}" for r in rows if r.get("error")]
+    if any_arch:
+        from modelpress.report import EMULATED_NOTE
+
+        errors.append(f"  * {EMULATED_NOTE}")
     if errors:
         lines += ["", "notes:"] + errors
     return "\n".join(lines)
+
+
+def _arch(r: dict[str, Any]) -> str:
+    arch = r.get("worker_arch") or "-"
+    return f"{arch} (emulated: {r['emulated']})" if r.get("emulated") else arch
 
 
 def _producer(settings: Settings):  # type: ignore[no-untyped-def]

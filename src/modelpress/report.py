@@ -73,6 +73,10 @@ class ResultRow:
     metric_after_b1: float | None = None
     metric_b1_rows: int | None = None
     timing_load_avg: float | None = None
+    worker_arch: str | None = None
+    # How the worker's CPU was emulated ("qemu-user"), None when native: such latencies are labelled,
+    # left out of latency plots and of "best" choices, and get no speed ratio (see EMULATED_NOTE).
+    emulated: str | None = None
 
     @staticmethod
     def _ratio(before: float | None, after: float | None) -> float | None:
@@ -84,7 +88,9 @@ class ResultRow:
         return self._ratio(self.size_before_bytes, self.size_after_bytes)
 
     def speedup(self, batch_size: int) -> float | None:
-        """How many times faster at ``batch_size`` (before / after median)."""
+        """How many times faster at ``batch_size`` (before / after median); None when emulated."""
+        if self.emulated:
+            return None
         return self._ratio(self.latency_before_ms.get(batch_size), self.latency_after_ms.get(batch_size))
 
     @property
@@ -172,6 +178,7 @@ def rows_from_jobs(jobs: Iterable[dict[str, Any]]) -> list[ResultRow]:
             error=j.get("error"), regression=_json(j.get("regression")), artifact_uri=j.get("artifact_uri"),
             metric_eval_batch_size=j.get("metric_eval_batch_size"), metric_after_b1=j.get("metric_after_b1"),
             metric_b1_rows=j.get("metric_b1_rows"), timing_load_avg=j.get("timing_load_avg"),
+            worker_arch=j.get("worker_arch"), emulated=j.get("emulated"),
         ))
     return out
 
@@ -214,7 +221,8 @@ def best_per_model(rows: Sequence[ResultRow]) -> dict[tuple[str, str], ResultRow
                 -(r.metric_after if r.metric_after is not None else float("-inf")))
 
     for r in rows:
-        if r.status != "succeeded" or r.size_after_bytes is None:
+        # An emulated row's latency cannot break a tie against a native one: it never competes.
+        if r.status != "succeeded" or r.size_after_bytes is None or r.emulated:
             continue
         key = (r.model_label, r.backend)
         if key not in best or rank(r) < rank(best[key]):
@@ -261,6 +269,19 @@ def _status(r: ResultRow) -> str:
     return r.status + (" (reused)" if r.reused else "")
 
 
+EMULATED_NOTE = ("emulated CPU (e.g. aarch64 under qemu-user, tools/arm-worker): latency is recorded but shows only "
+                 "that the path runs, not its speed; never compare it with native rows")
+
+
+def _lat(r: ResultRow, v: float | None) -> str:
+    # "*" marks an emulated latency in every text format; the notes say what it means.
+    return _ms(v) + ("*" if r.emulated and v is not None else "")
+
+
+def _backend(r: ResultRow) -> str:
+    return f"{r.backend} ({r.worker_arch or '?'}, emulated)" if r.emulated else r.backend
+
+
 def _all_batches(rows: Sequence[ResultRow]) -> list[int]:
     return sorted({b for r in rows for b in r.batch_sizes})
 
@@ -276,7 +297,7 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
     head = ["job_id", "model", "model_label", "recipe", "backend", "status", "reused", "reused_from",
             "size_before_bytes", "size_after_bytes", "size_ratio", "metric_name", "metric_before", "metric_after"]
     head += [h for b in batches for h in (f"b{b}_ms_before", f"b{b}_ms_after", f"b{b}_speedup")]
-    head += ["stayed_float", "budget_max_drop", "regression", "error", "artifact_uri"]
+    head += ["stayed_float", "budget_max_drop", "regression", "error", "artifact_uri", "worker_arch", "emulated"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -286,7 +307,8 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
                            r.metric_after]
         for b in batches:
             line += [r.latency_before_ms.get(b), r.latency_after_ms.get(b), r.speedup(b)]
-        line += [r.stayed_float(), (r.budget or {}).get("max_drop"), r.regression_summary(), r.error, r.artifact_uri]
+        line += [r.stayed_float(), (r.budget or {}).get("max_drop"), r.regression_summary(), r.error, r.artifact_uri,
+                 r.worker_arch, r.emulated]
         w.writerow(["" if v is None else v for v in line])
     return buf.getvalue()
 
@@ -299,10 +321,11 @@ def render_table(rows: Sequence[ResultRow]) -> str:
     head += ["metric", "before", "after", "stayed float"]
     body = []
     for r in rows:
-        line = [(r.job_id or "-")[:8], r.model_label, r.recipe, r.backend, _status(r), _bytes(r.size_before_bytes),
+        line = [(r.job_id or "-")[:8], r.model_label, r.recipe, _backend(r), _status(r), _bytes(r.size_before_bytes),
                 _bytes(r.size_after_bytes), _x(r.size_ratio)]
         for b in batches:
-            line += [_ms(r.latency_before_ms.get(b)), _ms(r.latency_after_ms.get(b)), _x(r.speedup(b))]
+            line += [_lat(r, r.latency_before_ms.get(b)), _lat(r, r.latency_after_ms.get(b)),
+                     "emulated" if r.emulated else _x(r.speedup(b))]
         line += [r.metric_name or "-", _metric(r.metric_before), _metric(r.metric_after), r.stayed_float()]
         body.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
@@ -310,6 +333,8 @@ def render_table(rows: Sequence[ResultRow]) -> str:
     out += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in body]
     notes = [f"  {(r.job_id or r.recipe)[:8]}: {r.error}" for r in rows if r.error]
     notes += [f"  {(r.job_id or r.recipe)[:8]}: REGRESSION {r.regression_summary()}" for r in rows if r.regression]
+    if any(r.emulated for r in rows):
+        notes.append(f"  * {EMULATED_NOTE}")
     if notes:
         out += ["", "notes:"] + notes
     return "\n".join(out) + "\n"
@@ -451,7 +476,7 @@ th{background:#f3f3f6;font-weight:600}td.num{text-align:right;white-space:nowrap
 tr.failed td{background:#fdecea}tr.rejected td{background:#fff7e0}tr.regressed td.reg{background:#fde0dc}
 .badge{display:inline-block;border-radius:9px;padding:0 7px;font-size:12px;margin-right:4px}
 .b-succeeded{background:#dff3e4}.b-rejected{background:#ffefc2}.b-failed{background:#f9d3cf}
-.b-queued,.b-running{background:#e4e9f7}.b-reused{background:#ececec}.b-regression{background:#f7c1ba}
+.b-queued,.b-running{background:#e4e9f7}.b-emulated{background:#e9dcf7}.b-reused{background:#ececec}.b-regression{background:#f7c1ba}
 .plots{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 svg.plot text{font:11px system-ui,sans-serif;fill:#333}svg.plot .axis{font-weight:600}
 svg.plot .frame{fill:none;stroke:#bbb}svg.plot .grid{stroke:#eee}svg.plot .float{fill:#222}
@@ -470,6 +495,9 @@ def _badges(r: ResultRow) -> str:
         out += f'<span class="badge b-reused" title="result of job {escape(r.reused_from or "")}">reused</span>'
     if r.regression:
         out += '<span class="badge b-regression">regression</span>'
+    if r.emulated:
+        out += (f'<span class="badge b-emulated" title="{escape(EMULATED_NOTE)}">emulated '
+                f'{escape(r.worker_arch or "")} ({escape(r.emulated)})</span>')
     return out
 
 
@@ -533,9 +561,12 @@ def render_html(rows: Sequence[ResultRow], *, title: str, subtitle: str = "") ->
         mrows = [r for r in rows if r.model_label == label]
         h.append(f"<h3>{escape(label)}</h3><div class=\"plots\">")
         h.append(size_metric_svg(mrows))
-        for b in sorted({b for r in mrows for b in r.batch_sizes}):
-            h.append(latency_svg(mrows, b))
+        native = [r for r in mrows if not r.emulated]  # emulated latencies never share a scale with native ones
+        for b in sorted({b for r in native for b in r.batch_sizes}):
+            h.append(latency_svg(native, b))
         h.append("</div>")
+        if len(native) < len(mrows):
+            h.append(f'<p class="muted">Not plotted: {len(mrows) - len(native)} emulated job(s) — {escape(EMULATED_NOTE)}.</p>')
 
     # -- all results
     h.append("<h2>All results</h2>")
@@ -547,12 +578,12 @@ def render_html(rows: Sequence[ResultRow], *, title: str, subtitle: str = "") ->
     for r in rows:
         cls = r.status if r.status in ("failed", "rejected") else ""
         cls += " regressed" if r.regression else ""
-        cells = [_cell((r.job_id or "-")[:8]), _cell(r.model_label), _cell(r.recipe), _cell(r.backend),
+        cells = [_cell((r.job_id or "-")[:8]), _cell(r.model_label), _cell(r.recipe), _cell(_backend(r)),
                  f"<td>{_badges(r)}</td>", _cell(_bytes(r.size_before_bytes), "num"),
                  _cell(_bytes(r.size_after_bytes), "num"), _cell(_x(r.size_ratio), "num")]
         for b in batches:
-            cells += [_cell(_ms(r.latency_before_ms.get(b)), "num"), _cell(_ms(r.latency_after_ms.get(b)), "num"),
-                      _cell(_x(r.speedup(b)), "num")]
+            cells += [_cell(_lat(r, r.latency_before_ms.get(b)), "num"), _cell(_lat(r, r.latency_after_ms.get(b)), "num"),
+                      _cell("emulated" if r.emulated else _x(r.speedup(b)), "num")]
         cells += [_cell(r.metric_name or "-"), _cell(_metric(r.metric_before), "num"),
                   _cell(_metric(r.metric_after), "num"), _cell(_delta(r.metric_delta), "num"),
                   _cell(str(r.metric_eval_batch_size or "-"), "num"),
@@ -568,7 +599,8 @@ def render_html(rows: Sequence[ResultRow], *, title: str, subtitle: str = "") ->
              "way). Latency is the median of timed runs after warm-up on the worker of the target backend"
              f"{f', {threads[0]} thread(s)' if len(threads) == 1 else ''}; ratios are before/after, so 2.00x means "
              "half the bytes or twice as fast. The metric is computed on the same held-out inputs before and after."
-             "</p></body></html>")
+             + (f" * {escape(EMULATED_NOTE)}." if any(r.emulated for r in rows) else "")
+             + "</p></body></html>")
     return "\n".join(h)
 
 

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     worker_soft_shutdown_timeout: float = Field(
         default=60.0, ge=0, description="On a cold shutdown (SIGQUIT), running jobs get this long to finish "
                                         "before they are cancelled and their messages returned to the queue.")
+    emulated: str | None = Field(
+        default=None, description="Set (e.g. `qemu-user`, by tools/arm-worker) when this worker's CPU is emulated: "
+                                  "its rows are flagged and its latencies never compared with native ones.")
     worker_max_memory_per_child: int | None = Field(
         default=3 * 1024 * 1024, gt=0,
         description="KiB (Celery's unit): a child above this resident size is replaced after its current job.")

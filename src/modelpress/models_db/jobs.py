@@ -166,7 +166,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "size_before_bytes", "size_after_bytes", "latency_batch_size", "latency_threads",
     "latency_before_median_ms", "latency_before_p90_ms", "latency_after_median_ms", "latency_after_p90_ms",
     "metric_name", "metric_before", "metric_after", "measurements", "artifact_uri",
-    "worker_host", "worker_arch", "engine_used", "torch_version", "modelpress_version", "error",
+    "worker_host", "worker_arch", "emulated", "engine_used", "torch_version", "modelpress_version", "error",
     "metric_eval_batch_size", "metric_after_b1", "metric_b1_rows", "timing_load_avg", "timing_lock_wait_s",
 )
 REUSABLE_STATUSES: tuple[str, ...] = (JobStatus.succeeded.value, JobStatus.rejected.value)

@@ -147,6 +147,9 @@ class Job(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255))
     worker_arch: Mapped[str | None] = mapped_column(String(32))
     engine_used: Mapped[str | None] = mapped_column(String(16))
+    # How the worker's CPU was emulated (e.g. "qemu-user"), NULL when native: such a row's latencies
+    # prove the path runs, they are not speeds (reports label them and never compare them with native).
+    emulated: Mapped[str | None] = mapped_column(String(32))
     torch_version: Mapped[str | None] = mapped_column(String(64))
     modelpress_version: Mapped[str | None] = mapped_column(String(32))
 

@@ -195,7 +195,7 @@ def run_job(task: Task, job_id: str) -> str:
 
     engine = IDENTITY.backend or job.backend
     common = {"engine_used": torch.backends.quantized.engine, "torch_version": torch.__version__,
-              "modelpress_version": __version__}
+              "modelpress_version": __version__, "emulated": settings.emulated}
     hb = _Heartbeat(sessions, job_id, token, settings.heartbeat_interval)
     try:
         with hb:
