@@ -254,6 +254,22 @@ class Recipe(BaseModel):
     # MODELPRESS_JOB_HARD_LIMIT_GRACE. An execution setting, not part of what the recipe computes: it is
     # carried on the job row (time_limit_s), not in to_json()/sha256, so retiming a recipe keeps its results.
     time_limit_s: int | None = Field(default=None, gt=0, description="This recipe's own soft time limit per job (s).")
+    # Where the artifact runs (issue 11): a registered runtime (optimize.runtimes.registry) or "auto" (build each,
+    # keep the budget-keeping one that is best at ``objective``). Part of what the recipe computes, so it is in
+    # to_json()/sha256 -- but only when not the default, so every torch recipe keeps the hash it always had.
+    runtime: str = Field(default="torch", description="torch | onnxruntime | openvino | auto")
+    objective: Literal["latency_b1", "latency_bN", "size"] = Field(
+        default="latency_bN", description="What `auto` minimises among budget-keeping candidates "
+                                          "(latency_bN = the largest measured batch).")
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        from modelpress.optimize.runtimes.registry import AUTO, runtime_names
+
+        if v != AUTO and v not in runtime_names():
+            raise ValueError(f"unknown runtime {v!r}; known: {', '.join(runtime_names() + [AUTO])}")
+        return v
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -269,6 +285,8 @@ class Recipe(BaseModel):
             "version": self.version,
             "steps": [s.to_dict() for s in self.steps],
             "budget": self.budget.model_dump(mode="json") if self.budget else None,
+            **({"runtime": self.runtime} if self.runtime != "torch" else {}),
+            **({"objective": self.objective} if self.objective != "latency_bN" else {}),
         }
 
     def to_json(self) -> str:

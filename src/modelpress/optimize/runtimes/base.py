@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
-import torch
+from modelpress.optimize.errors import UserInputError
+
+if TYPE_CHECKING:  # the package imports no torch: a producer or a worker's start-up check can list runtimes
+    import torch
 
 
-class RuntimeUnavailableError(RuntimeError):
+class RuntimeUnavailableError(UserInputError, RuntimeError):
     """The runtime's package is missing (or unusable) on this host; the message says which and how to fix it.
 
     Not a user-input error and not worth a retry: another attempt on the same worker fails the same way.

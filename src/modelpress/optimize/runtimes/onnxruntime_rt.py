@@ -1,0 +1,217 @@
+"""ONNX Runtime: torch.onnx export → ``quant_pre_process`` → ``quantize_static`` (QDQ) / ``quantize_dynamic``.
+
+Configured as ONNX Runtime's quantization docs recommend for x86 CPUs: pre-process first (symbolic shape
+inference + graph optimisation, which also fuses MatMul+Add into Gemm-able patterns), then per-channel int8
+weights; static QDQ with uint8 activations and MinMax calibration over the calibration batches (U8S8 is the
+format the VNNI kernels take), dynamic int8 for Linear-heavy models. Layers kept float go to
+``nodes_to_exclude``.
+
+Layer names: ``layers`` lists the quantizable nodes (MatMul/Gemm/Conv/Gather) by the *torch module* they came
+from (the dynamo exporter records it in each node's ``pkg.torch.onnx.name_scopes`` metadata), so the same
+``keep_float`` names work in every runtime; a node with no module falls back to its ONNX node name.
+
+The artifact is one ``.onnx`` file (weights inside; < 2 GB), served with onnxruntime alone:
+
+    import onnxruntime as ort
+    sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input_0": x})[0]
+
+Example:
+    >>> OnnxRuntime().name
+    'onnxruntime'
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from modelpress.optimize.errors import UserInputError
+from modelpress.optimize.runtimes.base import Exported, RuntimeUnavailableError
+
+QUANT_OPS = ("MatMul", "Gemm", "Conv")
+
+
+class OnnxRuntime:
+    """ONNX Runtime CPU execution provider, quantized with ``onnxruntime.quantization``."""
+
+    name = "onnxruntime"
+    suffix = ".onnx"
+
+    def is_available(self) -> str | None:
+        missing = []
+        for pkg in ("onnx", "onnxscript", "onnxruntime"):
+            try:
+                __import__(pkg)
+            except ImportError:
+                missing.append(pkg)
+        if missing:
+            return f"{', '.join(missing)} not installed (pip install 'modelpress[onnx]')"
+        return None
+
+    def _require(self) -> None:
+        reason = self.is_available()
+        if reason:
+            raise RuntimeUnavailableError(f"runtime 'onnxruntime' is not usable here: {reason}")
+
+    def versions(self) -> dict[str, str]:
+        self._require()
+        import onnx
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__}
+
+    # ------------------------------------------------------------------ build
+    def export(self, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
+               input_names: Sequence[str], workdir: Path) -> Exported:
+        self._require()
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        from modelpress.optimize.onnx_export import export_onnx
+
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        raw = workdir / "float.onnx"
+        export_onnx(model, example_inputs, raw, input_names=list(input_names))
+        # The float model served and the one quantized are the pre-processed graph (same function, fused ops),
+        # so "float in onnxruntime" and the int8 artifact differ only by quantization.
+        pre = workdir / "float-pre.onnx"
+        quant_pre_process(str(raw), str(pre))
+        return Exported(runtime=self.name, handle=str(pre), input_names=list(input_names),
+                        meta={"preprocessed": True})
+
+    def _node_names(self, path: str) -> dict[str, list[str]]:
+        """Layer name → ONNX node names (a torch module may give several nodes, e.g. MatMul + Add)."""
+        import onnx
+
+        model = onnx.load(path, load_external_data=False)
+        out: dict[str, list[str]] = {}
+        for node in model.graph.node:
+            if node.op_type not in QUANT_OPS and node.op_type != "Gather":
+                continue
+            if node.op_type == "Gather" and not _gathers_initializer(node, model):
+                continue
+            out.setdefault(_module_of(node) or node.name, []).append(node.name)
+        return out
+
+    def layers(self, exported: Exported) -> list[str]:
+        return sorted(self._node_names(exported.handle))
+
+    def quantize(self, exported: Exported, qcfg: Any, calib: Sequence[tuple[torch.Tensor, ...]],
+                 keep_float: Sequence[str], workdir: Path) -> Exported:
+        self._require()
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+        names = self._node_names(exported.handle)
+        unknown = [k for k in keep_float if not any(n == k or n.startswith(k + ".") for n in names)]
+        if unknown:
+            raise UserInputError(f"keep_float names no quantizable layer of the ONNX model: {', '.join(unknown)}; "
+                                 f"layers: {', '.join(sorted(names))[:400]}")
+        exclude = sorted({node for n, nodes in names.items() for node in nodes
+                          if any(n == k or n.startswith(k + ".") for k in keep_float)})
+        kind = getattr(qcfg, "type", None)
+        per_channel = bool(getattr(qcfg, "per_channel", True))
+        out = Path(workdir) / f"q-{kind}-{len(exclude)}-{os.getpid()}.onnx"
+        if kind == "quantize_dynamic":
+            ops = ["MatMul", "Gemm"] + (["Gather"] if getattr(qcfg, "quantize_embeddings", False) else [])
+            quantize_dynamic(exported.handle, str(out), op_types_to_quantize=ops, per_channel=per_channel,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+            meta = {"method": "quantize_dynamic", "op_types": ops}
+        elif kind == "quantize_static":
+            if not calib:
+                raise UserInputError("quantize_static in onnxruntime needs calibration inputs; the model has none")
+            n = getattr(qcfg, "calibration_batches", len(calib))
+            quantize_static(exported.handle, str(out), _Reader(exported.input_names, calib[:n]),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude)
+            meta = {"method": "quantize_static", "format": "QDQ", "activation": "uint8",
+                    "calibration_batches": min(n, len(calib))}
+        else:
+            raise UserInputError(f"runtime 'onnxruntime' cannot run a {kind!r} step (it quantizes with "
+                                 f"quantize_dynamic or quantize_static); use runtime 'torch' for it")
+        meta.update({"per_channel": per_channel, "weight": "int8", "nodes_excluded": exclude,
+                     "float_layers": list(keep_float)})
+        return Exported(runtime=self.name, handle=str(out), input_names=exported.input_names, quantized=True,
+                        meta=meta)
+
+    # ------------------------------------------------------------------ deploy
+    def save(self, exported: Exported, path: Path) -> int:
+        from modelpress.optimize.artifacts import atomic_write_bytes
+
+        src = Path(exported.handle)
+        # Record the runtime versions in the file itself (ONNX metadata_props), so the artifact carries them.
+        import onnx
+
+        model = onnx.load(str(src))
+        for k, v in {"modelpress.runtime": self.name, **{f"modelpress.{k}": v for k, v in self.versions().items()}}.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+        data = model.SerializeToString()
+        path = Path(path)
+        atomic_write_bytes(path, lambda f: f.write(data))
+        return path.stat().st_size
+
+    def load(self, path: Path, threads: int) -> Callable[..., torch.Tensor]:
+        self._require()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return OnnxCallable(sess)
+
+
+class OnnxCallable:
+    """``f(*tensors) -> tensor`` over an onnxruntime session (the first output, as a torch tensor)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if len(args) != len(self.input_names):
+            raise TypeError(f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(args)}")
+        feeds = {n: a.detach().cpu().numpy() for n, a in zip(self.input_names, args)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+
+class _Reader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over calibration batches (fresh per pass)."""
+
+    def __init__(self, names: Sequence[str], batches: Sequence[tuple[torch.Tensor, ...]]) -> None:
+        self._items = [{n: t.numpy() for n, t in zip(names, b)} for b in batches]
+        self._it = iter(self._items)
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _module_of(node: Any) -> str | None:
+    # The dynamo exporter stores the torch module path of each node as a list of name scopes.
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return None
+            parts = [s for s in scopes if s]
+            return parts[-1] if parts else None
+    return None
+
+
+def _gathers_initializer(node: Any, model: Any) -> bool:
+    inits = {i.name for i in model.graph.initializer}
+    return bool(node.input) and node.input[0] in inits
