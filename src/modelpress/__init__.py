@@ -16,13 +16,24 @@ __all__ = ["load", "__version__"]
 __version__ = "0.1.0"
 
 
-def load(path: str, **kwargs: Any) -> Any:
-    """Reload an artifact written by a worker as a ready-to-run ``nn.Module`` (eval mode).
+def load(path: str, *, threads: int = 1, **kwargs: Any) -> Any:
+    """Reload an artifact written by a worker as a callable with the model's forward signature.
+
+    A ``.mpz`` (torch runtime) gives an ``nn.Module`` in eval mode (``kwargs`` go to ``load_artifact``); an
+    ONNX Runtime or OpenVINO artifact gives a callable over that runtime's session, ``threads`` pinned.
 
     Example:
         >>> import modelpress  # doctest: +SKIP
         >>> model = modelpress.load("artifacts/ab12....mpz")  # doctest: +SKIP
+        >>> encode = modelpress.load("artifacts/cd34....onnx", threads=1)  # doctest: +SKIP
     """
-    from modelpress.optimize.artifacts import load_artifact
+    from modelpress.optimize.runtimes.registry import runtime_for_path
 
-    return load_artifact(path, **kwargs).model
+    rt = runtime_for_path(path)
+    if rt is None or rt.name == "torch":
+        from modelpress.optimize.artifacts import load_artifact
+
+        return load_artifact(path, **kwargs).model
+    from pathlib import Path
+
+    return rt.load(Path(path), threads)

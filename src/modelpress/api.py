@@ -211,14 +211,22 @@ class Producer:
     def close(self) -> None:
         self._engine.dispose()
 
-    def validate(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None) -> JobRequest:
-        """Check one job request; raises ``UserInputError`` subclasses with the reason."""
+    def validate(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
+                 runtime: str | None = None) -> JobRequest:
+        """Check one job request; raises ``UserInputError`` subclasses with the reason.
+
+        ``runtime`` (torch | onnxruntime | openvino | auto) overrides the recipe's own runtime.
+        """
         try:
             route_for(backend)
         except ValueError as e:
             raise SubmitError(str(e)) from None
         check_model_name(model, self.settings.factory_allowlist)
         rec = recipe if isinstance(recipe, Recipe) else resolve_recipe(recipe)
+        if runtime is not None:
+            from modelpress.optimize.recipes import with_runtime
+
+            rec = with_runtime(rec, runtime)
         if rec.time_limit_s is not None and rec.time_limit_s > self.settings.task_soft_time_limit:
             # The Redis visibility timeout is sized for the deployment's limit: a longer job would be
             # delivered again while still running.
@@ -314,7 +322,7 @@ class Producer:
         return self.submit_batch(requests, name=batch_name, reuse=reuse).job_ids
 
     def submit(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
-               reuse: bool = False) -> str:
+               reuse: bool = False, runtime: str | None = None) -> str:
         """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id."""
-        req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights)
+        req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights, runtime=runtime)
         return self.submit_batch([req], reuse=reuse).job_ids[0]

@@ -151,6 +151,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "latency_before_median_ms", "latency_before_p90_ms", "latency_after_median_ms", "latency_after_p90_ms",
     "metric_name", "metric_before", "metric_after", "measurements", "artifact_uri",
     "worker_host", "worker_arch", "engine_used", "torch_version", "modelpress_version", "error",
+    "runtime", "runtime_versions",
 )
 REUSABLE_STATUSES: tuple[str, ...] = (JobStatus.succeeded.value, JobStatus.rejected.value)
 

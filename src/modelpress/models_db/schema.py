@@ -132,6 +132,9 @@ class Job(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255))
     worker_arch: Mapped[str | None] = mapped_column(String(32))
     engine_used: Mapped[str | None] = mapped_column(String(16))
+    # The runtime the artifact runs in (for runtime "auto": the winner) and its package versions (issue 11).
+    runtime: Mapped[str | None] = mapped_column(String(32))
+    runtime_versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     torch_version: Mapped[str | None] = mapped_column(String(64))
     modelpress_version: Mapped[str | None] = mapped_column(String(32))
 

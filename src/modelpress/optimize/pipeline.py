@@ -88,6 +88,9 @@ class OptimizeResult:
     eval_description: str
     reused: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the artifact runs (issue 11): the runtime that built it (auto: the winner) and its package versions.
+    runtime: str = "torch"
+    runtime_versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,6 +249,12 @@ def optimize_model(*, model_name: str, recipe: Recipe, engine: str, store: str |
             "packed kernels); use onnx_export='float' and quantize the ONNX file with onnxruntime")
     torch.set_num_threads(threads)
     float_model, content = materialize(spec, weights=weights, max_bytes=max_weights_bytes, cache_dir=store / "builtin")
+    if recipe.runtime != "torch":  # ONNX Runtime, OpenVINO or auto: its own module (issue 11)
+        from modelpress.optimize.runtime_pipeline import optimize_in_runtime
+
+        return optimize_in_runtime(model_name=model_name, spec=spec, recipe=recipe, engine=engine, store=store,
+                                   float_model=float_model, content=content, allowlist=allowlist, threads=threads,
+                                   warmup=warmup, runs=runs, log=log, verify_reload=verify_reload, reuse=reuse)
     tv = torch.__version__
     key = artifact_key(content, recipe.sha256, engine, tv)
     result_path = store / "results" / f"{key}.json"

@@ -375,6 +375,22 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def with_runtime(recipe: Recipe, runtime: str | None) -> Recipe:
+    """``recipe`` set to run in ``runtime`` (validated; None keeps the recipe's own), e.g. from ``--runtime``.
+
+    Example:
+        >>> with_runtime(resolve_recipe("dynamic-int8"), "auto").runtime
+        'auto'
+    """
+    if runtime is None or runtime == recipe.runtime:
+        return recipe
+    fields = {k: getattr(recipe, k) for k in type(recipe).model_fields}
+    try:
+        return type(recipe).model_validate({**fields, "runtime": runtime})
+    except ValidationError as e:
+        raise RecipeError(_fmt_validation("recipe.", e)) from None
+
+
 def register_builtin_recipe(data: dict[str, Any]) -> None:
     """Add a named recipe (validated now, so a bad built-in fails at import, not at 3 a.m.)."""
     Recipe.from_dict(data)

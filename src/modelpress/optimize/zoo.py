@@ -45,6 +45,9 @@ class TaskData:
     train_inputs: Inputs | None = None
     train_labels: torch.Tensor | None = None
     description: str = ""
+    # Validation rows (disjoint from eval): choices such as layers kept float are made here when present.
+    val_inputs: Inputs | None = None
+    val_labels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

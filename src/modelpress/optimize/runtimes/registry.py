@@ -15,6 +15,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelpress.optimize.errors import RecipeError
@@ -27,6 +29,13 @@ _FACTORIES: dict[str, str] = {
     "torch": "modelpress.optimize.runtimes.torch_rt:TorchRuntime",
     "onnxruntime": "modelpress.optimize.runtimes.onnxruntime_rt:OnnxRuntime",
     "openvino": "modelpress.optimize.runtimes.openvino_rt:OpenVinoRuntime",
+}
+# The packages each runtime needs, checked without importing them (``installed_runtimes``): a Celery parent
+# must not import torch or a toolkit that starts threads before it forks its children (field notes).
+_PACKAGES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
+    "openvino": ("openvino", "nncf"),
 }
 #: Names a recipe may use: the registered runtimes plus "auto" (build each, keep the best by measurement).
 AUTO = "auto"
@@ -64,6 +73,24 @@ def available_runtimes() -> dict[str, str | None]:
     return out
 
 
+def installed_runtimes() -> dict[str, str | None]:
+    """Every registered runtime → None if its packages are installed, else what is missing; imports nothing.
+
+    What a worker advertises at start (the full ``is_available`` check runs in the child, per job).
+
+    Example:
+        >>> installed_runtimes()["torch"] is None
+        True
+    """
+    import importlib.util
+
+    out: dict[str, str | None] = {}
+    for n in runtime_names():
+        missing = [p for p in _PACKAGES.get(n, ()) if importlib.util.find_spec(p) is None]
+        out[n] = f"{', '.join(missing)} not installed" if missing else None
+    return out
+
+
 def require_runtime(name: str) -> "Runtime":
     """The adapter for ``name`` if it is usable on this host, else ``RuntimeUnavailableError`` with the reason."""
     from modelpress.optimize.runtimes.base import RuntimeUnavailableError
@@ -75,4 +102,22 @@ def require_runtime(name: str) -> "Runtime":
     return rt
 
 
-__all__ = ["AUTO", "available_runtimes", "get_runtime", "require_runtime", "runtime_names"]
+def runtime_for_path(path: str | os.PathLike[str]) -> "Runtime | None":
+    """The runtime whose artifact suffix ``path`` has (``.mpz`` torch, ``.onnx`` onnxruntime, ...), else None.
+
+    Example:
+        >>> runtime_for_path("a/b.onnx").name
+        'onnxruntime'
+    """
+    suffix = Path(path).suffix.lower()
+    for n in runtime_names():
+        try:
+            rt = get_runtime(n)
+        except ImportError:
+            continue
+        if rt.suffix == suffix:
+            return rt
+    return None
+
+
+__all__ = ["AUTO", "available_runtimes", "installed_runtimes", "get_runtime", "require_runtime", "runtime_for_path", "runtime_names"]
