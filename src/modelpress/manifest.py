@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelpress.optimize.errors import UserInputError
 from modelpress.optimize.recipes import BUILTIN_RECIPES, Budget, Recipe, RecipeError, resolve_recipe
@@ -83,6 +83,16 @@ class Defaults(_Strict):
     recipes: list[RecipeRef] | None = Field(default=None, min_length=1, description="Recipe names, files or inline recipes.")
     backends: list[str] | None = Field(default=None, min_length=1, description="Target backends (queues).")
     budget: Budget | None = Field(default=None, description="Largest allowed metric drop; overrides the recipe's.")
+    runtime: str | None = Field(default=None, description="torch | onnxruntime | openvino | auto; overrides the recipe's.")
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str | None) -> str | None:
+        from modelpress.optimize.runtimes.registry import AUTO, runtime_names
+
+        if v is not None and v != AUTO and v not in runtime_names():
+            raise ValueError(f"unknown runtime {v!r}; known: {', '.join(runtime_names() + [AUTO])}")
+        return v
 
 
 class ModelEntry(Defaults):
@@ -109,7 +119,7 @@ class ManifestFile(_Strict):
 
 _FIELDS: dict[str, tuple[str, ...]] = {
     "file": tuple(ManifestFile.model_fields), "defaults": tuple(Defaults.model_fields),
-    "model": ("model", "weights", "recipes", "backends", "budget"), "budget": tuple(Budget.model_fields),
+    "model": ("model", "weights", "recipes", "backends", "budget", "runtime"), "budget": tuple(Budget.model_fields),
 }
 
 
@@ -338,7 +348,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
     owns_producer = producer is None
     validator = producer or Producer(settings)  # validate() reads settings only; no connection is made
     requests: list[JobRequest] = []
-    seen_jobs: dict[tuple[str, str | None, str, str], Loc] = {}
+    seen_jobs: dict[tuple[str, str | None, str, str, str | None], Loc] = {}
     for m, entry in enumerate(entries):
         here: Loc = ("models", m)
         # Checked from the raw mapping, so an entry with a schema error still gets its names checked.
@@ -380,6 +390,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
         if recipe_refs is None or backend_names is None:
             continue
         budget = entry.budget if entry.budget is not None else defaults.budget
+        runtime = entry.runtime if entry.runtime is not None else defaults.runtime
         for r in range(len(recipe_refs)):
             recipe = recipes.get(recipe_owner + ("recipes", r))
             if recipe is None:
@@ -389,7 +400,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
             for b, backend in enumerate(backend_names):
                 if not backends_ok.get(backend_owner + ("backends", b)):
                     continue
-                key = (entry.model, weights, recipe.sha256, backend)
+                key = (entry.model, weights, recipe.sha256, backend, runtime)
                 if key in seen_jobs:
                     problem(here, f"the job {entry.model} × {recipe.name} × {backend} is already listed at "
                                   f"{format_loc(seen_jobs[key])} (line {lines.line(seen_jobs[key])})")
@@ -397,7 +408,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
                 seen_jobs[key] = here
                 try:
                     requests.append(validator.validate(model=entry.model, recipe=recipe, backend=backend,
-                                                       weights=weights))
+                                                       weights=weights, runtime=runtime))
                 except UserInputError as e:
                     # Whatever the field checks above did not cover; name the field most likely at fault.
                     field_loc = (here + ("weights",) if isinstance(e, ModelLoadError) and weights
