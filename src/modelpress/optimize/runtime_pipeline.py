@@ -86,9 +86,16 @@ def _quant_index(recipe: Recipe) -> int | None:
     return idx[-1] if idx else None
 
 
-def _input_names(spec: ModelSpec, n: int) -> list[str]:
+def _input_names(spec: ModelSpec, model: nn.Module, n: int) -> list[str]:
+    """The spec's input names, else the forward's own argument names (what a serving caller will pass)."""
     names = spec.extra.get("input_names")
-    return list(names) if names else [f"input_{i}" for i in range(n)]
+    if names:
+        return list(names)
+    import inspect
+
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return params[:n] if len(params) >= n else [f"input_{i}" for i in range(n)]
 
 
 def _batches(x: Any, size: int, limit: int | None = None) -> list[tuple[torch.Tensor, ...]]:
@@ -222,7 +229,7 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
     spec, data, recipe = job.spec, job.data, job.recipe
     t0 = time.perf_counter()
     example = as_tuple(spec.make_input(2))
-    exp = rt.export(float_model, example, _input_names(spec, len(example)), workdir)
+    exp = rt.export(float_model, example, _input_names(spec, float_model, len(example)), workdir)
     if isinstance(exp.handle, TorchHandle):
         exp.handle.context = ctx
         exp.handle.steps, exp.handle.steps_meta = list(prefix["steps"]), list(prefix["steps_meta"])

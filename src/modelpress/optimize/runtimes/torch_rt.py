@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -64,9 +65,8 @@ class TorchRuntime:
         cfg = qcfg.model_copy(update={"keep_float": tuple(keep_float)}) if hasattr(qcfg, "keep_float") else qcfg
         ctx = h.context if h.context is not None else _minimal_context(h.module, calib)
         if calib and ctx.data.calib_inputs is not None:
-            ctx = copy.copy(ctx)
-            ctx.data = copy.copy(ctx.data)
-            ctx.data.calib_inputs = _stack(calib)
+            # The handler calibrates on ctx.data.calib_inputs: make those exactly the batches given here.
+            ctx = dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, calib_inputs=_stack(calib)))
         from modelpress.optimize.backends import quantized_engine
 
         with quantized_engine(ctx.engine):
