@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from modelpress.cli import wait_for
 from tests.conftest import settings_from_env
+
+
+def _wait_log(workers, name: str, text: str, timeout: float = 20) -> None:
+    # Logged by the worker_ready handler, which may run just after Celery's own " ready." line.
+    deadline = time.monotonic() + timeout
+    while text not in workers.log(name):
+        assert time.monotonic() < deadline, workers.log(name)[-3000:]
+        time.sleep(0.2)
 
 
 def _submit(env: dict[str, str], *args: str) -> str:
@@ -19,8 +28,7 @@ def _submit(env: dict[str, str], *args: str) -> str:
 def test_an_auto_job_through_a_real_worker_writes_the_row_with_the_winner_and_every_candidate(queue):
     env, workers = queue
     workers.start("fbgemm")
-    log = workers.log("fbgemm")
-    assert "runtimes onnxruntime (ok), openvino (ok), torch (ok)" in log
+    _wait_log(workers, "fbgemm", "runtimes onnxruntime (ok), openvino (ok), torch (ok)")
     job_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm", "--runtime", "auto")
     (row,) = wait_for(settings_from_env(env), [job_id], timeout=400, quiet=True)
     assert row["status"] == "succeeded", row["error"]
@@ -42,7 +50,7 @@ def test_a_worker_without_a_runtime_package_says_so_at_start_and_fails_its_jobs_
     block.mkdir()
     (block / "sitecustomize.py").write_text("import sys\nsys.modules['onnxruntime'] = None\n")
     workers.start("fbgemm", extra_env={"PYTHONPATH": str(block)})
-    assert "onnxruntime (unavailable: onnxruntime not installed)" in workers.log("fbgemm")
+    _wait_log(workers, "fbgemm", "onnxruntime (unavailable: onnxruntime not installed)")
     ort_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm",
                      "--runtime", "onnxruntime")
     auto_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm", "--runtime", "auto")

@@ -42,10 +42,15 @@ def configure_worker(backend: str, threads: int) -> None:
     from modelpress.optimize.runtimes.registry import installed_runtimes
 
     IDENTITY.runtimes = installed_runtimes()
-    log.info("worker for %s: runtimes %s", backend, ", ".join(
-        f"{n} ({'ok' if why is None else 'unavailable: ' + why})" for n, why in IDENTITY.runtimes.items()))
+    worker_ready.connect(_advertise_runtimes, weak=False, dispatch_uid="modelpress-advertise-runtimes")
     worker_process_init.connect(_init_child, weak=False)
     worker_ready.connect(_reconcile_on_ready, weak=False, dispatch_uid="modelpress-reconcile-on-ready")
+
+
+def _advertise_runtimes(**_: object) -> None:
+    # At worker_ready Celery's logging is set up, so the line lands in the worker's log.
+    log.info("worker for %s: runtimes %s", IDENTITY.backend, ", ".join(
+        f"{n} ({'ok' if why is None else 'unavailable: ' + why})" for n, why in IDENTITY.runtimes.items()))
 
 
 def _reconcile_on_ready(sender: object = None, **_: object) -> None:
