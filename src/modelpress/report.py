@@ -67,6 +67,8 @@ class ResultRow:
     error: str | None = None  # the failure, or the reason a result was rejected
     regression: dict[str, Any] | None = None
     artifact_uri: str | None = None
+    runtime: str | None = None  # where the artifact runs (auto: the winner); None = torch (rows before issue 11)
+    runner_up: str | None = None  # auto: the second-best candidate, "runtime (objective value)"
 
     @staticmethod
     def _ratio(before: float | None, after: float | None) -> float | None:
@@ -164,8 +166,23 @@ def rows_from_jobs(jobs: Iterable[dict[str, Any]]) -> list[ResultRow]:
             float_layers=list(m.get("float_layers") or []),
             budget=recipe.get("budget") if isinstance(recipe, dict) else None,
             error=j.get("error"), regression=_json(j.get("regression")), artifact_uri=j.get("artifact_uri"),
+            runtime=j.get("runtime"), runner_up=_runner_up(m),
         ))
     return out
+
+
+def _runner_up(m: dict[str, Any]) -> str | None:
+    """For an ``auto`` job: the best built candidate other than the winner, with its bytes and largest-batch ms."""
+    extra = m.get("extra") or {}
+    built = [c for c in extra.get("candidates") or [] if c.get("status") == "built" and c["runtime"] != m.get("runtime")]
+    if not built:
+        return None
+
+    def ms(c: dict[str, Any]) -> float:
+        return float(max(c["latency"], key=lambda s: s["batch_size"])["median_ms"])
+
+    c = min(built, key=ms)
+    return f"{c['runtime']} ({c['bytes']} B, {ms(c):.3f} ms)"
 
 
 def rows_from_zoo(zoo_rows: Iterable[Any]) -> list[ResultRow]:
@@ -268,7 +285,7 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
     head = ["job_id", "model", "model_label", "recipe", "backend", "status", "reused", "reused_from",
             "size_before_bytes", "size_after_bytes", "size_ratio", "metric_name", "metric_before", "metric_after"]
     head += [h for b in batches for h in (f"b{b}_ms_before", f"b{b}_ms_after", f"b{b}_speedup")]
-    head += ["stayed_float", "budget_max_drop", "regression", "error", "artifact_uri"]
+    head += ["stayed_float", "budget_max_drop", "regression", "error", "artifact_uri", "runtime", "runner_up"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -278,7 +295,8 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
                            r.metric_after]
         for b in batches:
             line += [r.latency_before_ms.get(b), r.latency_after_ms.get(b), r.speedup(b)]
-        line += [r.stayed_float(), (r.budget or {}).get("max_drop"), r.regression_summary(), r.error, r.artifact_uri]
+        line += [r.stayed_float(), (r.budget or {}).get("max_drop"), r.regression_summary(), r.error, r.artifact_uri,
+                 r.runtime or "torch", r.runner_up]
         w.writerow(["" if v is None else v for v in line])
     return buf.getvalue()
 
@@ -288,20 +306,22 @@ def render_table(rows: Sequence[ResultRow]) -> str:
     batches = _all_batches(rows)
     head = ["job", "model", "recipe", "backend", "status", "bytes before", "bytes after", "smaller"]
     head += [h for b in batches for h in (f"b{b} ms before", f"b{b} ms after", f"b{b} faster")]
-    head += ["metric", "before", "after", "stayed float"]
+    head += ["metric", "before", "after", "stayed float", "runtime"]
     body = []
     for r in rows:
         line = [(r.job_id or "-")[:8], r.model_label, r.recipe, r.backend, _status(r), _bytes(r.size_before_bytes),
                 _bytes(r.size_after_bytes), _x(r.size_ratio)]
         for b in batches:
             line += [_ms(r.latency_before_ms.get(b)), _ms(r.latency_after_ms.get(b)), _x(r.speedup(b))]
-        line += [r.metric_name or "-", _metric(r.metric_before), _metric(r.metric_after), r.stayed_float()]
+        line += [r.metric_name or "-", _metric(r.metric_before), _metric(r.metric_after), r.stayed_float(),
+                 r.runtime or "torch"]
         body.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     out += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in body]
     notes = [f"  {(r.job_id or r.recipe)[:8]}: {r.error}" for r in rows if r.error]
     notes += [f"  {(r.job_id or r.recipe)[:8]}: REGRESSION {r.regression_summary()}" for r in rows if r.regression]
+    notes += [f"  {(r.job_id or r.recipe)[:8]}: runner-up {r.runner_up}" for r in rows if r.runner_up]
     if notes:
         out += ["", "notes:"] + notes
     return "\n".join(out) + "\n"
