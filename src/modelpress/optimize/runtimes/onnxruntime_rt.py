@@ -91,11 +91,15 @@ class OnnxRuntime:
         import onnx
 
         model = onnx.load(path, load_external_data=False)
+        inits = {i.name for i in model.graph.initializer}
         out: dict[str, list[str]] = {}
         for node in model.graph.node:
-            if node.op_type not in QUANT_OPS and node.op_type != "Gather":
-                continue
-            if node.op_type == "Gather" and not _gathers_initializer(node, model):
+            # Layers with weights only (as in the other runtimes): a MatMul of two activations (attention
+            # scores) is not a layer a user can name, and a Gather of an initializer is an embedding table.
+            if node.op_type in QUANT_OPS:
+                if len(node.input) < 2 or node.input[1] not in inits:
+                    continue
+            elif node.op_type != "Gather" or not node.input or node.input[0] not in inits:
                 continue
             out.setdefault(_module_of(node) or node.name, []).append(node.name)
         return out
@@ -253,7 +257,3 @@ def _module_of(node: Any) -> str | None:
             return scopes[-2] if len(scopes) >= 3 and scopes[-2] else None
     return None
 
-
-def _gathers_initializer(node: Any, model: Any) -> bool:
-    inits = {i.name for i in model.graph.initializer}
-    return bool(node.input) and node.input[0] in inits
