@@ -389,7 +389,9 @@ def render(doc: dict[str, Any]) -> str:
            "Every variant measured in this one process on the same held-out rows and inputs, "
            f"{doc['args']['threads']} thread, timed in {doc['args']['rounds']} interleaved rounds (median / p90 ms). "
            "Size = bytes a deployment needs (.onnx; OpenVINO .xml + .bin; modelpress's one file). "
-           "Peers use their defaults; calibration comes from calibration rows, never from the eval rows.", ""]
+           "Peers use their defaults; calibration comes from calibration rows, never from the eval rows.", "",
+           "Versions: " + ", ".join(f"{k} {doc['machine']['versions'].get(k)}" for k in
+                                    ("torch", "onnxruntime", "openvino", "nncf")) + ".", ""]
     for m in doc["models"]:
         if m.get("error"):
             out += [f"### {m['name']}", "", f"error: {m['error']}", ""]
