@@ -82,9 +82,14 @@ class OnnxRuntime:
         # The float model served and the one quantized are the pre-processed graph (same function, fused ops),
         # so "float in onnxruntime" and the int8 artifact differ only by quantization.
         pre = workdir / "float-pre.onnx"
-        quant_pre_process(str(raw), str(pre))
-        return Exported(runtime=self.name, handle=str(pre), input_names=list(input_names),
-                        meta={"preprocessed": True})
+        meta: dict[str, Any] = {"preprocessed": True}
+        try:
+            quant_pre_process(str(raw), str(pre))
+        except Exception as e:  # noqa: BLE001 - ORT's symbolic shape inference fails on some graphs (BERT: Expand)
+            # Its docs' advice for that case: skip the symbolic pass, keep ONNX shape inference + optimisation.
+            quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
+            meta["symbolic_shape_inference"] = f"skipped ({type(e).__name__}: {str(e)[:200]})"
+        return Exported(runtime=self.name, handle=str(pre), input_names=list(input_names), meta=meta)
 
     def _node_names(self, path: str) -> dict[str, list[str]]:
         """Layer name → ONNX node names (a torch module may give several nodes, e.g. MatMul + Add)."""
