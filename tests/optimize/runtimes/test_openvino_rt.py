@@ -80,24 +80,46 @@ def test_layers_kept_float_stay_float_in_the_saved_int8_model(rt, digits, tmp_pa
     exp = rt.export(model, (data.calib_inputs[:2],), ["x"], tmp_path)
     layers = rt.layers(exp)
     assert len(layers) >= 3
-    keep = layers[-1]
+    mods = dict(model.named_modules())
+    keep = max(layers, key=lambda n: mods[n].weight.numel())  # the biggest layer: its bytes show clearly
     all_q = rt.quantize(exp, StaticQuantConfig(), _batches(data.calib_inputs, 64), keep_float=[], workdir=tmp_path)
     some = rt.quantize(exp, StaticQuantConfig(), _batches(data.calib_inputs, 64), keep_float=[keep], workdir=tmp_path)
     assert some.meta["float_layers"] == [keep] and keep not in some.meta["quantized_layers"]
 
     def fq_inputs_of(ov_model) -> set[str]:
-        # Layers whose weighted op takes a FakeQuantize'd input: the int8 ones.
+        # Layers whose activation input comes from a FakeQuantize (NNCF moves it up through shape-only ops
+        # such as Reshape and MaxPool): the layers with int8 activations.
         out = set()
         for op in ov_model.get_ordered_ops():
             if op.get_type_name() in ("MatMul", "Convolution") and layer_of(op.get_friendly_name()):
-                srcs = {op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())}
-                if "FakeQuantize" in srcs or "FakeConvert" in srcs:
+                src = op.input_value(0).get_node()
+                while src.get_type_name() in ("Reshape", "MaxPool", "Transpose", "Squeeze", "Unsqueeze"):
+                    src = src.input_value(0).get_node()
+                if src.get_type_name() == "FakeQuantize":
                     out.add(layer_of(op.get_friendly_name()))
         return out
 
     assert keep in fq_inputs_of(all_q.handle)
     assert keep not in fq_inputs_of(some.handle) and fq_inputs_of(some.handle)
-    assert rt.save(some, tmp_path / "s.ovz") > rt.save(all_q, tmp_path / "a.ovz")  # the float layer costs bytes
+    # Its activations are float, its weights int8 weight-only: the file stays as small as the all-int8 one.
+    assert some.meta["float_layers_weights"].startswith("int8 weight-only")
+    s_bytes, a_bytes = rt.save(some, tmp_path / "s.ovz"), rt.save(all_q, tmp_path / "a.ovz")
+    assert s_bytes < 1.05 * a_bytes
+    # Opting out stores the kept layer's weights in fp32: the file grows by about 3 bytes per weight.
+    full = rt.quantize(exp, _FloatWeights(), _batches(data.calib_inputs, 64), keep_float=[keep], workdir=tmp_path)
+    n_w = dict(model.named_modules())[keep].weight.numel()
+    assert rt.save(full, tmp_path / "f.ovz") > s_bytes + 2.5 * n_w
+    fq = rt.load(tmp_path / "s.ovz", threads=1)
+    acc = compute_metric("accuracy", predict(fq, data.eval_inputs), labels=data.eval_labels, reference=None)
+    acc_t = compute_metric("accuracy", predict(model, data.eval_inputs), labels=data.eval_labels, reference=None)
+    assert acc >= acc_t - 0.02
+
+
+class _FloatWeights:
+    """A static step config that asks for kept layers with float weights (duck-typed: the adapter reads fields)."""
+
+    type = "quantize_static"
+    float_layer_weights = "float"
 
 
 def test_dynamic_maps_to_weight_only_int8_and_stays_faithful(rt, mlp, tmp_path: Path) -> None:
