@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import tempfile
@@ -58,6 +59,10 @@ from modelpress.optimize.runtimes.registry import AUTO, get_runtime, runtime_nam
 from modelpress.optimize.runtimes.torch_rt import TorchHandle
 from modelpress.optimize.steps import StepContext, global_sparsity, handler_for
 from modelpress.optimize.zoo import ModelSpec, TaskData
+
+
+#: Longest a runtime candidate's layer-sensitivity fallback may be estimated to take (seconds; env override).
+FALLBACK_MAX_SECONDS = int(os.environ.get("MODELPRESS_RUNTIME_FALLBACK_MAX_S", "900"))
 
 
 class NoCandidateError(UserInputError):
@@ -249,13 +254,23 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
         bs = int(getattr(qcfg, "calibration_batch_size", 32))
         calib = _batches(data.calib_inputs, bs, getattr(qcfg, "calibration_batches", None))
         keep = tuple(getattr(qcfg, "keep_float", ()))
+        t_q = time.perf_counter()
         q_exp = rt.quantize(exp, qcfg, calib, keep_float=keep, workdir=workdir)
         _, fn = _save_load(job, rt, q_exp, workdir / f"q{rt.suffix}")
         m_sel = sel.score(fn)
+        one_trial_s = time.perf_counter() - t_q
         del fn
         if recipe.budget is not None and not sel.allows(recipe.budget, m_sel) and recipe.budget.max_float_layers > 0:
-            job.log(f"{name}: budget broken on {sel.source} rows ({m_sel:.4f}); measuring layer sensitivity")
-            q_exp, m_sel, rec["fallback"] = _fallback(job, rt, exp, qcfg, calib, sel, m_sel, workdir)
+            # Leave-one-float costs one quantize + score per layer; bound it so that one slow candidate (e.g.
+            # static QDQ of a transformer, ~30 s per quantize on 2 cores) cannot eat the job's time limit.
+            estimate = one_trial_s * (len(rt.layers(exp)) + recipe.budget.max_float_layers)
+            if estimate > FALLBACK_MAX_SECONDS:
+                job.log(f"{name}: budget broken ({m_sel:.4f}); fallback skipped (estimated {estimate:.0f} s)")
+                rec["fallback"] = {"skipped": f"estimated {estimate:.0f} s > {FALLBACK_MAX_SECONDS} s "
+                                              f"({one_trial_s:.1f} s per trial)"}
+            else:
+                job.log(f"{name}: budget broken on {sel.source} rows ({m_sel:.4f}); measuring layer sensitivity")
+                q_exp, m_sel, rec["fallback"] = _fallback(job, rt, exp, qcfg, calib, sel, m_sel, workdir)
         float_layers = list(q_exp.meta.get("float_layers", keep))
         rec["quantization"] = q_exp.meta
     else:

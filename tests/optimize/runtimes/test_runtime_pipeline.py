@@ -133,3 +133,18 @@ def test_the_winner_keeps_the_budget_before_it_is_fast() -> None:
                "latency": [{"batch_size": 1, "median_ms": 9.0}]}
     assert choose([fast_bad, slow_ok], "latency_bN")["runtime"] == "b"
     assert choose([fast_bad, {**slow_ok, "within_budget_on_selection": False}], "size")["runtime"] == "b"
+
+
+def test_a_fallback_estimated_to_take_too_long_is_skipped_with_the_estimate_and_the_job_is_rejected(
+        mlp, tmp_path, monkeypatch) -> None:
+    import modelpress.optimize.runtime_pipeline as rp
+
+    spec, data, model = mlp
+    monkeypatch.setattr(rp, "FALLBACK_MAX_SECONDS", 0)
+    recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic"}],
+                     budget={"max_drop": 0.0, "max_float_layers": 1, "sensitivity_samples": 256})
+    r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path,
+                            float_model=model, content="g" * 64, **FAST)
+    (cand,) = r.extra["candidates"]
+    assert cand["fallback"]["skipped"].startswith("estimated") and "> 0 s" in cand["fallback"]["skipped"]
+    assert r.status == "rejected" and Path(r.artifact_path).parent.name == "rejected" and r.float_layers == []
