@@ -185,3 +185,24 @@ def test_the_artifact_serves_with_openvino_alone_as_the_docs_show(rt, mlp, tmp_p
                           cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.allclose(torch.from_numpy(np.load(tmp_path / "y.npy")), ref, atol=1e-4)
+
+
+def test_without_openvino_the_runtime_says_why_and_refuses_to_load(tmp_path: Path) -> None:
+    # A fresh interpreter where importing openvino fails, as on a worker without the extra installed.
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["openvino"] = None  # makes `import openvino` raise ImportError
+        from modelpress.optimize.runtimes.base import RuntimeUnavailableError
+        from modelpress.optimize.runtimes.registry import available_runtimes, get_runtime
+        reason = available_runtimes()["openvino"]
+        print(reason)
+        try:
+            get_runtime("openvino").load({str(tmp_path / 'm.ovz')!r}, threads=1)
+        except RuntimeUnavailableError as e:
+            print("refused:", e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = proc.stdout.strip().splitlines()[-2:]
+    assert first.startswith("openvino is not installed") and "pip install 'modelpress[openvino]'" in first
+    assert second.startswith("refused: openvino is not installed")
