@@ -429,3 +429,21 @@ register_builtin_recipe({
     "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True, "reduce_range": False}],
     "budget": {"max_drop": 0.01, "max_float_layers": 8},
 })
+# Issue 11: let the worker pick the runtime. The budget (1 point of accuracy, or 0.01 of cosine / agreement) is
+# what makes `auto` choose the fastest *faithful* candidate; without one every candidate keeps "the budget".
+register_builtin_recipe({
+    "name": "static-int8-auto",
+    "steps": [{"type": "quantize_static"}],
+    "runtime": "auto",
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
+register_builtin_recipe({
+    "name": "prune50-finetune-static-int8-auto",
+    "steps": [
+        {"type": "prune_structured", "amount": 0.5},
+        {"type": "finetune", "epochs": 5, "batch_size": 32},
+        {"type": "quantize_static"},
+    ],
+    "runtime": "auto",
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
