@@ -302,7 +302,9 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
             r = optimize_model(model_name=spec.name, recipe=recipe, engine=a.engine, store=store, allowlist=allow,
                                threads=a.threads, warmup=1, runs=3, reuse=False)
             fn = modelpress.load(r.artifact_path, threads=a.threads)
-            cands = (r.measurements or {}).get("candidates") if hasattr(r, "measurements") else None
+            # auto's record of every candidate (runtime, bytes, metric, latencies, or why it was skipped).
+            cands = [{k: c.get(k) for k in ("runtime", "status", "reason", "bytes", "metric", "latency", "float_layers")}
+                     for c in (getattr(r, "extra", None) or {}).get("candidates") or []]
             v.update(status="ok" if r.status == "succeeded" else r.status, pipeline_reason=r.reason,
                      runtime=getattr(r, "runtime", None), candidates=cands, float_layers=r.float_layers,
                      build_s=round(time.monotonic() - t0, 1), size_bytes=file_size(r.artifact_path), **scored(fn),
@@ -360,9 +362,12 @@ def judge(m: dict[str, Any]) -> list[dict[str, Any]]:
         if best is None or not peers:
             goal(text, best, None, "no modelpress artifact or no peer measured")
         else:
-            losses = [f"{p['label']} ({'slower' if _lat(best, bs[-1]) > _lat(p, bs[-1]) else ''}"
-                      f"{' less faithful' if best['metric'] < p['metric'] else ''})" for p in peers
-                      if _lat(best, bs[-1]) > _lat(p, bs[-1]) or best["metric"] < p["metric"]]
+            def why(p: dict[str, Any]) -> str | None:
+                bad = [w for w, cond in (("slower", _lat(best, bs[-1]) > _lat(p, bs[-1])),
+                                         ("less faithful", best["metric"] < p["metric"])) if cond]
+                return f"ours is {' and '.join(bad)} than {p['label']}" if bad else None
+
+            losses = [w for w in map(why, peers) if w]
             frac = best["size_fraction_of_float"]
             met = not losses and frac <= 0.26
             goal(text, best, met, f"ours cos {best['metric']:.4f}, b{bs[-1]} {_lat(best, bs[-1]):.4g} ms, "
