@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -27,20 +29,23 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out), "--docs", str(docs),
          "--args-throughput", f"--redis-url {redis_url}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "load average" in proc.stderr
 
     docs_text = docs.read_text()
     for section in ("## Machine", "## Commands", "## Compression quality", "## Pipeline throughput",
-                    "## Measurement stability"):
+                    "## Measurement stability", "## Peers"):
         assert section in docs_text
     assert "benchmarks/compression.py" in docs_text and "benchmarks/throughput.py" in docs_text
+    assert "benchmarks/peers.py" in docs_text
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert f"Generated from commit `{head}`" in docs_text
 
     machine_keys = {"date_utc", "cpu_model", "logical_cpus", "versions", "load_average", "git_commit"}
     docs_by_name = {}
-    for name in ("compression", "throughput", "stability"):
+    for name in ("compression", "throughput", "stability", "peers"):
         d = json.loads((out / f"{name}.json").read_text())
         assert (out / f"{name}.md").is_file()
         assert d["benchmark"] == name and d["command"].startswith(".venv/bin/python benchmarks/")
@@ -83,3 +88,49 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     for s in m["series"]:
         assert {"cv", "noise_band"} <= set(s)
         assert len(s.get("medians_ms") or s.get("ratios")) == 3
+
+    peers = docs_by_name["peers"]
+    assert {"openvino", "nncf"} <= set(peers["machine"]["versions"])
+    (pm,) = peers["models"]
+    assert not pm.get("error"), pm
+    pv = {v["key"]: v for v in pm["variants"]}
+    # Every peer the issue names, as a user calls it, plus modelpress's auto artifact: all built and measured.
+    assert {"torch-float", "ort-float", "ov-float", "ort-dynamic", "ort-static-qdq", "nncf-quantize",
+            "nncf-compress-weights"} <= set(pv)
+    ours = [v for v in pm["variants"] if v["kind"] == "modelpress"]
+    assert ours and all(v.get("runtime") in ("torch", "onnxruntime", "openvino") for v in ours), ours
+    for v in pm["variants"]:
+        assert v["status"] == "ok", v
+        assert v["size_bytes"] > 0 and v["metric"] is not None
+        for b in ("1", "64"):
+            assert {"median_ms", "p90_ms", "runs", "threads", "input_shape"} <= set(v["latency"][b])
+    # Each peer's int8 file is smaller than float: the peers really quantized.
+    for k in ("ort-dynamic", "ort-static-qdq", "nncf-quantize", "nncf-compress-weights"):
+        assert pv[k]["size_bytes"] < 0.5 * pv["torch-float"]["size_bytes"], k
+    (goal,) = pm["goals"]
+    assert goal["met"] in (True, False) and goal["detail"]
+
+
+def test_the_docs_name_their_commit_and_a_dirty_tree_is_marked_or_refused(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all_under_test", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)  # type: ignore[union-attr]
+    real_git = run_all.C._git
+    head = real_git("rev-parse", "HEAD")
+    assert head and len(head) == 40
+
+    def git(*args: str) -> str | None:  # the real git, except that the tree reports one modified tracked file
+        return " M src/modelpress/cli.py" if args[0] == "status" else real_git(*args)
+
+    monkeypatch.setattr(run_all.C, "_git", git)
+    text = run_all.render_docs(tmp_path, [], [])
+    assert f"Generated from commit `{head}` — **DIRTY" in text
+    with pytest.raises(SystemExit):
+        run_all.main(["--require-clean", "--only", "stability", "--out", str(tmp_path / "o"),
+                      "--docs", str(tmp_path / "b.md")])
+    assert not (tmp_path / "b.md").exists() and not (tmp_path / "o").exists()
+
+    monkeypatch.setattr(run_all.C, "_git", lambda *a: "" if a[0] == "status" else real_git(*a))
+    assert f"Generated from commit `{head}` (clean tree)" in run_all.render_docs(tmp_path, [], [])

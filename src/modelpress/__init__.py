@@ -16,23 +16,34 @@ __all__ = ["load", "__version__"]
 __version__ = "0.1.0"
 
 
-def load(path: str, **kwargs: Any) -> Any:
-    """Reload an artifact written by a worker as a ready-to-run ``nn.Module`` (eval mode).
+def load(path: str, *, threads: int = 1, **kwargs: Any) -> Any:
+    """Reload an artifact written by a worker as a callable with the model's forward signature.
+
+    A ``.mpz`` (torch runtime) gives an ``nn.Module`` in eval mode (``kwargs`` go to ``load_artifact``); an
+    ONNX Runtime or OpenVINO artifact gives a callable over that runtime's session, ``threads`` pinned.
 
     Example:
         >>> import modelpress  # doctest: +SKIP
         >>> model = modelpress.load("artifacts/ab12....mpz")  # doctest: +SKIP
+        >>> encode = modelpress.load("artifacts/cd34....onnx", threads=1)  # doctest: +SKIP
     """
-    from modelpress.optimize.artifacts import load_artifact
+    from modelpress.optimize.runtimes.registry import runtime_for_path
 
-    if "resolve_ref" not in kwargs:
-        # A model given by its files (issue 9) is rebuilt from them; where the worker's copies are not on
-        # this machine, fetch them from the artifact store (content-addressed, hash-checked).
-        def resolve_ref(stored: Any) -> Any:
-            from modelpress.settings import Settings
-            from modelpress.store import fetch_model_ref
+    rt = runtime_for_path(path)
+    if rt is None or rt.name == "torch":
+        from modelpress.optimize.artifacts import load_artifact
 
-            return fetch_model_ref(Settings(), stored)
+        if "resolve_ref" not in kwargs:
+            # A model given by its files (issue 9) is rebuilt from them; where the worker's copies are not
+            # on this machine, fetch them from the artifact store (content-addressed, hash-checked).
+            def resolve_ref(stored: Any) -> Any:
+                from modelpress.settings import Settings
+                from modelpress.store import fetch_model_ref
 
-        kwargs["resolve_ref"] = resolve_ref
-    return load_artifact(path, **kwargs).model
+                return fetch_model_ref(Settings(), stored)
+
+            kwargs["resolve_ref"] = resolve_ref
+        return load_artifact(path, **kwargs).model
+    from pathlib import Path
+
+    return rt.load(Path(path), threads)

@@ -253,7 +253,8 @@ class Producer:
                  data: "str | dict[str, Any] | None" = None, preprocess: dict[str, Any] | None = None,
                  metric: str | None = None, max_length: int | None = None,
                  latency_batches: "Iterable[int] | None" = None, base_dir: str | Path = ".",
-                 ref: "ModelRef | None" = None, registered: frozenset[str] | None = None) -> JobRequest:
+                 ref: "ModelRef | None" = None, registered: frozenset[str] | None = None,
+                 runtime: str | None = None) -> JobRequest:
         """Check one job request; raises ``UserInputError`` subclasses with the reason.
 
         ``model`` is a registered name (or allow-listed ``module:function``) or a source reference
@@ -262,7 +263,8 @@ class Producer:
         ``weights`` file. Relative paths are taken from ``base_dir``. Every file is checked cheaply here
         (``intake.check_ref``); ``ref`` passes a reference already resolved and checked (the manifest
         does that once per model), leaving only the recipe and backend to check. ``registered`` is the
-        entry-point names, read once by a caller validating many requests.
+        entry-point names, read once by a caller validating many requests. ``runtime`` (torch |
+        onnxruntime | openvino | auto) overrides the recipe's own runtime.
 
         Example:
             >>> producer.validate(model="hf:models/intent", data={"eval": "intent-eval.jsonl"},
@@ -274,6 +276,10 @@ class Producer:
         except ValueError as e:
             raise SubmitError(str(e)) from None
         rec = recipe if isinstance(recipe, Recipe) else resolve_recipe(recipe)
+        if runtime is not None:
+            from modelpress.optimize.recipes import with_runtime
+
+            rec = with_runtime(rec, runtime)
         extras = (data, preprocess, metric, max_length, latency_batches)
         if ref is None and (any(x is not None for x in extras) or model_has_source_prefix(model)):
             ref = self.model_ref(model=model, weights=weights, data=data, preprocess=preprocess, metric=metric,
@@ -447,7 +453,8 @@ class Producer:
         return self.submit_batch(requests, name=batch_name, reuse=reuse).job_ids
 
     def submit(self, *, model: str, recipe: str | Recipe, backend: str, weights: str | None = None,
-               reuse: bool = False, force: bool = False, **source: Any) -> str:
+               reuse: bool = False, force: bool = False, runtime: str | None = None,
+               **source: Any) -> str:
         """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id.
 
         ``source`` takes ``validate``'s own-model fields: ``data``, ``preprocess``, ``metric``,
@@ -460,7 +467,7 @@ class Producer:
             ...                 recipe="static-int8", backend="fbgemm")  # doctest: +SKIP
             '6b6984c1…'
         """
-        req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights, **source)
+        req = self.validate(model=model, recipe=recipe, backend=backend, weights=weights, runtime=runtime, **source)
         return self.submit_batch([req], reuse=reuse, force=force).job_ids[0]
 
 

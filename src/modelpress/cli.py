@@ -43,7 +43,7 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
 def jobs_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of job rows (sizes in bytes, latency at the recorded batch size)."""
     head = ["job", "model", "recipe", "backend", "status", "bytes before", "bytes after", "smaller",
-            "batch", "ms before", "ms after", "faster", "metric", "before", "after", "engine", "host"]
+            "batch", "ms before", "ms after", "faster", "metric", "before", "after", "engine", "host", "runtime"]
     any_arch = any(r.get("emulated") for r in rows)
     if any_arch:
         head.append("cpu")
@@ -60,7 +60,7 @@ def jobs_table(rows: Sequence[dict[str, Any]]) -> str:
             _num(r["latency_after_median_ms"]) + emu,
             "emulated" if emu else _ratio(r["latency_before_median_ms"], r["latency_after_median_ms"]),
             r["metric_name"] or "-", _num(r["metric_before"], ".4f"), _num(r["metric_after"], ".4f"),
-            r["engine_used"] or "-", r["worker_host"] or "-",
+            r["engine_used"] or "-", r["worker_host"] or "-", r.get("runtime") or "-",
         ] + ([_arch(r)] if any_arch else []))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
@@ -192,7 +192,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {', '.join(missing)} required (or give a manifest file)", file=sys.stderr)
             return 2
         job_id = producer.submit(model=args.model, recipe=args.recipe, backend=args.backend, weights=args.weights,
-                                 reuse=not args.force, force=args.force, **source_options(args))
+                                 reuse=not args.force, force=args.force, runtime=args.runtime,
+                                 **source_options(args))
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, help="text: tokenizer max_length (default: the tokenizer's)")
     s.add_argument("--latency-batches", metavar="1,32", help="batch sizes to time (default 1,32)")
     s.add_argument("--force", action="store_true", help="run again even if an identical job succeeded")
+    s.add_argument("--runtime", help="where the artifact runs: torch, onnxruntime, openvino, or auto (build each, "
+                                     "keep the fastest that keeps the budget); default: the recipe's own")
     s.set_defaults(func=cmd_submit)
 
     w = sub.add_parser("worker", help="run a Celery worker for one backend's queue")

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelpress.optimize.errors import UserInputError
 from modelpress.optimize.recipes import BUILTIN_RECIPES, Budget, Recipe, RecipeError, resolve_recipe
@@ -98,6 +98,16 @@ class Defaults(_Strict):
     recipes: list[RecipeRef] | None = Field(default=None, min_length=1, description="Recipe names, files or inline recipes.")
     backends: list[str] | None = Field(default=None, min_length=1, description="Target backends (queues).")
     budget: Budget | None = Field(default=None, description="Largest allowed metric drop; overrides the recipe's.")
+    runtime: str | None = Field(default=None, description="torch | onnxruntime | openvino | auto; overrides the recipe's.")
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str | None) -> str | None:
+        from modelpress.optimize.runtimes.registry import AUTO, runtime_names
+
+        if v is not None and v != AUTO and v not in runtime_names():
+            raise ValueError(f"unknown runtime {v!r}; known: {', '.join(runtime_names() + [AUTO])}")
+        return v
 
 
 class DataEntry(_Strict):
@@ -141,7 +151,7 @@ class ManifestFile(_Strict):
 _FIELDS: dict[str, tuple[str, ...]] = {
     "file": tuple(ManifestFile.model_fields), "defaults": tuple(Defaults.model_fields),
     "model": ("model", "weights", "data", "preprocess", "metric", "max_length", "latency_batches", "recipes",
-              "backends", "budget"),
+              "backends", "budget", "runtime"),
     "budget": tuple(Budget.model_fields), "data": tuple(DataEntry.model_fields),
 }
 
@@ -466,7 +476,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
     owns_producer = producer is None
     validator = producer or Producer(settings)  # validate() reads settings only; no connection is made
     requests: list[JobRequest] = []
-    seen_jobs: dict[tuple[str, str | None, str, str], Loc] = {}
+    seen_jobs: dict[tuple[str, str | None, str, str, str | None], Loc] = {}
     for m, entry in enumerate(entries):
         here: Loc = ("models", m)
         # Checked from the raw mapping, so an entry with a schema error still gets its names checked.
@@ -513,6 +523,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
         if recipe_refs is None or backend_names is None:
             continue
         budget = entry.budget if entry.budget is not None else defaults.budget
+        runtime = entry.runtime if entry.runtime is not None else defaults.runtime
         for r in range(len(recipe_refs)):
             recipe = recipes.get(recipe_owner + ("recipes", r))
             if recipe is None:
@@ -522,7 +533,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
             for b, backend in enumerate(backend_names):
                 if not backends_ok.get(backend_owner + ("backends", b)):
                     continue
-                key = (ref.to_json() if ref is not None else entry.model, weights, recipe.sha256, backend)
+                key = (ref.to_json() if ref is not None else entry.model, weights, recipe.sha256, backend, runtime)
                 if key in seen_jobs:
                     problem(here, f"the job {entry.model} × {recipe.name} × {backend} is already listed at "
                                   f"{format_loc(seen_jobs[key])} (line {lines.line(seen_jobs[key])})")
@@ -530,7 +541,8 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
                 seen_jobs[key] = here
                 try:
                     requests.append(validator.validate(model=entry.model, recipe=recipe, backend=backend,
-                                                       weights=weights, ref=ref, registered=registered))
+                                                       weights=weights, ref=ref, registered=registered,
+                                                       runtime=runtime))
                 except IntakeError as e:
                     for loc, message in e.problems:  # a step this source cannot take: point at the recipe
                         problem(recipe_owner + ("recipes", r) if loc == ("recipes",) else here + loc, message)

@@ -77,6 +77,8 @@ class ResultRow:
     # How the worker's CPU was emulated ("qemu-user"), None when native: such latencies are labelled,
     # left out of latency plots and of "best" choices, and get no speed ratio (see EMULATED_NOTE).
     emulated: str | None = None
+    runtime: str | None = None  # where the artifact runs (auto: the winner); None = torch (rows before issue 11)
+    runner_up: str | None = None  # auto: the second-best candidate, "runtime (objective value)"
 
     @staticmethod
     def _ratio(before: float | None, after: float | None) -> float | None:
@@ -179,8 +181,23 @@ def rows_from_jobs(jobs: Iterable[dict[str, Any]]) -> list[ResultRow]:
             metric_eval_batch_size=j.get("metric_eval_batch_size"), metric_after_b1=j.get("metric_after_b1"),
             metric_b1_rows=j.get("metric_b1_rows"), timing_load_avg=j.get("timing_load_avg"),
             worker_arch=j.get("worker_arch"), emulated=j.get("emulated"),
+            runtime=j.get("runtime"), runner_up=_runner_up(m),
         ))
     return out
+
+
+def _runner_up(m: dict[str, Any]) -> str | None:
+    """For an ``auto`` job: the best built candidate other than the winner, with its bytes and largest-batch ms."""
+    extra = m.get("extra") or {}
+    built = [c for c in extra.get("candidates") or [] if c.get("status") == "built" and c["runtime"] != m.get("runtime")]
+    if not built:
+        return None
+
+    def ms(c: dict[str, Any]) -> float:
+        return float(max(c["latency"], key=lambda s: s["batch_size"])["median_ms"])
+
+    c = min(built, key=ms)
+    return f"{c['runtime']} ({c['bytes']} B, {ms(c):.3f} ms)"
 
 
 def rows_from_zoo(zoo_rows: Iterable[Any]) -> list[ResultRow]:
@@ -297,7 +314,8 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
     head = ["job_id", "model", "model_label", "recipe", "backend", "status", "reused", "reused_from",
             "size_before_bytes", "size_after_bytes", "size_ratio", "metric_name", "metric_before", "metric_after"]
     head += [h for b in batches for h in (f"b{b}_ms_before", f"b{b}_ms_after", f"b{b}_speedup")]
-    head += ["stayed_float", "budget_max_drop", "regression", "error", "artifact_uri", "worker_arch", "emulated"]
+    head += ["stayed_float", "budget_max_drop", "regression", "error", "artifact_uri", "worker_arch", "emulated",
+             "runtime", "runner_up"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -308,7 +326,7 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
         for b in batches:
             line += [r.latency_before_ms.get(b), r.latency_after_ms.get(b), r.speedup(b)]
         line += [r.stayed_float(), (r.budget or {}).get("max_drop"), r.regression_summary(), r.error, r.artifact_uri,
-                 r.worker_arch, r.emulated]
+                 r.worker_arch, r.emulated, r.runtime or "torch", r.runner_up]
         w.writerow(["" if v is None else v for v in line])
     return buf.getvalue()
 
@@ -318,7 +336,7 @@ def render_table(rows: Sequence[ResultRow]) -> str:
     batches = _all_batches(rows)
     head = ["job", "model", "recipe", "backend", "status", "bytes before", "bytes after", "smaller"]
     head += [h for b in batches for h in (f"b{b} ms before", f"b{b} ms after", f"b{b} faster")]
-    head += ["metric", "before", "after", "stayed float"]
+    head += ["metric", "before", "after", "stayed float", "runtime"]
     body = []
     for r in rows:
         line = [(r.job_id or "-")[:8], r.model_label, r.recipe, _backend(r), _status(r), _bytes(r.size_before_bytes),
@@ -326,7 +344,8 @@ def render_table(rows: Sequence[ResultRow]) -> str:
         for b in batches:
             line += [_lat(r, r.latency_before_ms.get(b)), _lat(r, r.latency_after_ms.get(b)),
                      "emulated" if r.emulated else _x(r.speedup(b))]
-        line += [r.metric_name or "-", _metric(r.metric_before), _metric(r.metric_after), r.stayed_float()]
+        line += [r.metric_name or "-", _metric(r.metric_before), _metric(r.metric_after), r.stayed_float(),
+                 r.runtime or "torch"]
         body.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
@@ -335,6 +354,7 @@ def render_table(rows: Sequence[ResultRow]) -> str:
     notes += [f"  {(r.job_id or r.recipe)[:8]}: REGRESSION {r.regression_summary()}" for r in rows if r.regression]
     if any(r.emulated for r in rows):
         notes.append(f"  * {EMULATED_NOTE}")
+    notes += [f"  {(r.job_id or r.recipe)[:8]}: runner-up {r.runner_up}" for r in rows if r.runner_up]
     if notes:
         out += ["", "notes:"] + notes
     return "\n".join(out) + "\n"

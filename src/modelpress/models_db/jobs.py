@@ -168,6 +168,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "metric_name", "metric_before", "metric_after", "measurements", "artifact_uri",
     "worker_host", "worker_arch", "emulated", "engine_used", "torch_version", "modelpress_version", "error",
     "metric_eval_batch_size", "metric_after_b1", "metric_b1_rows", "timing_load_avg", "timing_lock_wait_s",
+    "runtime", "runtime_versions",
 )
 REUSABLE_STATUSES: tuple[str, ...] = (JobStatus.succeeded.value, JobStatus.rejected.value)
 

@@ -150,6 +150,9 @@ class Job(Base):
     # How the worker's CPU was emulated (e.g. "qemu-user"), NULL when native: such a row's latencies
     # prove the path runs, they are not speeds (reports label them and never compare them with native).
     emulated: Mapped[str | None] = mapped_column(String(32))
+    # The runtime the artifact runs in (for runtime "auto": the winner) and its package versions (issue 11).
+    runtime: Mapped[str | None] = mapped_column(String(32))
+    runtime_versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     torch_version: Mapped[str | None] = mapped_column(String(64))
     modelpress_version: Mapped[str | None] = mapped_column(String(32))
 

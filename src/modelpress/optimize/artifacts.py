@@ -30,9 +30,16 @@ from modelpress.optimize.errors import ModelLoadError, is_task_control
 FORMAT = "modelpress-artifact/1"
 
 
-def artifact_key(model_sha256: str, recipe_sha256: str, engine: str, torch_version: str) -> str:
-    """The output id: same input model, recipe, engine and torch → same key (a re-run finds it)."""
-    return hashlib.sha256("\n".join([model_sha256, recipe_sha256, engine, torch_version]).encode()).hexdigest()
+def artifact_key(model_sha256: str, recipe_sha256: str, engine: str, torch_version: str, arch: str | None = None) -> str:
+    """The output id: same input model, recipe, engine, torch and CPU architecture → same key (a re-run finds it).
+
+    The architecture is part of it because a result holds *measured* numbers: an aarch64 worker and an
+    x86 worker on the same ``qnnpack`` queue sharing one store must not answer each other's jobs.
+    """
+    import platform
+
+    parts = [model_sha256, recipe_sha256, engine, torch_version, arch or platform.machine()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:

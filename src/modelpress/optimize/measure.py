@@ -20,7 +20,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -78,9 +78,12 @@ def _percentile(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
 
 
-def time_calls(model: nn.Module, args: tuple[torch.Tensor, ...], *, warmup: int, runs: int,
+def time_calls(model: Callable[..., torch.Tensor], args: tuple[torch.Tensor, ...], *, warmup: int, runs: int,
                threads: int) -> list[float]:
     """Raw wall times in ms of ``runs`` calls of ``model(*args)`` after ``warmup``, inference mode.
+
+    ``model`` is any callable: an ``nn.Module`` or a runtime's loaded artifact (ONNX Runtime, OpenVINO), whose
+    own thread setting is pinned when it is loaded; ``threads`` pins torch's.
 
     Example:
         >>> import torch
@@ -98,12 +101,12 @@ def time_calls(model: nn.Module, args: tuple[torch.Tensor, ...], *, warmup: int,
     return times
 
 
-def measure_latency(model: nn.Module, inputs: Inputs, *, warmup: int = 10, runs: int = 50,
+def measure_latency(model: Callable[..., torch.Tensor], inputs: Inputs, *, warmup: int = 10, runs: int = 50,
                     threads: int = 1) -> LatencyStats:
     """Median/p90 latency of ``model(*inputs)`` in inference mode at a fixed thread count."""
     if runs < 3:
         raise ValueError("runs must be at least 3 for a median and a spread")
-    if model.training:
+    if getattr(model, "training", False):
         # A model left in training mode runs dropout and updates BN stats: the numbers would lie.
         raise ValueError("measure_latency needs a model in eval mode")
     args = as_tuple(inputs)
@@ -183,7 +186,7 @@ def file_size(path: str | os.PathLike[str]) -> int:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, inputs: Inputs, *, batch_size: int = 256) -> torch.Tensor:
+def predict(model: Callable[..., torch.Tensor], inputs: Inputs, *, batch_size: int = 256) -> torch.Tensor:
     """Model outputs over all inputs, in batches, as one float tensor."""
     outs = []
     for i in range(0, n_samples(inputs), batch_size):

@@ -114,6 +114,9 @@ class OptimizeResult:
     metric_before_b1: float | None = None  # on the same first ``metric_b1_rows`` eval rows
     metric_after_b1: float | None = None
     metric_b1_rows: int | None = None
+    # Where the artifact runs (issue 11): the runtime that built it (auto: the winner) and its package versions.
+    runtime: str = "torch"
+    runtime_versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -400,6 +403,13 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     model_name = model_name or (resolved.ref.name if resolved.ref is not None else spec.name)
     torch.set_num_threads(threads)
     float_model, content = resolved.model, resolved.content
+    if recipe.runtime != "torch":  # ONNX Runtime, OpenVINO or auto: its own module (issue 11)
+        from modelpress.optimize.runtime_pipeline import optimize_in_runtime
+
+        return optimize_in_runtime(model_name=model_name, spec=spec, recipe=recipe, engine=engine, store=store,
+                                   float_model=float_model, content=content, allowlist=allowlist, threads=threads,
+                                   warmup=warmup, runs=runs, log=log, verify_reload=verify_reload, reuse=reuse,
+                                   timing_lock_dir=timing_lock_dir)
     tv = torch.__version__
     key = artifact_key(content, recipe.sha256, engine, tv)
     # ``reuse=False`` re-measures (a nightly run watching for drift, --force): it writes new objects and

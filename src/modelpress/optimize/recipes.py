@@ -254,6 +254,22 @@ class Recipe(BaseModel):
     # MODELPRESS_JOB_HARD_LIMIT_GRACE. An execution setting, not part of what the recipe computes: it is
     # carried on the job row (time_limit_s), not in to_json()/sha256, so retiming a recipe keeps its results.
     time_limit_s: int | None = Field(default=None, gt=0, description="This recipe's own soft time limit per job (s).")
+    # Where the artifact runs (issue 11): a registered runtime (optimize.runtimes.registry) or "auto" (build each,
+    # keep the budget-keeping one that is best at ``objective``). Part of what the recipe computes, so it is in
+    # to_json()/sha256 -- but only when not the default, so every torch recipe keeps the hash it always had.
+    runtime: str = Field(default="torch", description="torch | onnxruntime | openvino | auto")
+    objective: Literal["latency_b1", "latency_bN", "size"] = Field(
+        default="latency_bN", description="What `auto` minimises among budget-keeping candidates "
+                                          "(latency_bN = the largest measured batch).")
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        from modelpress.optimize.runtimes.registry import AUTO, runtime_names
+
+        if v != AUTO and v not in runtime_names():
+            raise ValueError(f"unknown runtime {v!r}; known: {', '.join(runtime_names() + [AUTO])}")
+        return v
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -269,6 +285,8 @@ class Recipe(BaseModel):
             "version": self.version,
             "steps": [s.to_dict() for s in self.steps],
             "budget": self.budget.model_dump(mode="json") if self.budget else None,
+            **({"runtime": self.runtime} if self.runtime != "torch" else {}),
+            **({"objective": self.objective} if self.objective != "latency_bN" else {}),
         }
 
     def to_json(self) -> str:
@@ -357,6 +375,22 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def with_runtime(recipe: Recipe, runtime: str | None) -> Recipe:
+    """``recipe`` set to run in ``runtime`` (validated; None keeps the recipe's own), e.g. from ``--runtime``.
+
+    Example:
+        >>> with_runtime(resolve_recipe("dynamic-int8"), "auto").runtime
+        'auto'
+    """
+    if runtime is None or runtime == recipe.runtime:
+        return recipe
+    fields = {k: getattr(recipe, k) for k in type(recipe).model_fields}
+    try:
+        return type(recipe).model_validate({**fields, "runtime": runtime})
+    except ValidationError as e:
+        raise RecipeError(_fmt_validation("recipe.", e)) from None
+
+
 # Every built-in recipe is judged: "succeeded" must mean "within budget". As accuracy-aware tuners do
 # (NNCF's quantize_with_accuracy_control, Intel Neural Compressor's tolerable loss), the default is a 1 %
 # relative drop of the model's metric; a recipe that writes its own budget keeps it. The default is a
@@ -419,5 +453,23 @@ register_builtin_recipe({
 register_builtin_recipe({
     "name": "dynamic-int8-8bit-fallback",
     "steps": [{"type": "quantize_dynamic", "per_channel": True, "quantize_embeddings": True, "reduce_range": False}],
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
+# Issue 11: let the worker pick the runtime. The budget (1 point of accuracy, or 0.01 of cosine / agreement) is
+# what makes `auto` choose the fastest *faithful* candidate; without one every candidate keeps "the budget".
+register_builtin_recipe({
+    "name": "static-int8-auto",
+    "steps": [{"type": "quantize_static"}],
+    "runtime": "auto",
+    "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
+register_builtin_recipe({
+    "name": "prune50-finetune-static-int8-auto",
+    "steps": [
+        {"type": "prune_structured", "amount": 0.5},
+        {"type": "finetune", "epochs": 5, "batch_size": 32},
+        {"type": "quantize_static"},
+    ],
+    "runtime": "auto",
     "budget": {"max_drop": 0.01, "max_float_layers": 8},
 })

@@ -114,6 +114,7 @@ def result_columns(result: dict[str, Any]) -> dict[str, Any]:
         "metric_after": result["metric_after"], "measurements": result, "artifact_uri": result["artifact_path"],
         "torch_version": result["torch_version"], "reused": bool(result.get("reused")),
         "error": result.get("reason"),
+        "runtime": result.get("runtime", "torch"), "runtime_versions": result.get("runtime_versions") or None,
         **figure_columns(result),
     }
 

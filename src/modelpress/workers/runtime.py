@@ -11,7 +11,7 @@ import logging
 import os
 import platform
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_ready
@@ -25,6 +25,7 @@ class WorkerIdentity:
     threads: int = 1
     host: str = socket.gethostname()
     arch: str = platform.machine()
+    runtimes: dict[str, str | None] = field(default_factory=dict)  # name → None (usable) or why not
 
 
 IDENTITY = WorkerIdentity()
@@ -37,8 +38,20 @@ def configure_worker(backend: str, threads: int) -> None:
     # Belt and braces with set_num_threads below: OpenMP reads these when torch is first imported.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    # Advertise the runtimes this worker can build (issue 11); a job for a missing one fails in the child with
+    # the same reason (RuntimeUnavailableError, no retry).
+    from modelpress.optimize.runtimes.registry import installed_runtimes
+
+    IDENTITY.runtimes = installed_runtimes()
+    worker_ready.connect(_advertise_runtimes, weak=False, dispatch_uid="modelpress-advertise-runtimes")
     worker_process_init.connect(_init_child, weak=False)
     worker_ready.connect(_reconcile_on_ready, weak=False, dispatch_uid="modelpress-reconcile-on-ready")
+
+
+def _advertise_runtimes(**_: object) -> None:
+    # At worker_ready Celery's logging is set up, so the line lands in the worker's log.
+    log.info("worker for %s: runtimes %s", IDENTITY.backend, ", ".join(
+        f"{n} ({'ok' if why is None else 'unavailable: ' + why})" for n, why in IDENTITY.runtimes.items()))
 
 
 def _reconcile_on_ready(sender: object = None, **_: object) -> None:

@@ -1,0 +1,150 @@
+"""Jobs in a runtime and ``runtime: auto`` through the pipeline, on the built-in MLP and digits CNN (real runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import modelpress
+from modelpress.optimize.pipeline import optimize_model
+from modelpress.optimize.recipes import Recipe
+from modelpress.optimize.runtime_pipeline import NoCandidateError, choose, optimize_in_runtime
+from modelpress.optimize.runtimes.registry import get_runtime
+
+FAST = dict(threads=1, warmup=2, runs=5)
+
+
+def _recipe(runtime: str, steps: list[dict], **kw) -> Recipe:
+    return Recipe.from_dict({"name": f"t-{runtime}", "steps": steps, "runtime": runtime, **kw})
+
+
+def test_an_onnxruntime_job_writes_a_onnx_artifact_whose_reload_gives_the_measured_numbers(mlp, tmp_path: Path) -> None:
+    spec, data, model = mlp
+    r = optimize_model(model_name="mlp", recipe=_recipe("onnxruntime", [{"type": "quantize_dynamic"}]),
+                       engine="fbgemm", store=tmp_path, **FAST)
+    assert r.status == "succeeded" and r.runtime == "onnxruntime"
+    assert set(r.runtime_versions) == {"onnxruntime", "onnx", "torch"}
+    art = Path(r.artifact_path)
+    assert art.suffix == ".onnx" and art.stat().st_size == r.size_after_bytes
+    assert r.size_after_bytes < 0.3 * r.size_before_bytes
+    assert r.extra["reload_check"]["equal"] is True
+    (cand,) = r.extra["candidates"]
+    # "before" is the torch float model; the runtime's own float numbers are recorded beside it.
+    assert cand["runtime_float"]["bytes"] > r.size_after_bytes and cand["runtime_float"]["metric"] > 0.99
+    assert [s["batch_size"] for s in r.latency_after] == [1, 64]
+    # modelpress.load serves it; its outputs agree with the float model as the recorded metric says.
+    fn = modelpress.load(str(art))
+    x = data.eval_inputs
+    with torch.inference_mode():
+        agree = float((fn(x).argmax(-1) == model(x).argmax(-1)).float().mean())
+    assert r.metric_name == "top1_agreement" and abs(agree - r.metric_after) < 0.02
+    # The stored result is found again by its key (which includes the runtime versions).
+    again = optimize_model(model_name="mlp", recipe=_recipe("onnxruntime", [{"type": "quantize_dynamic"}]),
+                           engine="fbgemm", store=tmp_path, **FAST)
+    assert again.reused and again.artifact_key == r.artifact_key
+
+
+def _with_eval(spec, data, rows: slice):
+    labels = data.eval_labels[rows] if data.eval_labels is not None else None
+    d = dataclasses.replace(data, eval_inputs=data.eval_inputs[rows], eval_labels=labels)
+    return dataclasses.replace(spec, data=lambda: d)
+
+
+def test_the_fallback_chooses_layers_on_calibration_rows_never_on_eval_rows(mlp, tmp_path: Path) -> None:
+    spec, data, model = mlp
+    # A budget int8 cannot meet untouched (zero drop in top-1 agreement): the fallback must run.
+    recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic"}], budget={"max_drop": 0.0, "max_float_layers": 1,
+                                                                       "sensitivity_samples": 256})
+    runs = []
+    half = len(data.eval_inputs) // 2
+    for i, ev in enumerate([slice(0, half), slice(half, None)]):
+        r = optimize_in_runtime(model_name="mlp", spec=_with_eval(spec, data, ev), recipe=recipe,
+                                engine="fbgemm", store=tmp_path / str(i), float_model=model, content="c" * 64,
+                                **FAST)
+        runs.append(r)
+    fb = [r.extra["fallback"] for r in runs]
+    assert fb[0]["sensitivity"]["rows"] == "calibration" and runs[0].extra["selection"]["rows"] == "calibration"
+    # Different eval rows, same decisions: the ranking, the trials and the layers kept float.
+    assert fb[0]["sensitivity"]["ranking"] == fb[1]["sensitivity"]["ranking"]
+    assert fb[0]["trials"] == fb[1]["trials"]
+    assert runs[0].float_layers == runs[1].float_layers
+    assert set(fb[0]["sensitivity"]["ranking"]) == {"fc1", "fc2"} and len(fb[0]["trials"]) == 2
+    assert runs[0].extra["candidates"][0]["metric"] != runs[1].extra["candidates"][0]["metric"] or \
+        runs[0].metric_before != runs[1].metric_before  # the eval rows did differ
+
+
+def test_validation_rows_are_used_for_choices_when_the_data_has_them(mlp, tmp_path: Path) -> None:
+    spec, data, model = mlp
+    data_v = dataclasses.replace(data, val_inputs=data.calib_inputs[:128])
+    spec_v = dataclasses.replace(spec, data=lambda: data_v)
+    r = optimize_in_runtime(model_name="mlp", spec=spec_v, recipe=_recipe("onnxruntime", [{"type": "quantize_dynamic"}]),
+                            engine="fbgemm", store=tmp_path, float_model=model, content="d" * 64, **FAST)
+    assert r.extra["selection"]["rows"] == "validation" and r.extra["selection"]["samples"] == 128
+
+
+def test_auto_builds_every_runtime_records_each_and_picks_by_the_objective(mlp, tmp_path: Path) -> None:
+    spec, data, model = mlp
+    picks = {}
+    for objective in ("latency_b1", "size"):
+        r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
+            "auto", [{"type": "quantize_dynamic"}], objective=objective, budget={"max_drop": 0.2}),
+            engine="fbgemm", store=tmp_path / objective, float_model=model, content="e" * 64, **FAST)
+        cands = r.extra["candidates"]
+        assert [c["runtime"] for c in cands] == ["torch", "onnxruntime", "openvino"]
+        assert all(c["status"] == "built" for c in cands), cands
+        for c in cands:
+            assert c["bytes"] > 0 and c["metric"] > 0.8 and {s["batch_size"] for s in c["latency"]} == {1, 64}
+        keeping = [c for c in cands if c["within_budget_on_selection"]]
+        key = (lambda c: c["bytes"]) if objective == "size" else (lambda c: c["latency"][0]["median_ms"])
+        best = min(keeping, key=key)
+        assert r.runtime == best["runtime"] and r.size_after_bytes == best["bytes"]
+        assert Path(r.artifact_path).suffix == get_runtime(best["runtime"]).suffix
+        assert r.extra["objective"] == objective and r.extra["runtime_requested"] == "auto"
+        picks[objective] = r
+    # modelpress.load serves the winner whatever its runtime.
+    x = data.eval_inputs[:4]
+    assert modelpress.load(picks["size"].artifact_path)(x).shape == (4, model(x).shape[1])
+
+
+def test_auto_skips_a_candidate_that_cannot_be_built_and_fails_only_when_none_can(mlp, tmp_path, monkeypatch) -> None:
+    spec, data, model = mlp
+    ov = type(get_runtime("openvino"))
+    monkeypatch.setattr(ov, "is_available", lambda self: "openvino is not installed")
+    recipe = _recipe("auto", [{"type": "quantize_dynamic"}])
+    r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "a",
+                            float_model=model, content="f" * 64, **FAST)
+    skipped = [c for c in r.extra["candidates"] if c["status"] == "skipped"]
+    assert [c["runtime"] for c in skipped] == ["openvino"] and "openvino is not installed" in skipped[0]["reason"]
+    assert r.status == "succeeded" and r.runtime in ("torch", "onnxruntime")
+    for name in ("torch", "onnxruntime"):
+        monkeypatch.setattr(type(get_runtime(name)), "is_available", lambda self, n=name: f"{n} is broken here")
+    with pytest.raises(NoCandidateError, match="no runtime could build.*torch: .*torch is broken here"):
+        optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "b",
+                            float_model=model, content="f" * 64, **FAST)
+
+
+def test_the_winner_keeps_the_budget_before_it_is_fast() -> None:
+    fast_bad = {"runtime": "a", "status": "built", "within_budget_on_selection": False, "bytes": 1,
+                "selection_metric": 0.5, "latency": [{"batch_size": 1, "median_ms": 0.1}]}
+    slow_ok = {**fast_bad, "runtime": "b", "within_budget_on_selection": True, "selection_metric": 0.99,
+               "latency": [{"batch_size": 1, "median_ms": 9.0}]}
+    assert choose([fast_bad, slow_ok], "latency_bN")["runtime"] == "b"
+    assert choose([fast_bad, {**slow_ok, "within_budget_on_selection": False}], "size")["runtime"] == "b"
+
+
+def test_a_fallback_estimated_to_take_too_long_is_skipped_with_the_estimate_and_the_job_is_rejected(
+        mlp, tmp_path, monkeypatch) -> None:
+    import modelpress.optimize.runtime_pipeline as rp
+
+    spec, data, model = mlp
+    monkeypatch.setattr(rp, "FALLBACK_MAX_SECONDS", 0)
+    recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic"}],
+                     budget={"max_drop": 0.0, "max_float_layers": 1, "sensitivity_samples": 256})
+    r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path,
+                            float_model=model, content="g" * 64, **FAST)
+    (cand,) = r.extra["candidates"]
+    assert cand["fallback"]["skipped"].startswith("estimated") and "> 0 s" in cand["fallback"]["skipped"]
+    assert r.status == "rejected" and Path(r.artifact_path).parent.name == "rejected" and r.float_layers == []

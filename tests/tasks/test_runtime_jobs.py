@@ -1,0 +1,66 @@
+"""Runtime jobs through a real fbgemm worker, Redis and PostgreSQL: auto names its winner; a missing runtime fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from modelpress.cli import wait_for
+from tests.conftest import settings_from_env
+
+
+def _wait_log(workers, name: str, text: str, timeout: float = 20) -> None:
+    # Logged by the worker_ready handler, which may run just after Celery's own " ready." line.
+    deadline = time.monotonic() + timeout
+    while text not in workers.log(name):
+        assert time.monotonic() < deadline, workers.log(name)[-3000:]
+        time.sleep(0.2)
+
+
+def _submit(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "modelpress", "submit", *args], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_an_auto_job_through_a_real_worker_writes_the_row_with_the_winner_and_every_candidate(queue):
+    env, workers = queue
+    workers.start("fbgemm")
+    _wait_log(workers, "fbgemm", "runtimes onnxruntime (ok), openvino (ok), torch (ok)")
+    job_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm", "--runtime", "auto")
+    (row,) = wait_for(settings_from_env(env), [job_id], timeout=400, quiet=True)
+    assert row["status"] == "succeeded", row["error"]
+    cands = row["measurements"]["extra"]["candidates"]
+    assert [c["runtime"] for c in cands] == ["torch", "onnxruntime", "openvino"]
+    assert all(c["status"] == "built" for c in cands), cands
+    # The default objective: fastest at the largest batch among the budget keepers (no budget: all keep it).
+    best = min(cands, key=lambda c: max(c["latency"], key=lambda s: s["batch_size"])["median_ms"])
+    assert row["runtime"] == best["runtime"] == row["measurements"]["runtime"]
+    assert row["runtime_versions"] == best["versions"]
+    assert row["size_after_bytes"] == best["bytes"]
+    assert row["artifact_uri"].endswith({"torch": ".mpz", "onnxruntime": ".onnx", "openvino": ".ovz"}[best["runtime"]])
+
+
+def test_a_worker_without_a_runtime_package_says_so_at_start_and_fails_its_jobs_without_retry(queue, tmp_path):
+    env, workers = queue
+    # This worker's Python cannot import onnxruntime (as if it were not installed).
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text("import sys\nsys.modules['onnxruntime'] = None\n")
+    workers.start("fbgemm", extra_env={"PYTHONPATH": str(block)})
+    _wait_log(workers, "fbgemm", "onnxruntime (unavailable: onnxruntime not installed)")
+    ort_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm",
+                     "--runtime", "onnxruntime")
+    auto_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm", "--runtime", "auto")
+    rows = {r["id"]: r for r in wait_for(settings_from_env(env), [ort_id, auto_id], timeout=400, quiet=True)}
+    failed = rows[ort_id]
+    assert failed["status"] == "failed" and failed["attempts"] == 1
+    assert "runtime 'onnxruntime' is not usable on this worker: onnxruntime" in failed["error"]
+    assert "not installed" in failed["error"]
+    auto = rows[auto_id]
+    assert auto["status"] == "succeeded", auto["error"]
+    skipped = {c["runtime"]: c for c in auto["measurements"]["extra"]["candidates"] if c["status"] == "skipped"}
+    assert list(skipped) == ["onnxruntime"] and "not installed" in skipped["onnxruntime"]["reason"]
+    assert auto["runtime"] in ("torch", "openvino")

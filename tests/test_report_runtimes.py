@@ -1,0 +1,24 @@
+"""Reports name the runtime of each artifact and, for auto jobs, the runner-up candidate."""
+
+from __future__ import annotations
+
+from modelpress.report import render_csv, render_table, rows_from_jobs
+
+
+def _cand(rt: str, nbytes: int, ms: float) -> dict:
+    return {"runtime": rt, "status": "built", "bytes": nbytes,
+            "latency": [{"batch_size": 1, "median_ms": ms / 10}, {"batch_size": 64, "median_ms": ms}]}
+
+
+def test_an_auto_row_shows_its_runtime_and_the_fastest_other_candidate_as_runner_up() -> None:
+    m = {"runtime": "openvino", "latency_after": [], "extra": {"candidates": [
+        _cand("torch", 900, 3.0), _cand("onnxruntime", 800, 2.0), _cand("openvino", 700, 1.0),
+        {"runtime": "x", "status": "skipped", "reason": "nope"}]}}
+    job = {"id": "j1234567", "model_name": "mlp", "recipe_name": "r", "backend": "fbgemm", "status": "succeeded",
+           "runtime": "openvino", "measurements": m}
+    (row,) = rows_from_jobs([job, ])
+    assert row.runtime == "openvino" and row.runner_up == "onnxruntime (800 B, 2.000 ms)"
+    assert "runner-up onnxruntime (800 B, 2.000 ms)" in render_table([row])
+    assert render_csv([row]).splitlines()[0].endswith(",runtime,runner_up")
+    old = rows_from_jobs([{**job, "runtime": None, "measurements": {}}])[0]
+    assert old.runner_up is None and render_csv([old]).splitlines()[1].endswith(",torch,")
