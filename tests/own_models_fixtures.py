@@ -30,6 +30,10 @@ TOPICS = {
 FILLER = ["the", "a", "today", "very", "was", "and", "with", "new", "big", "small", "of", "it"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 RESNET_STEPS = 30
+# Held-out float accuracy each built model must reach (chance: 1/3 topics, 1/4 image classes, 1/5 ranker
+# classes). Measured on this machine, seeds 0 and 1: 1.0, 1.0 and 0.91-0.93. An int8 accuracy delta is
+# only worth reporting on a model well above chance; the tests assert these floors on every row.
+ACCURACY_FLOOR = {"hf": 0.9, "vision": 0.9, "export": 0.85}
 
 
 @dataclass(frozen=True)
