@@ -30,8 +30,12 @@ TOPICS = {
 FILLER = ["the", "a", "today", "very", "was", "and", "with", "new", "big", "small", "of", "it"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 RESNET_STEPS = 30
+# The ranker's labels: the best class's logit ahead of the next by this much (see build_export). At 1.0 the
+# float model reached ~0.92 and dynamic int8 flipped a row now and then, which one row in 96 turns into a
+# breach of the default 1% budget; at 3.0 seeds 0-2 gave 0.98-1.0 float and no flip.
+MARGIN = 3.0
 # Held-out float accuracy each built model must reach (chance: 1/3 topics, 1/4 image classes, 1/5 ranker
-# classes). Measured on this machine, seeds 0 and 1: 1.0, 1.0 and 0.91-0.93. An int8 accuracy delta is
+# classes). Measured on this machine: 1.0 (seeds 0-4), 1.0 (seeds 0, 1) and 0.98-1.0 (seeds 0-2). An int8 accuracy delta is
 # only worth reporting on a model well above chance; the tests assert these floors on every row.
 ACCURACY_FLOOR = {"hf": 0.9, "vision": 0.9, "export": 0.85}
 
@@ -244,7 +248,7 @@ def build_export(root: Path, *, seed: int = 0) -> Built:
 
     torch.manual_seed(seed)
     model = _ranker_module().eval()
-    # Labels: argmax of a fixed linear projection, kept only where the best class wins by a margin, so the
+    # Labels: argmax of a fixed linear projection, kept only where the best class wins by ``MARGIN``, so the
     # task is learnable to ~1.0 and not a coin toss at the boundaries. Training rows are generated apart
     # from (and never stored with) the eval and calibration rows. The first wave fit 384 rows for 40
     # full-batch steps and reached ~0.75 held out.
@@ -253,7 +257,8 @@ def build_export(root: Path, *, seed: int = 0) -> Built:
     def rows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(4 * n, 64)
         top2 = (x @ proj).topk(2, dim=1).values
-        x = x[(top2[:, 0] - top2[:, 1]) > 1.0][:n]
+        x = x[(top2[:, 0] - top2[:, 1]) > MARGIN][:n]
+        assert len(x) == n, "too few rows pass the margin: draw more"
         return x, (x @ proj).argmax(1)
 
     train_x, train_y = rows(4096)
