@@ -6,13 +6,15 @@ Shared by the optimize-level tests (tests/optimize/sources/) and the end-to-end 
 - ``build_hf_classifier``: a BERT-style sequence classifier (small ``BertConfig``, its own WordPiece
   vocabulary) trained briefly on a generated topic task, saved with ``save_pretrained`` (safetensors),
   plus JSONL eval/calibration files;
-- ``build_resnet18``: torchvision ResNet-18 with ``num_classes`` outputs, trained a few steps on
-  generated images (to 1.0 held out), weights as ``.safetensors``, and ImageFolder-layout eval/calibration folders;
+- ``build_resnet18``: torchvision ResNet-18 with ``num_classes`` outputs, trained on generated images
+  (1.0 held out), weights as ``.safetensors``, and ImageFolder-layout eval/calibration folders;
 - ``build_export``: a ``.pt2`` (``torch.export.save``) of a module defined only here, with a
   ``.safetensors`` file of inputs by forward argument name and ``labels``;
 - ``build_pickle_pt2``: a ``.pt2`` whose weights entry is a pickle that would create a marker file.
 
-Everything is seeded; nothing is downloaded.
+Everything is seeded, and trained on one thread so that machine load cannot change the model; every
+model reaches ``ACCURACY_FLOOR`` held out (well above chance), so an int8 delta in a row means something.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
