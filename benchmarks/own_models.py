@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                f"speed {'met' if speed_ratio >= GOAL else 'NOT met'}")
     details = (f"per-round speed-ups: {', '.join(f'{v:.2f}' for v in per_round)}; load average (1/5/15 min) "
                f"{'/'.join(f'{v:.2f}' for v in load_start)} at start, {'/'.join(f'{v:.2f}' for v in load_end)} at end; "
-               f"CPU int8 features: {', '.join(int8_isa) or 'none known'}; int8 graph: {_graph_ops(variants['static-int8'])}")
+               f"CPU int8 features: {', '.join(int8_isa) or 'none known'}; "
+               f"int8 graph: {_graph_ops(variants['static-int8'])}")
     doc = {"machine": C.machine_info(), "command": C.command_line("own_models.py", argv or sys.argv[1:]),
            "load_warning": C.load_warning(), "load_average_start": load_start, "load_average_end": load_end,
            "batch": args.batch, "size": args.size, "engine": args.engine, "size_bytes": size, "latency_ms": stats,
