@@ -19,6 +19,7 @@ import pytest
 from modelpress.cli import wait_for
 from tests.conftest import settings_from_env
 from tests.own_models_fixtures import (
+    ACCURACY_FLOOR,
     Built,
     build_export,
     build_hf_classifier,
@@ -134,6 +135,9 @@ def test_one_manifest_sends_an_hf_classifier_a_resnet18_and_a_pt2_each_with_dyna
         assert r["status"] in ("succeeded", "rejected"), where
         assert all(r[c] is not None for c in RESULT_COLUMNS), where
         assert r["metric_name"] == "accuracy", where  # every eval file here has labels
+        # Each model learned its task (chance: 1/3, 1/4, 1/5), so the int8 delta in the row means something.
+        floor = ACCURACY_FLOOR[{"hf": "hf", "torchvision": "vision", "export": "export"}[model.split(":")[0]]]
+        assert r["metric_before"] >= floor and r["metric_after"] >= floor - 0.1, where + f" acc {r['metric_before']}"
         assert [s["batch_size"] for s in r["measurements"]["latency_after"]] == [1, 32], where
         assert r["attempts"] == 1 and r["engine_used"] == "fbgemm", where
 
@@ -151,8 +155,10 @@ def test_one_manifest_sends_an_hf_classifier_a_resnet18_and_a_pt2_each_with_dyna
               f"  acc {r['metric_before']:.3f} -> {r['metric_after']:.3f}")
     assert rn["latency_batch_size"] == 32
     assert smaller >= 3.5, smaller
-    # Speed goals live in benchmarks/ (measured on a quiet machine, many interleaved runs); on a shared test
-    # machine only a clear margin is asserted. Measured here under load: 2.08x and 3.74x in two runs.
+    # Speed goals live in benchmarks/own_models.py (interleaved, median and p90, load noted). This machine's
+    # CPU has AVX2 without VNNI: the fully int8 graph (one quantize at the input, one dequantize at the end,
+    # conv-bn-relu fused, quantized add_relu) measured 2.4-3.2x faster at b32 on 64, 112 and 224 pixel inputs,
+    # so here only a margin that holds under CI load is asserted.
     assert faster >= 1.5, faster
 
     # modelpress.load gives back each result; its accuracy on the same held-out rows is what the worker

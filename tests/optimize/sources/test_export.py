@@ -12,6 +12,7 @@ import torch
 
 from modelpress.optimize.errors import DataError, ModelLoadError, UserInputError
 from tests.optimize.sources.conftest import ref_of, run
+from tests.own_models_fixtures import ACCURACY_FLOOR
 
 
 @pytest.mark.parametrize("recipe", ["dynamic-int8", "static-int8"])
@@ -21,7 +22,8 @@ def test_an_exported_program_is_quantized_measured_and_reloads_identically(expor
 
     r = run(ref_of(export_model), recipe, tmp_path)
     assert r.status == "succeeded" and r.metric_name == "accuracy"
-    assert r.metric_before > 0.5  # the fixture's model learned its task: the metric is about something
+    # The fixture's model learned its task (chance is 0.2): the int8 delta is about something.
+    assert r.metric_before >= ACCURACY_FLOOR["export"], r.metric_before
     assert abs(r.metric_after - r.metric_before) < 0.1
     # int8 weights: the artifact is well under half of the float one (Linear 64-256-256-5).
     assert r.size_after_bytes * 3 < r.size_before_bytes
