@@ -6,6 +6,7 @@ Command (from the repository root):
     .venv/bin/python benchmarks/own_models.py --size 224       # same weights, images resized to 224x224
     .venv/bin/python benchmarks/own_models.py --engine x86     # torch's default x86 engine instead of fbgemm
     .venv/bin/python benchmarks/own_models.py --rounds 2 --runs 3   # smoke
+    .venv/bin/python benchmarks/own_models.py --runtime openvino   # the same recipe built in OpenVINO (issue 11)
 
 The model is built the way the tests build it (tests/own_models_fixtures.py: seeded, trained on generated
 64x64 images; a larger ``--size`` upsamples the same images in preprocessing, so only the resolution the
@@ -44,6 +45,8 @@ def _graph_ops(model) -> dict[str, int]:  # type: ignore[no-untyped-def]
             counts[name] += 1
     from modelpress.optimize.backends import is_quantized_module
 
+    if not hasattr(model, "modules"):
+        return {}  # an ONNX Runtime / OpenVINO artifact: its graph is the runtime's own
     for m in model.modules():
         if any(True for _ in m.parameters(recurse=False)) and not is_quantized_module(m):
             counts["float_modules_with_weights"] += 1
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=64, help="input resolution the network runs at (pixels)")
     ap.add_argument("--engine", default="fbgemm", choices=["fbgemm", "x86"])
+    ap.add_argument("--runtime", default="torch", help="torch | onnxruntime | openvino | auto (the recipe's runtime)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=10, help="timed calls per variant per round")
     ap.add_argument("--out", type=Path, default=C.DEFAULT_OUT)
@@ -81,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     ref = parse_model_ref(b.model, weights=str(b.weights), preprocess=pre,
                           data={"eval": str(b.eval), "calibration": str(b.calibration)},
                           latency_batches=(1, args.batch))
-    r = optimize_model(model_ref=ref, recipe=resolve_recipe("static-int8"), engine=args.engine,
+    from modelpress.optimize.recipes import with_runtime
+
+    recipe = with_runtime(resolve_recipe("static-int8"), args.runtime)
+    r = optimize_model(model_ref=ref, recipe=recipe, engine=args.engine,
                        store=root / "store", warmup=3, runs=3)
     variants = {"float": modelpress.load(r.float_artifact_path), "static-int8": modelpress.load(r.artifact_path)}
     from modelpress.optimize.sources.data import read_images
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = C.cpu_flags()
     int8_isa = sorted(f for f in flags if "vnni" in f or f.startswith("amx") or f in ("avx2", "avx512bw"))
     load_end = list(os.getloadavg())
-    verdict = (f"static int8 ResNet-18 at batch {args.batch}, {args.size}x{args.size}, {args.engine}, 1 thread: "
+    verdict = (f"static int8 ResNet-18 ({r.runtime} artifact vs the torch float model) at batch {args.batch}, "
+               f"{args.size}x{args.size}, {args.engine}, 1 thread: "
                f"{size_ratio:.2f}x smaller, {speed_ratio:.2f}x faster by median "
                f"({stats['float']['median']:.1f} -> {stats['static-int8']['median']:.1f} ms), {p90_ratio:.2f}x by p90 "
                f"({stats['float']['p90']:.1f} -> {stats['static-int8']['p90']:.1f} ms); "
@@ -118,17 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                f"int8 graph: {_graph_ops(variants['static-int8'])}")
     doc = {"machine": C.machine_info(), "command": C.command_line("own_models.py", argv or sys.argv[1:]),
            "load_warning": C.load_warning(), "load_average_start": load_start, "load_average_end": load_end,
-           "batch": args.batch, "size": args.size, "engine": args.engine, "size_bytes": size, "latency_ms": stats,
+           "batch": args.batch, "size": args.size, "engine": args.engine, "runtime": r.runtime, "size_bytes": size, "latency_ms": stats,
            "metric": {"name": r.metric_name, "float": r.metric_before, "static-int8": r.metric_after},
            "size_ratio": size_ratio, "speed_ratio": speed_ratio, "speed_ratio_p90": p90_ratio,
            "speed_ratio_per_round": per_round, "cpu_int8_features": int8_isa,
            "int8_graph": _graph_ops(variants["static-int8"]), "verdict": verdict}
-    md = "\n".join([f"# {NAME}", "", verdict, "", details, "", C.md_table(
+    name = NAME if args.runtime == "torch" else f"{NAME}-{args.runtime}"
+    md = "\n".join([f"# {name}", "", verdict, "", details, "", C.md_table(
         ["variant", "bytes", "median ms", "p90 ms", "accuracy"],
         [[k, size[k], C.fmt(stats[k]["median"]), C.fmt(stats[k]["p90"]),
           C.fmt(r.metric_before if k == "float" else r.metric_after)] for k in variants]),
         "", C.machine_markdown(doc["machine"]), ""])
-    C.write_outputs(args.out, NAME, doc, md)
+    C.write_outputs(args.out, name, doc, md)
     print(verdict)
     print(details)
     if doc["load_warning"]:

@@ -403,13 +403,22 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     model_name = model_name or (resolved.ref.name if resolved.ref is not None else spec.name)
     torch.set_num_threads(threads)
     float_model, content = resolved.model, resolved.content
+    # "name" is the reference the model was resolved by (entry point or allow-listed module:attr), so that
+    # load_artifact can resolve it again; "spec_name" is the spec's own name.
+    model_manifest: dict[str, Any] = {"name": model_name, "spec_name": spec.name, "version": spec.version,
+                                      "content_sha256": content}
+    if resolved.ref is not None:
+        # What load_artifact rebuilds the architecture from (local paths, and store refs when known).
+        model_manifest["ref"] = resolved.ref.to_dict()
+        if stored_ref is not None:
+            model_manifest["stored_ref"] = stored_ref if isinstance(stored_ref, dict) else stored_ref.to_dict()
     if recipe.runtime != "torch":  # ONNX Runtime, OpenVINO or auto: its own module (issue 11)
         from modelpress.optimize.runtime_pipeline import optimize_in_runtime
 
         return optimize_in_runtime(model_name=model_name, spec=spec, recipe=recipe, engine=engine, store=store,
                                    float_model=float_model, content=content, allowlist=allowlist, threads=threads,
                                    warmup=warmup, runs=runs, log=log, verify_reload=verify_reload, reuse=reuse,
-                                   timing_lock_dir=timing_lock_dir)
+                                   timing_lock_dir=timing_lock_dir, model_manifest=model_manifest)
     tv = torch.__version__
     key = artifact_key(content, recipe.sha256, engine, tv)
     # ``reuse=False`` re-measures (a nightly run watching for drift, --force): it writes new objects and
@@ -421,17 +430,7 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
 
     data = spec.data()
     eval_bs = _eval_batch_size(spec)
-    # "name" is the reference the model was resolved by (entry point or allow-listed module:attr), so that
-    # load_artifact can resolve it again; "spec_name" is the spec's own name.
-    base_manifest = {"model": {"name": model_name, "spec_name": spec.name, "version": spec.version,
-                               "content_sha256": content},
-                     "engine": engine, "torch_version": tv}
-    if resolved.ref is not None:
-        # What load_artifact rebuilds the architecture from (local paths, and store refs when known).
-        base_manifest["model"]["ref"] = resolved.ref.to_dict()
-        if stored_ref is not None:
-            base_manifest["model"]["stored_ref"] = (stored_ref if isinstance(stored_ref, dict)
-                                                    else stored_ref.to_dict())
+    base_manifest = {"model": model_manifest, "engine": engine, "torch_version": tv}
     float_path, float_sha, size_before = save_artifact_object(
         store / "float", float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})
 

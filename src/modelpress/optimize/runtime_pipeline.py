@@ -333,7 +333,8 @@ def choose(candidates: Sequence[dict[str, Any]], objective: str) -> dict[str, An
 def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, store: Path,
                         float_model: nn.Module, content: str, allowlist: tuple[str, ...] = (), threads: int = 1,
                         warmup: int = 10, runs: int = 50, log: Callable[[str], None] = lambda m: None,
-                        verify_reload: bool = True, reuse: bool = True, timing_lock_dir: Any = None) -> Any:
+                        verify_reload: bool = True, reuse: bool = True, timing_lock_dir: Any = None,
+                        model_manifest: dict[str, Any] | None = None) -> Any:
     """Run ``recipe`` with ``recipe.runtime`` (a runtime or ``auto``) on ``float_model``; an ``OptimizeResult``.
 
     Called by ``optimize_model``; see the module docstring for the flow.
@@ -363,8 +364,11 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
 
     data = spec.data()
     eval_bs = int(spec.extra.get("eval_batch_size", 256))
-    base_manifest = {"model": {"name": model_name, "spec_name": spec.name, "version": spec.version,
-                               "content_sha256": content}, "engine": engine, "torch_version": tv}
+    # The model part comes from optimize_model (with the source ref for a model given by its files), so the
+    # float .mpz and a torch candidate rebuild on any machine, as in the torch path.
+    model_part = model_manifest or {"name": model_name, "spec_name": spec.name, "version": spec.version,
+                                    "content_sha256": content}
+    base_manifest = {"model": model_part, "engine": engine, "torch_version": tv}
     float_path, float_sha, size_before = save_artifact_object(
         store / "float", float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})
     log("measuring the float model (torch)")
