@@ -91,12 +91,14 @@ def test_minilm_wrapper_reproduces_sentence_transformers_encode(minilm):
 
     spec, model, data, ref = minilm
     assert not model.training
-    assert data.eval_inputs[0].shape == (200, MINILM_SEQ_LEN)
+    # 160 of the 200 bundled sentences evaluate; every fifth (40) is held apart for choices.
+    held_out = [s for i, s in enumerate(bundled_sentences()) if i % 5 != 4]
+    assert data.eval_inputs[0].shape == (160, MINILM_SEQ_LEN) and data.val_inputs[0].shape == (40, MINILM_SEQ_LEN)
     st = load_model(device="cpu")
-    expected = torch.as_tensor(st.encode(bundled_sentences(), batch_size=64, convert_to_numpy=True))
+    expected = torch.as_tensor(st.encode(held_out, batch_size=64, convert_to_numpy=True))
     cos = nn.functional.cosine_similarity(ref, expected, dim=-1)
     assert float(cos.min()) > 0.99999
-    assert torch.allclose(ref.norm(dim=-1), torch.ones(200), atol=1e-5)
+    assert torch.allclose(ref.norm(dim=-1), torch.ones(160), atol=1e-5)
 
 
 @pytest.mark.slow
