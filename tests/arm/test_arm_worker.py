@@ -250,6 +250,10 @@ def test_qnnpack_jobs_run_on_aarch64_flagged_emulated_and_their_artifacts_reload
             worst = float((y_x86 - y_arm).abs().max())
             agree = float((y_x86.argmax(1) == y_arm.argmax(1)).float().mean())
             record_property(f"{key}_x86_vs_arm_max_abs_diff_over_range", round(worst / spread, 5))
+            print(f"\n{key:12} aarch64: {row['size_before_bytes']:,} -> {row['size_after_bytes']:,} bytes, "
+                  f"{row['metric_name']} {row['metric_before']:.4f} -> {row['metric_after']:.4f} "
+                  f"(x86 {x86[key]['metric_after']:.4f}); emulated b{row['latency_batch_size']} "
+                  f"{row['latency_after_median_ms']:.1f} ms; x86 vs aarch64 outputs: max |diff| {worst:.3g}")
             # Quantization tolerance: a few output quantization steps (1/255 of the range each).
             assert worst <= 0.02 * spread, (key, worst, spread)
             assert agree >= 0.98, (key, agree)
