@@ -57,33 +57,12 @@ BATCHES = {"minilm_l6_v2": [1, 32], "digits_cnn": [1, 64], "mlp": [1, 64]}
 PEER_KEYS = ("ort-dynamic", "ort-static-qdq", "nncf-quantize", "nncf-compress-weights")
 
 
-_TV_LIB: list[Any] = []
-
-
 def torchvision_guard() -> None:
-    """Let ``transformers`` import beside the registry's CUDA torchvision build (field notes / common brief).
+    """Let ``transformers`` import beside the registry's CUDA torchvision build: the project's one shim
+    (``optimize/hf_env.py``: offline, torchvision's two op schemas declared before its import)."""
+    from modelpress.optimize.hf_env import prepare_transformers
 
-    transformers imports torchvision when it is installed; the 0.28.0 wheel's compiled ops cannot load beside
-    the CPU torch and its import dies on ``torchvision::nms``. Declaring the two schemas first makes the pure
-    Python part import (MiniLM needs none of torchvision's ops).
-    """
-    import torch
-
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        return
-    except RuntimeError:
-        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[k]
-        lib = torch.library.Library("torchvision", "DEF")
-        for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                       "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"):
-            try:
-                lib.define(schema)
-            except RuntimeError:
-                pass
-        _TV_LIB.append(lib)  # the definitions live as long as the Library object
+    prepare_transformers()
 
 
 def _err(e: BaseException) -> str:

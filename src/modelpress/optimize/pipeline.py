@@ -324,6 +324,21 @@ def _metric_at_batch1(model: nn.Module, data: TaskData, metric: str, ref_out: to
             "before": compute_metric(metric, ref, labels=labels, reference=ref), "rows": k}  # type: ignore[arg-type]
 
 
+def float_reference(float_model: nn.Module, spec: ModelSpec, data: TaskData, eval_bs: int) -> tuple[torch.Tensor, float]:
+    """The float model's outputs on the eval rows and its metric: what every result is compared with.
+
+    Shared by the torch path and the runtime path (``runtime_pipeline``), so "before" means one thing.
+    """
+    if float_model.training:
+        raise RuntimeError("the float model must be in eval mode before it is measured")
+    ref_out = predict(float_model, data.eval_inputs, batch_size=eval_bs)
+    try:
+        metric_before = compute_metric(spec.metric, ref_out, labels=data.eval_labels, reference=ref_out)
+    except RuntimeError as e:
+        raise ModelLoadError(f"the model's outputs do not fit its labels: {e}") from None
+    return ref_out, metric_before
+
+
 def _timed_latency(model: nn.Module, spec: ModelSpec, *, phase: str, lock_dir: str | os.PathLike[str] | None,
                    warmup: int, runs: int, threads: int, timings: list[dict[str, Any]]) -> list[LatencyStats]:
     # Only the timing itself holds the host-wide lock: the rest of a job runs beside other jobs.
@@ -435,13 +450,7 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
         store / "float", float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})
 
     log("measuring the float model")
-    if float_model.training:
-        raise RuntimeError("the float model must be in eval mode before it is measured")
-    ref_out = predict(float_model, data.eval_inputs, batch_size=eval_bs)
-    try:
-        metric_before = compute_metric(spec.metric, ref_out, labels=data.eval_labels, reference=ref_out)
-    except RuntimeError as e:
-        raise ModelLoadError(f"the model's outputs do not fit its labels: {e}") from None
+    ref_out, metric_before = float_reference(float_model, spec, data, eval_bs)
     timings: list[dict[str, Any]] = []
     lat_before = _timed_latency(float_model, spec, phase="before", lock_dir=timing_lock_dir, warmup=warmup,
                                 runs=runs, threads=threads, timings=timings)

@@ -42,7 +42,7 @@ from torch import nn
 
 from modelpress.optimize.artifacts import artifact_key, atomic_write_json
 from modelpress.optimize.backends import quantized_engine
-from modelpress.optimize.errors import ModelLoadError, UserInputError
+from modelpress.optimize.errors import UserInputError
 from modelpress.optimize.measure import (
     as_tuple,
     batch_of,
@@ -340,8 +340,8 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
     Called by ``optimize_model``; see the module docstring for the flow.
     """
     from modelpress.optimize.artifacts import _publish_object, put_json_object, save_artifact_object
-    from modelpress.optimize.pipeline import (OptimizeResult, _cached_result, _Chain, _json_safe, _metric_at_batch1,
-                                              _run_steps, _timing_record)
+    from modelpress.optimize.pipeline import (OptimizeResult, _cached_result, _Chain, _eval_batch_size, _json_safe,
+                                              _metric_at_batch1, _run_steps, _timing_record, float_reference)
 
     store = Path(store)
     names = candidate_names(recipe)
@@ -363,7 +363,7 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
         return stored
 
     data = spec.data()
-    eval_bs = int(spec.extra.get("eval_batch_size", 256))
+    eval_bs = _eval_batch_size(spec)
     # The model part comes from optimize_model (with the source ref for a model given by its files), so the
     # float .mpz and a torch candidate rebuild on any machine, as in the torch path.
     model_part = model_manifest or {"name": model_name, "spec_name": spec.name, "version": spec.version,
@@ -372,13 +372,7 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
     float_path, float_sha, size_before = save_artifact_object(
         store / "float", float_model, {**base_manifest, "recipe": {"steps": []}, "steps_meta": []})
     log("measuring the float model (torch)")
-    if float_model.training:
-        raise RuntimeError("the float model must be in eval mode before it is measured")
-    ref_out = predict(float_model, data.eval_inputs, batch_size=eval_bs)
-    try:
-        metric_before = compute_metric(spec.metric, ref_out, labels=data.eval_labels, reference=ref_out)
-    except RuntimeError as e:
-        raise ModelLoadError(f"the model's outputs do not fit its labels: {e}") from None
+    ref_out, metric_before = float_reference(float_model, spec, data, eval_bs)
     job = _Job(spec=spec, recipe=recipe, engine=engine, data=data, store=store, key=key, threads=threads,
                warmup=warmup, runs=runs, allowlist=allowlist, log=log, lock_dir=timing_lock_dir)
     lat_before = job.latencies(float_model, phase="before")
