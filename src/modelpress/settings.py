@@ -229,17 +229,19 @@ class Settings(BaseSettings):
 
         Example:
             >>> Settings(home="/tmp/mp-doc", flower_basic_auth="admin:admin").placeholder_secrets()
-            ['MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password (admin:admin); set a real one']
+            ['MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password (pair 1); set a real one']
         """
         from urllib.parse import urlsplit
 
         out: list[str] = []
         if self.flower_basic_auth is not None:
-            for pair in self.flower_basic_auth.get_secret_value().split(","):
+            for i, pair in enumerate(self.flower_basic_auth.get_secret_value().split(","), start=1):
                 user, _, password = pair.strip().partition(":")
+                if not user or not password:
+                    continue  # malformed: refused with its own error, which never echoes the value either
                 if _is_placeholder(password) or password == user:
-                    out.append(f"MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password ({user}:{password if password == user else '...'}); "
-                               "set a real one")
+                    # Never echo a credential, not even a weak one: logs travel further than secrets should.
+                    out.append(f"MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password (pair {i}); set a real one")
         for var, url in (("MODELPRESS_DATABASE_URL", self.database_url), ("MODELPRESS_BROKER_URL", self.broker_url)):
             try:
                 password = urlsplit(url).password if url else None

@@ -45,7 +45,8 @@ def test_embedded_is_allowed_when_asked_and_example_secrets_are_warned_about(tmp
                         flower_basic_auth="admin:admin")
     assert refuse_or_warn(deployed, "beat", embedded=False) is None  # warned, not refused
     err = capsys.readouterr().err
-    assert "MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password (admin:admin)" in err
+    assert "MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password (pair 1)" in err
+    assert "admin" not in err  # not even a weak credential is echoed
     assert "MODELPRESS_DATABASE_URL holds a placeholder password" in err
     assert "MODELPRESS_BROKER_URL holds a placeholder password" in err
     assert "change-me-postgres" not in err  # named, never printed
