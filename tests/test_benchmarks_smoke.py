@@ -60,7 +60,10 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     assert {"float (torch)", "float (ONNX Runtime)", "ORT int8 per-tensor", "ORT int8 per-channel",
             "modelpress dynamic-int8"} <= set(variants)
     for v in variants.values():
-        assert v["status"] == "ok", v
+        # A modelpress recipe that breaks its (default 1 %) budget is measured all the same and reported as
+        # rejected with its reason; every peer and float variant must be built and measured.
+        assert v["status"] == "ok" or (v["kind"] == "modelpress" and v["status"] == "rejected"
+                                       and v["pipeline_reason"]), v
         assert v["size_bytes"] > 0 and v["metric"] is not None
         _latency_fields(v["latency"])
         assert {"smaller_than_float", "size_fraction_of_float", "faster_than_float", "vs_peer"} <= set(v)
@@ -100,7 +103,7 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     ours = [v for v in pm["variants"] if v["kind"] == "modelpress"]
     assert ours and all(v.get("runtime") in ("torch", "onnxruntime", "openvino") for v in ours), ours
     for v in pm["variants"]:
-        assert v["status"] == "ok", v
+        assert v["status"] == "ok" or (v["kind"] == "modelpress" and v["status"] == "rejected"), v
         assert v["size_bytes"] > 0 and v["metric"] is not None
         for b in ("1", "64"):
             assert {"median_ms", "p90_ms", "runs", "threads", "input_shape"} <= set(v["latency"][b])
