@@ -50,7 +50,9 @@ NAME = "peers"
 # Per model: which modelpress recipes to run (each with runtime=auto) and the batches the issue names.
 DEFAULT_RECIPES = {
     "minilm_l6_v2": ["static-int8"],
-    "digits_cnn": ["static-int8", "prune50-finetune-static-int8"],
+    # A service calls at batch 1: the prune recipe runs with auto's default objective (the largest batch) and
+    # with ``objective: latency_b1`` — one artifact each, both judged at every batch.
+    "digits_cnn": ["static-int8", "prune50-finetune-static-int8", "prune50-finetune-static-int8@latency_b1"],
     "mlp": ["static-int8", "dynamic-int8"],
 }
 BATCHES = {"minilm_l6_v2": [1, 32], "digits_cnn": [1, 64], "mlp": [1, 64]}
@@ -270,14 +272,18 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
         logging.disable(logging.NOTSET)
 
     # modelpress: its own pipeline with runtime=auto, the saved artifact reloaded and measured like the peers.
-    for rname in (a.recipes.split(",") if a.recipes else DEFAULT_RECIPES.get(spec.name, ["static-int8"])):
-        v: dict[str, Any] = {"label": f"modelpress {rname} (auto)", "key": f"modelpress-{rname}", "kind": "modelpress",
-                             "recipe": rname}
+    # Each entry is a recipe name, optionally "@objective" (else --objective, else the recipe's own).
+    for entry in (a.recipes.split(",") if a.recipes else DEFAULT_RECIPES.get(spec.name, ["static-int8"])):
+        rname, _, objective = entry.partition("@")
+        objective = objective or a.objective
+        label = f"modelpress {rname} ({a.runtime}{', objective ' + objective if objective else ''})"
+        v: dict[str, Any] = {"label": label, "key": f"modelpress-{entry}", "kind": "modelpress", "recipe": rname,
+                             "objective": objective}
         variants.append(v)
         t0 = time.monotonic()
         try:
             recipe = resolve_recipe(rname)
-            recipe = recipe.model_copy(update={"runtime": a.runtime, **({"objective": a.objective} if a.objective else {})})
+            recipe = recipe.model_copy(update={"runtime": a.runtime, **({"objective": objective} if objective else {})})
             r = optimize_model(model_name=spec.name, recipe=recipe, engine=a.engine, store=store, allowlist=allow,
                                threads=a.threads, warmup=1, runs=3, reuse=False)
             fn = modelpress.load(r.artifact_path, threads=a.threads)
@@ -353,13 +359,18 @@ def judge(m: dict[str, Any]) -> list[dict[str, Any]]:
                  f"{frac:.3f}× float; " + ("not dominated: " + ", ".join(losses) if losses else "dominates all peers"))
     elif m["name"] == "digits_cnn":
         text = "prune → int8 within 1 point of float, faster at b1 and b64 than ORT static QDQ and NNCF quantize"
-        mine = next((v for v in ours if "prune" in v["recipe"]), None)
+        pruned = [v for v in ours if "prune" in v["recipe"]]
         rivals = [vs[k] for k in ("ort-static-qdq", "nncf-quantize") if ok(vs.get(k))]
-        if mine is None or len(rivals) < 2:
-            goal(text, mine, None, "prune→int8 artifact or a peer missing")
+        if not pruned or len(rivals) < 2:
+            goal(text, None, None, "prune→int8 artifact or a peer missing")
         else:
+            def misses(v: dict[str, Any]) -> list[str]:
+                return [f"{r['label']} b{b}" for r in rivals for b in bs if _lat(v, b) >= _lat(r, b)]
+
+            # Each prune→int8 artifact is one file judged at every batch; the goal is met when one meets it.
+            mine = min(pruned, key=lambda v: (flt["metric"] - v["metric"] > 0.01, len(misses(v))))
             drop = flt["metric"] - mine["metric"]
-            slower = [f"{r['label']} b{b}" for r in rivals for b in bs if _lat(mine, b) >= _lat(r, b)]
+            slower = misses(mine)
             met = drop <= 0.01 and not slower
             goal(text, mine, met, f"accuracy drop {drop * 100:.2f} pt; "
                  + "; ".join(f"b{b} {_lat(mine, b):.4g} ms vs " + ", ".join(f"{r['label']} {_lat(r, b):.4g}" for r in rivals)

@@ -7,11 +7,14 @@
 2. each candidate runtime exports that last float model, records its *float* numbers in that runtime
    (``measurements["candidates"][i]["runtime_float"]``), then quantizes with its own toolchain per the
    recipe's quantization step;
-3. budget + fallback: whether the budget holds, the per-layer sensitivity ranking and how many layers stay
+3. tuning: a runtime may offer quantizer settings that keep the int8 graph (``Runtime.tunings``, e.g.
+   SmoothQuant's strength for a transformer in NNCF); each is built and the most faithful on the selection
+   rows is kept, the toolchain's defaults winning ties (``measurements["candidates"][i]["tuning"]``);
+4. budget + fallback: whether the budget holds, the per-layer sensitivity ranking and how many layers stay
    float are decided on **selection rows** — validation rows when the model's data has them
    (``TaskData.val_inputs``/``val_labels``), else the calibration inputs judged by fidelity to the float
    model — never on the eval rows the reported metric uses;
-4. ``auto`` keeps, among candidates that keep the budget on the selection rows, the best at the recipe's
+5. ``auto`` keeps, among candidates that keep the budget on the selection rows, the best at the recipe's
    ``objective`` (``latency_b1``, ``latency_bN`` = largest measured batch, or ``size``); a candidate that
    cannot be built is recorded with its reason and skipped; the job fails only when none can be built.
 
@@ -191,7 +194,8 @@ def _save_load(job: _Job, rt: Runtime, exp: Exported, path: Path) -> tuple[int, 
 
 
 def _fallback(job: _Job, rt: Runtime, float_exp: Exported, qcfg: Any, calib: list[tuple[torch.Tensor, ...]],
-              sel: _Selection, first: float, workdir: Path) -> tuple[Exported, float, dict[str, Any]]:
+              sel: _Selection, first: float, workdir: Path,
+              tuning: dict[str, Any] | None = None) -> tuple[Exported, float, dict[str, Any]]:
     """Keep the most sensitive layers float, one more at a time, until the budget holds on the selection rows.
 
     Sensitivity of a layer = selection-row error recovered by keeping it alone float (leave-one-float),
@@ -204,7 +208,7 @@ def _fallback(job: _Job, rt: Runtime, float_exp: Exported, qcfg: Any, calib: lis
     t0 = time.perf_counter()
     scores: dict[str, float] = {}
     for name in layers:
-        q = rt.quantize(float_exp, qcfg, calib, keep_float=base_keep + (name,), workdir=workdir)
+        q = rt.quantize(float_exp, qcfg, calib, keep_float=base_keep + (name,), workdir=workdir, tuning=tuning)
         _, fn = _save_load(job, rt, q, workdir / f"sens{rt.suffix}")
         scores[name] = sel.score(fn)
     ranking = sorted(layers, key=lambda n: -scores[n])
@@ -213,7 +217,7 @@ def _fallback(job: _Job, rt: Runtime, float_exp: Exported, qcfg: Any, calib: lis
     best: tuple[float, Exported | None, int] = (first, None, 0)
     for k in range(1, limit + 1):
         keep = base_keep + tuple(ranking[:k])
-        q = rt.quantize(float_exp, qcfg, calib, keep_float=keep, workdir=workdir)
+        q = rt.quantize(float_exp, qcfg, calib, keep_float=keep, workdir=workdir, tuning=tuning)
         _, fn = _save_load(job, rt, q, workdir / f"trial{rt.suffix}")
         m = sel.score(fn)
         ok = sel.allows(budget, m)
@@ -228,8 +232,38 @@ def _fallback(job: _Job, rt: Runtime, float_exp: Exported, qcfg: Any, calib: lis
               "trials": trials, "chosen_float_layers": best[2] if trials[-1]["within_budget"] else None,
               "max_float_layers": budget.max_float_layers}
     if best[1] is None:
-        return rt.quantize(float_exp, qcfg, calib, keep_float=base_keep, workdir=workdir), first, record
+        return rt.quantize(float_exp, qcfg, calib, keep_float=base_keep, workdir=workdir, tuning=tuning), first, record
     return best[1], best[0], record
+
+
+def _tune(job: _Job, rt: Runtime, float_exp: Exported, qcfg: Any, calib: list[tuple[torch.Tensor, ...]],
+          keep: tuple[str, ...], sel: _Selection, default_exp: Exported, default_metric: float,
+          options: Sequence[dict[str, Any]], one_trial_s: float,
+          workdir: Path) -> tuple[dict[str, Any] | None, Exported, float, dict[str, Any]]:
+    """Try the runtime's quantizer settings (``Runtime.tunings``) beside its defaults; keep the most faithful.
+
+    Every option keeps the quantized graph (same layers int8, same kernels), so it is chosen on fidelity
+    alone, and only on selection rows: the eval rows the job reports stay unseen. The defaults win ties.
+    Bounded like the fallback: skipped when the options would take longer than ``FALLBACK_MAX_SECONDS``.
+    """
+    estimate = one_trial_s * len(options)
+    tried: list[dict[str, Any]] = [{"tuning": None, "selection_metric": default_metric}]
+    record: dict[str, Any] = {"rows": sel.source, "metric": sel.metric, "tried": tried, "chosen": None}
+    if estimate > FALLBACK_MAX_SECONDS:
+        record["skipped"] = f"estimated {estimate:.0f} s > {FALLBACK_MAX_SECONDS} s"
+        return None, default_exp, default_metric, record
+    best: tuple[float, dict[str, Any] | None, Exported] = (default_metric, None, default_exp)
+    for opt in options:
+        q = rt.quantize(float_exp, qcfg, calib, keep_float=keep, workdir=workdir, tuning=opt)
+        _, fn = _save_load(job, rt, q, workdir / f"tune{rt.suffix}")
+        m = sel.score(fn)
+        del fn
+        tried.append({"tuning": dict(opt), "selection_metric": m})
+        job.log(f"{rt.name} tuning {opt}: {sel.metric} {m:.4f} on {sel.source} rows")
+        if m > best[0]:
+            best = (m, dict(opt), q)
+    record["chosen"] = best[1]
+    return best[1], best[2], best[0], record
 
 
 def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepContext, prefix: dict[str, Any],
@@ -268,6 +302,11 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
         m_sel = sel.score(fn)
         one_trial_s = time.perf_counter() - t_q
         del fn
+        tuning: dict[str, Any] | None = None
+        options = rt.tunings(exp, qcfg)
+        if options:
+            tuning, q_exp, m_sel, rec["tuning"] = _tune(job, rt, exp, qcfg, calib, keep, sel, q_exp, m_sel,
+                                                        options, one_trial_s, workdir)
         if recipe.budget is not None and not sel.allows(recipe.budget, m_sel) and recipe.budget.max_float_layers > 0:
             # Leave-one-float costs one quantize + score per layer; bound it so that one slow candidate (e.g.
             # static QDQ of a transformer, ~30 s per quantize on 2 cores) cannot eat the job's time limit.
@@ -278,7 +317,8 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
                                               f"({one_trial_s:.1f} s per trial)"}
             else:
                 job.log(f"{name}: budget broken on {sel.source} rows ({m_sel:.4f}); measuring layer sensitivity")
-                q_exp, m_sel, rec["fallback"] = _fallback(job, rt, exp, qcfg, calib, sel, m_sel, workdir)
+                q_exp, m_sel, rec["fallback"] = _fallback(job, rt, exp, qcfg, calib, sel, m_sel, workdir,
+                                                             tuning)
         float_layers = list(q_exp.meta.get("float_layers", keep))
         rec["quantization"] = q_exp.meta
     else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from modelpress.optimize.errors import UserInputError
 
@@ -80,11 +80,20 @@ class Runtime(Protocol):
         ...
 
     def quantize(self, exported: Exported, qcfg: Any, calib: Sequence[tuple[torch.Tensor, ...]],
-                 keep_float: Sequence[str], workdir: Path) -> Exported:
+                 keep_float: Sequence[str], workdir: Path, tuning: Mapping[str, Any] | None = None) -> Exported:
         """A new quantized ``Exported`` from a float one, per the recipe's quantization step ``qcfg``.
 
-        ``calib`` are calibration batches (never eval rows); ``keep_float`` names from ``layers`` stay float.
+        ``calib`` are calibration batches (never eval rows); ``keep_float`` names from ``layers`` stay float;
+        ``tuning`` is one of ``tunings``' settings (None = the toolchain's defaults).
         Raises ``UserInputError`` for a ``qcfg`` this runtime cannot do (the message says what to change).
+        """
+        ...
+
+    def tunings(self, exported: Exported, qcfg: Any) -> list[dict[str, Any]]:
+        """Numerical settings of the quantizer worth trying beside its defaults, for this model and step.
+
+        Each keeps the quantized graph (the same layers in int8, the same kernels), so it changes fidelity,
+        not speed or bytes: the pipeline picks among them on selection rows only. Empty when there are none.
         """
         ...
 

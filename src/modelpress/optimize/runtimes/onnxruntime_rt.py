@@ -28,7 +28,7 @@ import functools
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -116,11 +116,15 @@ class OnnxRuntime:
             out.setdefault(modules.get(node.name) or _module_of(node) or node.name, []).append(node.name)
         return out
 
+    def tunings(self, exported: Exported, qcfg: Any) -> list[dict[str, Any]]:
+        """None worth trying: the recipe's step already names this toolchain's settings."""
+        return []
+
     def layers(self, exported: Exported) -> list[str]:
         return sorted(self._node_names(exported))
 
     def quantize(self, exported: Exported, qcfg: Any, calib: Sequence[tuple[torch.Tensor, ...]],
-                 keep_float: Sequence[str], workdir: Path) -> Exported:
+                 keep_float: Sequence[str], workdir: Path, tuning: Mapping[str, Any] | None = None) -> Exported:
         self._require()
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 

@@ -17,7 +17,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ class TorchRuntime:
         return Exported(runtime=self.name, handle=TorchHandle(m), input_names=list(input_names))
 
     def quantize(self, exported: Exported, qcfg: Any, calib: Sequence[tuple[torch.Tensor, ...]],
-                 keep_float: Sequence[str], workdir: Path) -> Exported:
+                 keep_float: Sequence[str], workdir: Path, tuning: Mapping[str, Any] | None = None) -> Exported:
         from modelpress.optimize.steps import apply_step
 
         h: TorchHandle = exported.handle
@@ -76,6 +76,10 @@ class TorchRuntime:
         return Exported(runtime=self.name, handle=handle, input_names=exported.input_names, quantized=True,
                         meta={"step": cfg.type, "quantized_layers": meta.get("quantized_modules", []),
                               "float_layers": list(keep_float), "engine": ctx.engine})
+
+    def tunings(self, exported: Exported, qcfg: Any) -> list[dict[str, Any]]:
+        """None worth trying: the recipe's step already names this toolchain's settings."""
+        return []
 
     def layers(self, exported: Exported) -> list[str]:
         types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LSTM, nn.GRU)
