@@ -49,7 +49,7 @@ import compression as CMP  # noqa: E402
 NAME = "peers"
 # Per model: which modelpress recipes to run (each with runtime=auto) and the batches the issue names.
 DEFAULT_RECIPES = {
-    "minilm_l6_v2": ["static-int8"],
+    "minilm_l6_v2": ["static-int8", "dynamic-int8"],
     # A service calls at batch 1: the prune recipe runs with auto's default objective (the largest batch) and
     # with ``objective: latency_b1`` — one artifact each, both judged at every batch.
     "digits_cnn": ["static-int8", "prune50-finetune-static-int8", "prune50-finetune-static-int8@latency_b1"],
@@ -343,16 +343,20 @@ def judge(m: dict[str, Any]) -> list[dict[str, Any]]:
 
     if m["name"] == "minilm_l6_v2":
         text = "auto Pareto-dominates every peer (b32 latency and cosine), ≤0.26× float bytes"
-        best = min(ours, key=lambda v: _lat(v, bs[-1]) or float("inf"), default=None)
-        if best is None or not peers:
-            goal(text, best, None, "no modelpress artifact or no peer measured")
+        if not ours or not peers:
+            goal(text, None, None, "no modelpress artifact or no peer measured")
         else:
-            def why(p: dict[str, Any]) -> str | None:
-                bad = [w for w, cond in (("slower", _lat(best, bs[-1]) > _lat(p, bs[-1])),
-                                         ("less faithful", best["metric"] < p["metric"])) if cond]
+            def why(mine: dict[str, Any], p: dict[str, Any]) -> str | None:
+                bad = [w for w, cond in (("slower", _lat(mine, bs[-1]) > _lat(p, bs[-1])),
+                                         ("less faithful", mine["metric"] < p["metric"])) if cond]
                 return f"ours is {' and '.join(bad)} than {p['label']}" if bad else None
 
-            losses = [w for w in map(why, peers) if w]
+            def losses_of(mine: dict[str, Any]) -> list[str]:
+                return [w for w in (why(mine, p) for p in peers) if w]
+
+            # Each modelpress artifact is judged; the one losing to the fewest peers is shown (fastest on ties).
+            best = min(ours, key=lambda v: (len(losses_of(v)), _lat(v, bs[-1]) or float("inf")))
+            losses = losses_of(best)
             frac = best["size_fraction_of_float"]
             met = not losses and frac <= 0.26
             goal(text, best, met, f"ours cos {best['metric']:.4f}, b{bs[-1]} {_lat(best, bs[-1]):.4g} ms, "
