@@ -137,3 +137,46 @@ def test_the_docs_name_their_commit_and_a_dirty_tree_is_marked_or_refused(tmp_pa
 
     monkeypatch.setattr(run_all.C, "_git", lambda *a: "" if a[0] == "status" else real_git(*a))
     assert f"Generated from commit `{head}` (clean tree)" in run_all.render_docs(tmp_path, [], [])
+
+
+def _variant(key: str, kind: str, metric: float, lat: dict[int, float], **kw) -> dict:
+    return {"key": key, "label": key, "kind": kind, "status": "ok", "metric": metric,
+            "latency": {str(b): {"median_ms": ms} for b, ms in lat.items()}, **kw}
+
+
+def test_the_peers_judge_passes_the_digits_goal_when_one_prune_artifact_wins_at_every_batch() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+
+    base = [_variant("torch-float", "float", 0.996, {1: 0.8, 64: 20.0}),
+            _variant("ort-static-qdq", "peer", 0.996, {1: 0.20, 64: 6.0}),
+            _variant("nncf-quantize", "peer", 0.996, {1: 0.31, 64: 12.0})]
+    b64_only = _variant("modelpress-prune", "modelpress", 0.990, {1: 0.24, 64: 1.5}, recipe="prune50-x")
+    both = _variant("modelpress-prune@latency_b1", "modelpress", 0.992, {1: 0.16, 64: 2.8}, recipe="prune50-x")
+    model = {"name": "digits_cnn", "batches": [1, 64], "variants": base + [b64_only]}
+    (g,) = peers.judge(model)
+    assert g["met"] is False and "not faster than: ort-static-qdq b1" in g["detail"]
+    (g,) = peers.judge({**model, "variants": base + [b64_only, both]})
+    assert g["met"] is True and g["ours"] == "modelpress-prune@latency_b1"
+    # Faster everywhere but more than a point of accuracy lost: not met.
+    lossy = {**both, "metric": 0.98}
+    (g,) = peers.judge({**model, "variants": base + [lossy]})
+    assert g["met"] is False
+
+
+def test_the_peers_judge_wants_one_minilm_artifact_that_dominates_every_peer() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+
+    base = [_variant("torch-float", "float", 1.0, {1: 40, 32: 1000}, size_fraction_of_float=1.0),
+            _variant("nncf-quantize", "peer", 0.993, {1: 11, 32: 313}),
+            _variant("nncf-compress-weights", "peer", 0.9995, {1: 15, 32: 470})]
+    fast = _variant("modelpress-static", "modelpress", 0.9955, {1: 11, 32: 310}, size_fraction_of_float=0.25)
+    (g,) = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32], "variants": base + [fast]})
+    assert g["met"] is False and "less faithful than nncf-compress-weights" in g["detail"]
+    great = {**fast, "key": "modelpress-dyn", "label": "modelpress-dyn", "metric": 0.9996}
+    (g,) = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32], "variants": base + [fast, great]})
+    assert g["met"] is True and g["ours"] == "modelpress-dyn"
+    (g,) = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32],
+                        "variants": base + [{**great, "size_fraction_of_float": 0.3}]})
+    assert g["met"] is False
