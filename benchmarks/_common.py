@@ -53,6 +53,17 @@ def _version(dist: str) -> str | None:
         return None
 
 
+#: What the benchmarks write. A run rewrites these as it goes, so they never make the source "dirty": only
+#: changes to the code that measures do (otherwise every benchmark after the first would call itself dirty).
+OUTPUT_PATHSPECS = (":(exclude)benchmarks/results", ":(exclude)docs/benchmarks.md")
+
+
+def source_dirty() -> bool | None:
+    """Whether tracked files other than the benchmarks' outputs have uncommitted changes (None: no git)."""
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHSPECS)
+    return None if out is None else bool(out)
+
+
 def _git(*args: str) -> str | None:
     try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
@@ -81,7 +92,7 @@ def machine_info() -> dict[str, Any]:
         torch_version = torch.__version__
     except ImportError:
         pass
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = source_dirty()
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
@@ -97,7 +108,7 @@ def machine_info() -> dict[str, Any]:
         "versions": {d: _version(d) for d in ("modelpress", "onnx", "onnxruntime", "onnxscript", "celery",
                                                 "kombu", "redis", "sqlalchemy", "numpy")} | {"torch": torch_version},
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(dirty) if dirty is not None else None,
+        "git_dirty": dirty,
         "load_average": list(os.getloadavg()),
         # Set by tools/arm-worker (aarch64 under qemu-user): such times are not speeds (docs/operations.md).
         "emulated": os.environ.get("MODELPRESS_EMULATED") or None,

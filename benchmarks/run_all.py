@@ -70,8 +70,14 @@ def _shown(p: Path) -> str:
 def source_state() -> tuple[str, bool]:
     """(HEAD commit, whether tracked files have uncommitted changes) of the checkout rendering the docs."""
     head = C._git("rev-parse", "HEAD") or "unknown"
-    dirty = C._git("status", "--porcelain", "--untracked-files=no")
-    return head, bool(dirty) or dirty is None
+    dirty = C.source_dirty()
+    return head, dirty is None or dirty
+
+
+def code_changes_since(commit: str, head: str) -> list[str] | None:
+    """Files (outside the benchmarks' outputs) that differ between the measuring commit and ``head``."""
+    out = C._git("diff", "--name-only", commit, head, "--", ".", *C.OUTPUT_PATHSPECS)
+    return None if out is None else [line for line in out.splitlines() if line]
 
 
 def render_docs(out: Path, names: Sequence[str], statuses: list[dict[str, Any]]) -> str:
@@ -94,6 +100,14 @@ def render_docs(out: Path, names: Sequence[str], statuses: list[dict[str, Any]])
     others = {n: d["machine"] for n, d in loaded.items()
               if (d["machine"]["cpu_model"], d["machine"]["git_commit"]) != (first["machine"]["cpu_model"],
                                                                             first["machine"]["git_commit"])}
+    measured = sorted({d["machine"].get("git_commit") or "?" for d in loaded.values()})
+    for commit in measured:
+        if commit in ("?", head):
+            continue
+        changed = code_changes_since(commit, head)
+        docs += [f"Results measured at commit `{commit[:12]}`, rendered at `{head[:12]}`; code that differs between "
+                 "them: " + ("none" if changed == [] else ", ".join(f"`{c}`" for c in changed) if changed else
+                             "unknown (git could not compare them)") + ".", ""]
     if others:
         docs += ["Some results came from another machine or commit: " +
                  ", ".join(f"{n}: {m['cpu_model']} @ {(m['git_commit'] or '?')[:12]}" for n, m in others.items()), ""]

@@ -139,6 +139,27 @@ def test_the_docs_name_their_commit_and_a_dirty_tree_is_marked_or_refused(tmp_pa
     assert f"Generated from commit `{head}` (clean tree)" in run_all.render_docs(tmp_path, [], [])
 
 
+def test_a_benchmark_rewriting_its_own_results_does_not_make_the_source_dirty(tmp_path: Path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common as C
+
+    repo = tmp_path / "repo"
+    for rel in ("benchmarks/results/compression.json", "docs/benchmarks.md", "src/code.py"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("v1\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "one"]):
+        subprocess.run(git + args, check=True)
+    monkeypatch.setattr(C, "ROOT", repo)
+    assert C.source_dirty() is False
+    # What a run writes as it goes: the next benchmark must still call the source clean.
+    (repo / "benchmarks/results/compression.json").write_text("v2\n")
+    (repo / "docs/benchmarks.md").write_text("v2\n")
+    assert C.source_dirty() is False
+    (repo / "src/code.py").write_text("v2\n")
+    assert C.source_dirty() is True
+
+
 def _variant(key: str, kind: str, metric: float, lat: dict[int, float], **kw) -> dict:
     return {"key": key, "label": key, "kind": kind, "status": "ok", "metric": metric,
             "latency": {str(b): {"median_ms": ms} for b, ms in lat.items()}, **kw}
