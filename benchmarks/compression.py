@@ -306,7 +306,13 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
             r = optimize_model(model_name=spec.name, recipe=recipe, engine=a.engine, store=store, allowlist=allow,
                                threads=a.threads, warmup=1, runs=3)
             v["optimize_s"] = round(time.monotonic() - t0, 2)
-            loaded = load_artifact(r.artifact_path, allowlist=allow, engine=a.engine).model.eval()
+            if Path(r.artifact_path).suffix == ".mpz":
+                loaded = load_artifact(r.artifact_path, allowlist=allow, engine=a.engine).model.eval()
+            else:  # a runtime artifact (runtime: onnxruntime / openvino / auto): served as a user serves it
+                import modelpress
+
+                loaded = modelpress.load(r.artifact_path, threads=a.threads)
+            v["runtime"] = getattr(r, "runtime", None) or "torch"
             v.update(status="ok" if r.status == "succeeded" else r.status, pipeline_status=r.status,
                      pipeline_reason=r.reason, pipeline_metric_after=r.metric_after,
                      size_bytes=file_size(r.artifact_path), **scored(loaded), float_layers=r.float_layers,
