@@ -185,7 +185,7 @@ def test_the_peers_judge_passes_the_digits_goal_when_one_prune_artifact_wins_at_
     assert g["met"] is False
 
 
-def test_the_peers_judge_wants_one_minilm_artifact_that_dominates_every_peer() -> None:
+def test_the_peers_judge_wants_one_minilm_artifact_that_beats_nncf_quantize_and_one_that_dominates_every_peer() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import peers
 
@@ -193,11 +193,31 @@ def test_the_peers_judge_wants_one_minilm_artifact_that_dominates_every_peer() -
             _variant("nncf-quantize", "peer", 0.993, {1: 11, 32: 313}),
             _variant("nncf-compress-weights", "peer", 0.9995, {1: 15, 32: 470})]
     fast = _variant("modelpress-static", "modelpress", 0.9955, {1: 11, 32: 310}, size_fraction_of_float=0.25)
-    (g,) = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32], "variants": base + [fast]})
+    slow = {**fast, "key": "modelpress-slow", "label": "modelpress-slow", "latency": {"32": {"median_ms": 320}}}
+    headline, g = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32], "variants": base + [slow]})
+    assert headline["met"] is False and g["met"] is False
+    # Faster and more faithful than NNCF quantize: the headline is met; compress_weights is still more faithful.
+    headline, g = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32], "variants": base + [slow, fast]})
+    assert headline["met"] is True and headline["ours"] == "modelpress-static"
     assert g["met"] is False and "less faithful than nncf-compress-weights" in g["detail"]
     great = {**fast, "key": "modelpress-dyn", "label": "modelpress-dyn", "metric": 0.9996}
-    (g,) = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32], "variants": base + [fast, great]})
+    _, g = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32], "variants": base + [fast, great]})
     assert g["met"] is True and g["ours"] == "modelpress-dyn"
-    (g,) = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32],
-                        "variants": base + [{**great, "size_fraction_of_float": 0.3}]})
-    assert g["met"] is False
+    headline, g = peers.judge({"name": "minilm_l6_v2", "batches": [1, 32],
+                               "variants": base + [{**great, "size_fraction_of_float": 0.3}]})
+    assert headline["met"] is False and g["met"] is False
+
+
+def test_the_peers_judge_calls_a_goal_not_met_when_every_modelpress_job_was_rejected_and_says_why() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+
+    base = [_variant("torch-float", "float", 1.0, {1: 0.07, 64: 0.9}),
+            _variant("ort-dynamic", "peer", 0.987, {1: 0.028, 64: 0.24})]
+    rejected = {**_variant("modelpress-dynamic-int8", "modelpress", 0.986, {1: 0.027, 64: 0.23}),
+                "status": "rejected", "pipeline_reason": "top1_agreement fell more than the budget allows"}
+    (g,) = peers.judge({"name": "mlp", "batches": [1, 64], "variants": base + [rejected]})
+    assert g["met"] is False and g["ours"] is None
+    assert "more than the budget allows" in g["detail"]
+    (g,) = peers.judge({"name": "mlp", "batches": [1, 64], "variants": base})
+    assert g["met"] is None  # nothing of ours was run: not judged
