@@ -18,6 +18,16 @@ def _wait_log(workers, name: str, text: str, timeout: float = 20) -> None:
         time.sleep(0.2)
 
 
+def _loose_recipe(tmp_path) -> str:
+    # These tests are about the queue and the row, not about fidelity: the MLP's int8 top-1 agreement is
+    # near 0.985 on an AVX-512/bf16 host (0.995 on AVX2), on either side of the default 1 % budget, so a
+    # 5 % budget keeps every candidate's build the subject here. Written as a user would, to a file.
+    path = tmp_path / "dynamic-int8-loose.yaml"
+    path.write_text("name: dynamic-int8-loose\nsteps: [{type: quantize_dynamic}]\n"
+                    "budget: {max_drop: 0.05, relative: true, max_float_layers: 0}\n")
+    return str(path)
+
+
 def _submit(env: dict[str, str], *args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "modelpress", "submit", *args], env=env, capture_output=True,
                          text=True, timeout=120)
@@ -25,11 +35,12 @@ def _submit(env: dict[str, str], *args: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_an_auto_job_through_a_real_worker_writes_the_row_with_the_winner_and_every_candidate(queue):
+def test_an_auto_job_through_a_real_worker_writes_the_row_with_the_winner_and_every_candidate(queue, tmp_path):
     env, workers = queue
     workers.start("fbgemm")
     _wait_log(workers, "fbgemm", "runtimes onnxruntime (ok), openvino (ok), torch (ok)")
-    job_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm", "--runtime", "auto")
+    job_id = _submit(env, "--model", "mlp", "--recipe", _loose_recipe(tmp_path), "--backend", "fbgemm",
+                     "--runtime", "auto")
     (row,) = wait_for(settings_from_env(env), [job_id], timeout=400, quiet=True)
     assert row["status"] == "succeeded", row["error"]
     cands = row["measurements"]["extra"]["candidates"]
@@ -54,9 +65,9 @@ def test_a_worker_without_a_runtime_package_says_so_at_start_and_fails_its_jobs_
     (block / "sitecustomize.py").write_text("import sys\nsys.modules['onnxruntime'] = None\n")
     workers.start("fbgemm", extra_env={"PYTHONPATH": str(block)})
     _wait_log(workers, "fbgemm", "onnxruntime (unavailable: onnxruntime not installed)")
-    ort_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm",
-                     "--runtime", "onnxruntime")
-    auto_id = _submit(env, "--model", "mlp", "--recipe", "dynamic-int8", "--backend", "fbgemm", "--runtime", "auto")
+    recipe = _loose_recipe(tmp_path)
+    ort_id = _submit(env, "--model", "mlp", "--recipe", recipe, "--backend", "fbgemm", "--runtime", "onnxruntime")
+    auto_id = _submit(env, "--model", "mlp", "--recipe", recipe, "--backend", "fbgemm", "--runtime", "auto")
     rows = {r["id"]: r for r in wait_for(settings_from_env(env), [ort_id, auto_id], timeout=400, quiet=True)}
     failed = rows[ort_id]
     assert failed["status"] == "failed" and failed["attempts"] == 1

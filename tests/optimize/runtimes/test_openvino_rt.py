@@ -23,6 +23,30 @@ from modelpress.optimize.runtimes.openvino_rt import OpenVinoRuntime, layer_of, 
 from modelpress.optimize.runtimes.registry import get_runtime
 
 
+def _served_atol() -> float:
+    """How close OpenVINO's default compile on this CPU comes to torch fp32 on the MLP's outputs (|y| < 1).
+
+    OpenVINO picks the precision of float parts per host: f32 on AVX2, bf16 on a CPU with AVX512_BF16 or
+    AMX (measured here: 3e-3 max abs error on the MLP, 7e-7 with f32). The export itself is checked at
+    1e-4 with f32 forced, on every host.
+    """
+    import openvino as ov
+
+    return 1e-4 if ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.f32 else 2e-2
+
+
+def _f32_outputs(path: Path, x: torch.Tensor) -> torch.Tensor:
+    """The saved IR compiled with f32 forced: what the export computes, whatever the host's default."""
+    import numpy as np
+    import openvino as ov
+
+    _, xml, weights = read_ovz(path)
+    core = ov.Core()
+    m = core.compile_model(core.read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, np.uint8))), "CPU",
+                           {"INFERENCE_PRECISION_HINT": "f32"})
+    return torch.from_numpy(m(x.numpy())[0])
+
+
 def _batches(x: torch.Tensor, size: int) -> list[tuple[torch.Tensor, ...]]:
     return [(x[i:i + size],) for i in range(0, len(x), size)]
 
@@ -53,7 +77,8 @@ def test_float_export_of_the_mlp_reloads_from_one_file_and_reproduces_torch(rt, 
     assert 4 * n_params <= nbytes < 4 * n_params * 1.05  # fp32 weights kept fp32 (not the fp16 default)
     fn = rt.load(tmp_path / "mlp.ovz", threads=1)
     out, ref = fn(x[:64]), model(x[:64]).detach()
-    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-4)
+    assert torch.allclose(_f32_outputs(tmp_path / "mlp.ovz", x[:64]), ref, atol=1e-4)  # the export is exact
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=_served_atol())  # as served on this host
     assert fn(x[:1]).shape == (1, ref.shape[1])  # the batch dimension is dynamic
 
 
@@ -184,7 +209,7 @@ def test_the_artifact_serves_with_openvino_alone_as_the_docs_show(rt, mlp, tmp_p
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert torch.allclose(torch.from_numpy(np.load(tmp_path / "y.npy")), ref, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(np.load(tmp_path / "y.npy")), ref, atol=_served_atol())
 
 
 def test_without_openvino_the_runtime_says_why_and_refuses_to_load(tmp_path: Path) -> None:

@@ -129,7 +129,11 @@ def test_the_tuning_is_chosen_on_validation_rows_whatever_the_eval_rows_and_reco
         want = next(t["tuning"] for t in tried if t["selection_metric"] == best)
         assert rec["chosen"] == want
     # Other eval rows, the same decision and the same selection scores: eval rows played no part in it.
-    assert recs[0] == recs[1]
+    # (Scores equal to 1e-3, not bit for bit: on an AVX-512/bf16 host two builds of one config were seen
+    # to differ by 1.4e-4; different rows would move a cosine near 0.72 by far more.)
+    assert recs[0]["chosen"] == recs[1]["chosen"]
+    for a, b in zip(recs[0]["tried"], recs[1]["tried"]):
+        assert a["tuning"] == b["tuning"] and a["selection_metric"] == pytest.approx(b["selection_metric"], abs=1e-3)
     for r, rec in zip(runs, recs):
         assert r.steps_meta[-1]["tuning"] == (rec["chosen"] or {})
         meta, _, _ = read_ovz(Path(r.artifact_path))
