@@ -100,7 +100,7 @@ def machine_info() -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         # int8 speed depends on these: AVX2 (fbgemm's baseline), AVX-512 VNNI (int8 dot products).
-        "cpu_int8_features": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
+        "cpu_int8_features": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16"}),
         "hypervisor": "hypervisor" in flags,
         "mem_total_bytes": mem_total_bytes(),
         "os": f"{platform.system()} {platform.release()}",

@@ -97,9 +97,11 @@ def render_docs(out: Path, names: Sequence[str], statuses: list[dict[str, Any]])
         return "\n".join(docs + ["No benchmark results yet."]) + "\n"
     first = next(iter(loaded.values()))
     docs += ["## Machine", "", C.machine_markdown(first["machine"])]
-    others = {n: d["machine"] for n, d in loaded.items()
-              if (d["machine"]["cpu_model"], d["machine"]["git_commit"]) != (first["machine"]["cpu_model"],
-                                                                            first["machine"]["git_commit"])}
+    def host(m: dict) -> tuple:
+        # The same CPU name can hide different int8/bf16 kernels (AVX2 only vs AVX-512 VNNI): compare both.
+        return m["cpu_model"], tuple(m.get("cpu_int8_features") or ()), m["git_commit"]
+
+    others = {n: d["machine"] for n, d in loaded.items() if host(d["machine"]) != host(first["machine"])}
     measured = sorted({d["machine"].get("git_commit") or "?" for d in loaded.values()})
     for commit in measured:
         if commit in ("?", head):
@@ -110,7 +112,8 @@ def render_docs(out: Path, names: Sequence[str], statuses: list[dict[str, Any]])
                              "unknown (git could not compare them)") + ".", ""]
     if others:
         docs += ["Some results came from another machine or commit: " +
-                 ", ".join(f"{n}: {m['cpu_model']} @ {(m['git_commit'] or '?')[:12]}" for n, m in others.items()), ""]
+                 ", ".join(f"{n}: {m['cpu_model']} ({', '.join(m.get('cpu_int8_features') or []) or 'features unknown'}) "
+                           f"@ {(m['git_commit'] or '?')[:12]}" for n, m in others.items()), ""]
     emulated = [n for n, d in loaded.items() if d["machine"].get("emulated")]
     if emulated:
         docs += [f"**EMULATED CPU** for {', '.join(emulated)}: its times show that the path runs, not its speed; "
