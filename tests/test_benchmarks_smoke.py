@@ -221,3 +221,16 @@ def test_the_peers_judge_calls_a_goal_not_met_when_every_modelpress_job_was_reje
     assert "more than the budget allows" in g["detail"]
     (g,) = peers.judge({"name": "mlp", "batches": [1, 64], "variants": base})
     assert g["met"] is None  # nothing of ours was run: not judged
+
+
+def test_a_peers_entry_names_its_recipe_objective_and_stated_budget_and_the_mlp_runs_both_budgets() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+
+    assert peers.parse_entry("static-int8") == ("static-int8", None, None)
+    assert peers.parse_entry("prune50-finetune-static-int8@latency_b1") == (
+        "prune50-finetune-static-int8", "latency_b1", None)
+    assert peers.parse_entry("dynamic-int8+budget=0.05") == ("dynamic-int8", None, 0.05)
+    # The loose budget never replaces the default one: the MLP runs each recipe both ways.
+    mlp = [peers.parse_entry(e) for e in peers.DEFAULT_RECIPES["mlp"]]
+    assert {r for r, _, b in mlp if b is None} == {r for r, _, b in mlp if b is not None}

@@ -185,6 +185,24 @@ def test_result_round_trips_through_json_and_a_second_call_reuses_it(store):
     assert second.metric_after == first.metric_after
 
 
+def test_a_changed_builder_or_cpu_never_answers_from_the_old_artifact(store, monkeypatch):
+    import modelpress.optimize.artifacts as artifacts
+
+    recipe = Recipe.from_dict({"name": "reuse", "steps": [{"type": "quantize_dynamic"}]})
+    first = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, **FAST)
+    # As after an upgrade that edits the optimize package: same model, recipe, engine and torch.
+    monkeypatch.setattr(artifacts, "build_fingerprint", lambda: "0" * 64)
+    upgraded = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, **FAST)
+    assert not upgraded.reused and upgraded.artifact_key != first.artifact_key
+    # As on a host whose int8 kernels differ (an AVX2-only CPU beside a VNNI one sharing the store).
+    other = ("avx2",) if "avx512_vnni" in artifacts.cpu_build_features() else ("avx2", "avx512_vnni")
+    monkeypatch.setattr(artifacts, "cpu_build_features", lambda: other)
+    other_cpu = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, **FAST)
+    assert not other_cpu.reused and other_cpu.artifact_key not in (first.artifact_key, upgraded.artifact_key)
+    again = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, **FAST)
+    assert again.reused and again.artifact_key == other_cpu.artifact_key
+
+
 def test_onnx_export_of_an_int8_result_is_refused_before_any_work(store, monkeypatch):
     import modelpress.optimize.pipeline as pipeline
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,15 +32,63 @@ FORMAT = "modelpress-artifact/1"
 
 
 def artifact_key(model_sha256: str, recipe_sha256: str, engine: str, torch_version: str, arch: str | None = None) -> str:
-    """The output id: same input model, recipe, engine, torch and CPU architecture → same key (a re-run finds it).
+    """The output id: same input model, recipe, engine, torch, CPU and builder code → same key (a re-run finds it).
 
     The architecture is part of it because a result holds *measured* numbers: an aarch64 worker and an
-    x86 worker on the same ``qnnpack`` queue sharing one store must not answer each other's jobs.
+    x86 worker on the same ``qnnpack`` queue sharing one store must not answer each other's jobs. The CPU's
+    int8/bf16 features are too: they decide what is built (7-bit weights where u8×s8 saturates, OpenVINO's
+    bf16 inference), so an AVX2 host and a VNNI host build different files. And the builder's own code
+    (``build_fingerprint``): after an upgrade that changes how artifacts are made, the old ones are not
+    handed out as the new build's.
     """
     import platform
 
-    parts = [model_sha256, recipe_sha256, engine, torch_version, arch or platform.machine()]
+    parts = [model_sha256, recipe_sha256, engine, torch_version, arch or platform.machine(),
+             ",".join(cpu_build_features()), build_fingerprint()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+#: CPU flags that change what an int8 or bf16 build produces (Linux's /proc/cpuinfo names).
+BUILD_CPU_FLAGS = frozenset({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+                             "asimddp", "i8mm", "bf16"})
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_build_features() -> tuple[str, ...]:
+    """The CPU's flags among ``BUILD_CPU_FLAGS`` (empty where /proc/cpuinfo is not readable).
+
+    Example:
+        >>> set(cpu_build_features()) <= BUILD_CPU_FLAGS
+        True
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return ()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86 / aarch64
+            flags |= set(line.split(":", 1)[-1].split())
+    return tuple(sorted(flags & BUILD_CPU_FLAGS))
+
+
+@functools.lru_cache(maxsize=None)
+def build_fingerprint() -> str:
+    """sha256 over the source of ``modelpress.optimize`` (every ``.py`` file, by relative path).
+
+    Any change to the code that builds and measures an artifact gives new keys; unchanged code on another
+    host gives the same one. Coarse on purpose: a comment edit costs one rebuild, a missed change would
+    cost a wrong artifact.
+
+    Example:
+        >>> len(build_fingerprint())
+        64
+    """
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
