@@ -20,8 +20,8 @@ interleaved rounds in this one process (``compression.measure_all``):
 - plus the float references: torch, ONNX Runtime, OpenVINO.
 
 modelpress is run through its own pipeline (``optimize_model``) with ``runtime: auto`` on the recipe named
-per model (``--recipes``; the MLP's also with a stated 5 % budget, see ``MLP_BUDGET``), and the saved artifact is reloaded with ``modelpress.load`` and measured like the
-peers. Calibration for peers and modelpress comes from the spec's calibration rows; the metric is computed on
+per model (``--recipes``; the MLP's also with a stated 5 % budget, see ``MLP_BUDGET``), and the saved
+artifact is reloaded with ``modelpress.load`` and measured like the peers. Calibration for peers and modelpress comes from the spec's calibration rows; the metric is computed on
 the held-out eval rows only (cosine / accuracy / top-1 agreement against torch float on the same rows).
 
 Sizes: the file(s) a deployment needs — ``.onnx``; OpenVINO ``.xml`` + ``.bin`` summed; modelpress's one file.
