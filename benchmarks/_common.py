@@ -27,23 +27,15 @@ BUSY_LOAD_PER_CORE = 0.25
 
 # ------------------------------------------------------------------------------- the machine
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from modelpress.optimize.hostcpu import cpu_model as _model
+
+    return _model()
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    from modelpress.optimize.hostcpu import cpu_flags as _flags
+
+    return set(_flags())
 
 
 def _version(dist: str) -> str | None:

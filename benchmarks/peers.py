@@ -153,7 +153,7 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
     import modelpress
     from modelpress.optimize.measure import compute_metric, file_size, predict
     from modelpress.optimize.pipeline import optimize_model
-    from modelpress.optimize.recipes import resolve_recipe
+    from modelpress.optimize.recipes import Budget, resolve_recipe
     from modelpress.optimize.zoo import materialize
 
     t_model = time.monotonic()
@@ -293,7 +293,10 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
             recipe = resolve_recipe(rname)
             update: dict[str, Any] = {"runtime": a.runtime, **({"objective": objective} if objective else {})}
             if budget:
-                update["budget"] = recipe.budget.model_copy(update={"max_drop": budget, "relative": True})
+                # A recipe without a budget gets one with the defaults (fallback included); one with a
+                # budget keeps its fallback settings and only trades its max_drop.
+                update["budget"] = (recipe.budget.model_copy(update={"max_drop": budget, "relative": True})
+                                    if recipe.budget is not None else Budget(max_drop=budget, relative=True))
             recipe = recipe.model_copy(update=update)
             r = optimize_model(model_name=spec.name, recipe=recipe, engine=a.engine, store=store, allowlist=allow,
                                threads=a.threads, warmup=1, runs=3, reuse=False)

@@ -202,8 +202,11 @@ ZOO = """\
     """
 
 
-def _finish_all(producer: Producer, *, status: str = "succeeded", torch_version: str | None = None) -> None:
+def _finish_all(producer: Producer, *, status: str = "succeeded", torch_version: str | None = None,
+                builder: str | None = None, runtime_versions: dict[str, str] | None = None) -> None:
     """Play the worker: claim each queued job and record a result (as the task would)."""
+    from modelpress.optimize.buildinfo import build_fingerprint
+
     with producer.sessions() as s:
         ids = [j.id for j in list_jobs(session=s, status="queued", limit=None)]
         for n, job_id in enumerate(ids):
@@ -216,7 +219,8 @@ def _finish_all(producer: Producer, *, status: str = "succeeded", torch_version:
                 "metric_before": 1.0, "metric_after": 0.97, "latency_batch_size": 64,
                 "latency_before_median_ms": 1.0, "latency_after_median_ms": 0.3, "artifact_uri": f"/a/{n}.mpz",
                 "measurements": {"latency_after": [{"batch_size": 64, "median_ms": 0.3}]}, "engine_used": "fbgemm",
-                "torch_version": torch_version or installed_torch_version(), "worker_host": "h"})
+                "torch_version": torch_version or installed_torch_version(), "worker_host": "h",
+                "builder_sha256": builder or build_fingerprint(), "runtime_versions": runtime_versions})
 
 
 def test_a_manifest_becomes_one_manifest_batch_with_every_job_queued_and_published(producer, tmp_path):
@@ -284,6 +288,23 @@ def test_failed_jobs_and_other_torch_versions_are_not_reused(producer, tmp_path)
     assert len(producer.submit_batch(reqs, name="retry").enqueued) == 8
     _finish_all(producer, torch_version="1.0.0")
     assert len(producer.submit_batch(reqs, name="newer torch").enqueued) == 8
+
+
+def test_results_built_by_other_code_or_other_runtime_packages_are_not_reused(producer, tmp_path):
+    from modelpress.api import installed_package_versions
+
+    _weights(tmp_path / "mlp.pt")
+    reqs = load_manifest(_manifest(tmp_path, ZOO), settings=producer.settings).requests
+    producer.submit_batch(reqs, name="old release")
+    _finish_all(producer, builder="0" * 64)  # what a worker running other modelpress code records
+    assert len(producer.submit_batch(reqs, name="after the upgrade").enqueued) == 8
+    ours = installed_package_versions()
+    assert "onnxruntime" in ours  # the README's install brings the runtimes; the check below needs one
+    _finish_all(producer, runtime_versions={"onnxruntime": ours["onnxruntime"] + ".post9"})
+    assert len(producer.submit_batch(reqs, name="other onnxruntime").enqueued) == 8
+    # A package the producer does not have cannot be compared: the builder hash alone decides.
+    _finish_all(producer, runtime_versions={"onnxruntime": ours["onnxruntime"], "notinstalled-rt": "9.9"})
+    assert len(producer.submit_batch(reqs, name="same code, same packages").reused) == 8
 
 
 def test_rejected_results_are_reused_with_their_status_and_reason(producer, tmp_path):

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from modelpress.models_db import create_job, make_engine, make_sessionmaker
 from modelpress.optimize.errors import ModelLoadError, UnknownModelError, UserInputError
@@ -197,6 +197,26 @@ def _check_torch_zip(path: Path, max_bytes: int) -> None:
                              "save it again with torch.save(model.state_dict()) or safetensors") from None
     if broken is not None:
         raise ModelLoadError(f"weights file {path.name} is corrupt: {broken} fails its checksum")
+
+
+#: Packages a job's result can depend on (the runtimes' own ``versions()`` name these distributions).
+RUNTIME_PACKAGES = ("torch", "onnxruntime", "onnx", "openvino", "nncf")
+
+
+def installed_package_versions(names: Sequence[str] = RUNTIME_PACKAGES) -> dict[str, str]:
+    """``{distribution: version}`` of those installed here, from package metadata (no imports).
+
+    Example:
+        >>> "torch" in installed_package_versions()  # doctest: +SKIP
+        True
+    """
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def installed_torch_version() -> str | None:
@@ -382,6 +402,10 @@ class Producer:
         reqs = list(requests)
         reuse = reuse and not force
         torch_version = installed_torch_version() if reuse else None
+        if reuse:
+            from modelpress.optimize.buildinfo import build_fingerprint
+
+            builder, installed = build_fingerprint(), installed_package_versions()
         # Own models' files go into the store before the transaction (a slow copy holds no rows open),
         # once per distinct model however many recipes and backends it runs with.
         staged: dict[str, "ModelRef"] = {}
@@ -417,7 +441,8 @@ class Producer:
                 found = None
                 if torch_version and digest:
                     found = find_reusable_job(session=s, model_sha256=digest, recipe_sha256=r.recipe.sha256,
-                                              backend=r.backend, torch_version=torch_version)
+                                              backend=r.backend, torch_version=torch_version,
+                                              builder_sha256=builder, installed=installed)
                 if found is not None:
                     job = create_reused_job(session=s, source=found, model_sha256=digest, commit=False, **common)
                 else:

@@ -55,6 +55,15 @@ def test_an_auto_job_through_a_real_worker_writes_the_row_with_the_winner_and_ev
     assert row["runtime_versions"] == best["versions"]
     assert row["size_after_bytes"] == best["bytes"]
     assert row["artifact_uri"].endswith({"torch": ".mpz", "onnxruntime": ".onnx", "openvino": ".ovz"}[best["runtime"]])
+    # The row says which code built it; the same submission again, from this same code and packages, is
+    # answered from that row instead of being run again.
+    from modelpress.optimize.buildinfo import build_fingerprint
+
+    assert row["builder_sha256"] == build_fingerprint()
+    again_id = _submit(env, "--model", "mlp", "--recipe", _loose_recipe(tmp_path), "--backend", "fbgemm",
+                       "--runtime", "auto")
+    (again,) = wait_for(settings_from_env(env), [again_id], timeout=60, quiet=True)
+    assert again["reused"] and again["reused_from_job_id"] == job_id and again["runtime"] == row["runtime"]
 
 
 def test_a_worker_without_a_runtime_package_says_so_at_start_and_fails_its_jobs_without_retry(queue, tmp_path):

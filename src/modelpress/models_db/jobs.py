@@ -24,7 +24,7 @@ seconds, turned into a cutoff in SQL.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import and_, delete, func, insert, null, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
@@ -168,7 +168,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "metric_name", "metric_before", "metric_after", "measurements", "artifact_uri",
     "worker_host", "worker_arch", "emulated", "engine_used", "torch_version", "modelpress_version", "error",
     "metric_eval_batch_size", "metric_after_b1", "metric_b1_rows", "timing_load_avg", "timing_lock_wait_s",
-    "runtime", "runtime_versions",
+    "runtime", "runtime_versions", "builder_sha256",
 )
 REUSABLE_STATUSES: tuple[str, ...] = (JobStatus.succeeded.value, JobStatus.rejected.value)
 
@@ -191,24 +191,49 @@ def get_batch(*, session: Session, batch_id: str) -> Batch | None:
     return _by_id_or_prefix(session, Batch, batch_id)
 
 
+def recorded_package_versions(job: Job) -> dict[str, str]:
+    """Every package version a finished row says its result depended on (winner and, for auto, each candidate).
+
+    Example:
+        >>> recorded_package_versions(Job(runtime_versions={"onnxruntime": "1.32.0"}, measurements=None))
+        {'onnxruntime': '1.32.0'}
+    """
+    out: dict[str, str] = {}
+    cands = ((job.measurements or {}).get("extra") or {}).get("candidates") or []
+    for versions in [c.get("versions") or {} for c in cands if isinstance(c, dict)] + [job.runtime_versions or {}]:
+        out.update({str(k): str(v) for k, v in versions.items() if isinstance(v, str)})
+    return out
+
+
 def find_reusable_job(*, session: Session, model_sha256: str, recipe_sha256: str, backend: str,
-                      torch_version: str) -> Job | None:
+                      torch_version: str, builder_sha256: str,
+                      installed: Mapping[str, str] | None = None) -> Job | None:
     """The latest original (not itself reused) job that finished with a result for this exact input.
 
-    The dedupe key is (model content hash, recipe hash, target backend, torch version): the same key
-    the pipeline's artifact cache uses. ``rejected`` counts as a result: the same inputs break the
-    same budget again, and the measured numbers are kept either way.
+    The dedupe key is (model content hash, recipe hash, target backend, torch version, builder code), as
+    in the pipeline's artifact cache: ``builder_sha256`` is the caller's own ``build_fingerprint()``, so a
+    row built by other code (an older release, or any row from before the column) is never handed out.
+    ``installed`` (package → version, what the caller has) rules out rows whose runtime packages differ
+    where both know the package: a producer without openvino installed cannot check it, and then the
+    builder hash alone decides. ``rejected`` counts as a result: the same inputs break the same budget
+    again, and the measured numbers are kept either way.
 
     Example:
         >>> find_reusable_job(session=s, model_sha256=m, recipe_sha256=r, backend="fbgemm",
-        ...                   torch_version="2.13.0+cpu")  # doctest: +SKIP
+        ...                   torch_version="2.13.0+cpu", builder_sha256=b)  # doctest: +SKIP
     """
     q = (select(Job)
          .where(Job.model_sha256 == model_sha256, Job.recipe_sha256 == recipe_sha256, Job.backend == backend,
-                Job.torch_version == torch_version, Job.status.in_(REUSABLE_STATUSES), Job.reused.is_(False))
+                Job.torch_version == torch_version, Job.builder_sha256 == builder_sha256,
+                Job.status.in_(REUSABLE_STATUSES), Job.reused.is_(False))
          .order_by(Job.finished_at.desc(), Job.id)
-         .limit(1))
-    return session.scalars(q).first()
+         .limit(20))
+    have = dict(installed or {})
+    for job in session.scalars(q):
+        rec = recorded_package_versions(job)
+        if all(have[p] == v for p, v in rec.items() if p in have):
+            return job
+    return None
 
 
 def create_reused_job(*, session: Session, source: Job, model_name: str, recipe_name: str, recipe_json: str,

@@ -155,6 +155,9 @@ class Job(Base):
     runtime_versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     torch_version: Mapped[str | None] = mapped_column(String(64))
     modelpress_version: Mapped[str | None] = mapped_column(String(32))
+    # sha256 of the code that built and measured the result (modelpress.optimize.buildinfo); a producer
+    # reuses a row only when its own code has the same one. NULL on rows from before 0007: never reused.
+    builder_sha256: Mapped[str | None] = mapped_column(String(64))
 
     # --- when ---
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

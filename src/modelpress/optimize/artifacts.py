@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from modelpress.optimize.errors import ModelLoadError, is_task_control
+from modelpress.optimize.buildinfo import build_fingerprint
+from modelpress.optimize.hostcpu import cpu_flags
 
 FORMAT = "modelpress-artifact/1"
 
@@ -61,34 +63,7 @@ def cpu_build_features() -> tuple[str, ...]:
         >>> set(cpu_build_features()) <= BUILD_CPU_FLAGS
         True
     """
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return ()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):  # x86 / aarch64
-            flags |= set(line.split(":", 1)[-1].split())
-    return tuple(sorted(flags & BUILD_CPU_FLAGS))
-
-
-@functools.lru_cache(maxsize=None)
-def build_fingerprint() -> str:
-    """sha256 over the source of ``modelpress.optimize`` (every ``.py`` file, by relative path).
-
-    Any change to the code that builds and measures an artifact gives new keys; unchanged code on another
-    host gives the same one. Coarse on purpose: a comment edit costs one rebuild, a missed change would
-    cost a wrong artifact.
-
-    Example:
-        >>> len(build_fingerprint())
-        64
-    """
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
+    return tuple(sorted(cpu_flags() & BUILD_CPU_FLAGS))
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:

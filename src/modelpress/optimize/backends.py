@@ -103,17 +103,6 @@ def check_module_names(model: nn.Module, names: Sequence[str], *, what: str = "k
 
 
 # --------------------------------------------------------------------------- measured engine facts
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return line
-    except OSError:
-        pass
-    return ""
-
-
 @functools.lru_cache(maxsize=None)
 def _full_range_probe(engine: str, _env: str | None) -> tuple[bool, float]:
     # Worst case for an int16 intermediate: every weight at ±127 and every activation at 255. fbgemm without

@@ -117,6 +117,9 @@ class OptimizeResult:
     # Where the artifact runs (issue 11): the runtime that built it (auto: the winner) and its package versions.
     runtime: str = "torch"
     runtime_versions: dict[str, str] = field(default_factory=dict)
+    # The code that built and measured it (``buildinfo.build_fingerprint``): producers reuse a result only
+    # from the code they run themselves.
+    builder_sha256: str = field(default_factory=lambda: _builder())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +133,12 @@ class OptimizeResult:
             if s["batch_size"] == batch_size:
                 return s
         return None
+
+
+def _builder() -> str:
+    from modelpress.optimize.buildinfo import build_fingerprint
+
+    return build_fingerprint()
 
 
 def _is_quantized(model: nn.Module) -> bool:

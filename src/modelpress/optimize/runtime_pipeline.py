@@ -57,7 +57,7 @@ from modelpress.optimize.measure import (
     n_samples,
     predict,
 )
-from modelpress.optimize.recipes import Budget, Recipe
+from modelpress.optimize.recipes import Budget, QATConfig, Recipe, StaticQuantConfig
 from modelpress.optimize.runtimes.base import Exported, Runtime, RuntimeUnavailableError
 from modelpress.optimize.runtimes.registry import AUTO, get_runtime, runtime_names
 from modelpress.optimize.runtimes.torch_rt import TorchHandle
@@ -67,6 +67,47 @@ from modelpress.optimize.zoo import ModelSpec, TaskData
 
 #: Longest a runtime candidate's layer-sensitivity fallback may be estimated to take (seconds; env override).
 FALLBACK_MAX_SECONDS = int(os.environ.get("MODELPRESS_RUNTIME_FALLBACK_MAX_S", "900"))
+
+
+#: Rows of the selection data run one at a time and as one batch to check that a candidate's answer for a
+#: row does not depend on the other rows in its batch.
+BATCH_CHECK_ROWS = 16
+#: Smallest per-row cosine (batch of ``BATCH_CHECK_ROWS`` vs one row at a time) a static-int8 candidate may
+#: show. Fixed activation scales make every row's result independent of its neighbours up to kernel rounding
+#: (measured ≥ 0.9999 on our models); OpenVINO 2026.4's CPU plugin was measured at 0.956 at 16 rows and
+#: -0.23 at 56 on a mean-pooled head after SmoothQuant (tests/optimize/runtimes/test_batch_consistency.py).
+BATCH_CONSISTENCY_MIN = 0.99
+
+
+class BatchDependentOutputsError(UserInputError):
+    """A static-int8 candidate answers a row differently depending on the other rows in its batch."""
+
+
+def batch_consistency(fn: Callable[..., torch.Tensor], inputs: Any, rows: int = BATCH_CHECK_ROWS) -> dict[str, Any]:
+    """How far ``fn``'s outputs for the first ``rows`` rows move between one batch and one row at a time.
+
+    A served model is called with whatever else is in the batch; an answer that changes with its neighbours
+    makes every metric depend on the batch it was measured at. Dynamic int8 moves a little by design (the
+    activation scale is taken over the batch); static int8 must not move.
+
+    Example:
+        >>> import torch
+        >>> r = batch_consistency(torch.nn.Linear(4, 3), torch.randn(8, 4), rows=8)
+        >>> r["rows"], r["min_row_cosine"] > 0.9999
+        (8, True)
+    """
+    n = min(rows, n_samples(inputs))
+    with torch.no_grad():
+        batched = predict(fn, _unbatch(batch_of(inputs, 0, n)), batch_size=n)
+        single = predict(fn, _unbatch(batch_of(inputs, 0, n)), batch_size=1)
+    if batched.shape != single.shape or batched.shape[0] != n:
+        return {"rows": n, "min_row_cosine": None, "skipped": f"outputs are not one row per input row "
+                                                              f"({tuple(batched.shape)})"}
+    b, s = batched.reshape(n, -1).double(), single.reshape(n, -1).double()
+    cos = torch.nn.functional.cosine_similarity(b, s, dim=-1)
+    same = (b - s).abs().amax(dim=-1) == 0  # all-zero rows have no cosine; identical rows agree by definition
+    cos = torch.where(same, torch.ones_like(cos), cos)
+    return {"rows": n, "min_row_cosine": float(cos.min()), "max_abs_diff": float((b - s).abs().max())}
 
 
 class NoCandidateError(UserInputError):
@@ -169,6 +210,14 @@ class _Job:
         self.lock_dir = lock_dir
         self.timings: list[dict[str, Any]] = []  # every timing phase: lock wait, start/end, host load
         self.eval_bs = int(spec.extra.get("eval_batch_size", 256))
+        self._float_consistent: bool | None = None
+
+    def float_batch_consistent(self, model: nn.Module, inputs: Any) -> bool:
+        """Whether the float model itself answers each row alone (a model may mix rows on purpose)."""
+        if self._float_consistent is None:
+            got = batch_consistency(model, inputs)["min_row_cosine"]
+            self._float_consistent = got is not None and got >= 0.9999
+        return self._float_consistent
 
     def load(self, rt: Runtime, path: Path) -> Callable[..., torch.Tensor]:
         if rt.name == "torch":
@@ -336,6 +385,18 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
     })
     for mname, mfn in spec.extra.get("extra_metrics", {}).items():
         rec.setdefault("metrics", {})[mname] = float(mfn(out, ref_out))
+    # Checked on selection rows, after the artifact is final: a check that fails skips the candidate (auto)
+    # or fails the job; it chooses nothing among settings, so the eval rows stay unseen either way.
+    rec["batch_consistency"] = batch_consistency(fn, sel.inputs)
+    if qi is not None and isinstance(recipe.steps[qi], (StaticQuantConfig, QATConfig)):
+        got = rec["batch_consistency"]["min_row_cosine"]
+        if got is not None and got < BATCH_CONSISTENCY_MIN and job.float_batch_consistent(float_model, sel.inputs):
+            raise BatchDependentOutputsError(
+                f"the {name} int8 artifact answers a row differently depending on the other rows in its batch "
+                f"(per-row cosine {got:.4f} between a batch of {rec['batch_consistency']['rows']} and one row at "
+                f"a time; the float model agrees with itself): its numbers would depend on the batch they "
+                f"were measured at. Use another runtime (or runtime: auto), or keep the layer after a pooling "
+                f"step float (keep_float in the quantization step)")
     rec["_exported"] = q_exp  # kept in memory for the winner's reload check; dropped from the record
     rec["_outputs"] = out
     return rec
@@ -513,4 +574,4 @@ def _verify(job: _Job, rt: Runtime, path: Path, measured: torch.Tensor) -> dict[
     return {"samples": n, "max_abs_diff": diff, "equal": True}
 
 
-__all__ = ["NoCandidateError", "candidate_names", "choose", "optimize_in_runtime", "runtime_versions"]
+__all__ = ["BatchDependentOutputsError", "NoCandidateError", "batch_consistency", "candidate_names", "choose", "optimize_in_runtime", "runtime_versions"]

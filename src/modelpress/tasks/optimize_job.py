@@ -115,6 +115,7 @@ def result_columns(result: dict[str, Any]) -> dict[str, Any]:
         "torch_version": result["torch_version"], "reused": bool(result.get("reused")),
         "error": result.get("reason"),
         "runtime": result.get("runtime", "torch"), "runtime_versions": result.get("runtime_versions") or None,
+        "builder_sha256": result.get("builder_sha256") or None,
         **figure_columns(result),
     }
 

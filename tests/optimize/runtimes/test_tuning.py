@@ -40,7 +40,9 @@ class TinyEncoder(nn.Module):
         att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / DIM ** 0.5, dim=-1)
         h = h + self.o(att @ self.v(x))
         h = h + self.down(torch.relu(self.up(self.norm2(h))))
-        return self.head(h.mean(1))
+        # First-token (CLS) pooling: a mean-pooled head after SmoothQuant makes OpenVINO 2026.4's int8 answer
+        # depend on the batch (test_batch_consistency.py), which the pipeline refuses for static int8.
+        return self.head(h[:, 0])
 
 
 def _tiny_spec() -> tuple[ModelSpec, TaskData, nn.Module]:
@@ -130,14 +132,13 @@ def test_the_tuning_is_chosen_on_validation_rows_whatever_the_eval_rows_and_reco
         assert rec["chosen"] == want
     # Other eval rows, the same options scored on the same validation rows: the scores agree, and the score
     # a choice was made on is the saved artifact's score on the VALIDATION rows (recomputed here from the
-    # file). Not bit for bit: on an AVX512_BF16 host OpenVINO runs this toy encoder (cosine ~0.7, outlier
-    # channels 25-30x) in bf16, and the same IR was measured at 0.686 in one process state and 0.719 in
-    # another; 0.05 bounds that noise here.
+    # file). (This bound was 0.05 while the toy had a mean-pooled head: OpenVINO then gave batch-dependent
+    # int8 outputs, 0.686 in one process and 0.719 in another, which is what broke CI at 0.06.)
     from modelpress.optimize.measure import compute_metric, predict
 
     assert [t["tuning"] for t in recs[0]["tried"]] == [t["tuning"] for t in recs[1]["tried"]]
     for a, b in zip(recs[0]["tried"], recs[1]["tried"]):
-        assert a["selection_metric"] == pytest.approx(b["selection_metric"], abs=0.05)
+        assert a["selection_metric"] == pytest.approx(b["selection_metric"], abs=1e-3)
     rt = get_runtime("openvino")
     ref_val = predict(model, data.val_inputs, batch_size=256)
     for r, rec in zip(runs, recs):
@@ -145,7 +146,7 @@ def test_the_tuning_is_chosen_on_validation_rows_whatever_the_eval_rows_and_reco
         val_score = compute_metric("cosine", predict(art, data.val_inputs, batch_size=256), labels=None,
                                    reference=ref_val)
         chosen = next(t for t in rec["tried"] if t["tuning"] == rec["chosen"])
-        assert chosen["selection_metric"] == pytest.approx(val_score, abs=0.05)
+        assert chosen["selection_metric"] == pytest.approx(val_score, abs=1e-3)
     for r, rec in zip(runs, recs):
         assert r.steps_meta[-1]["tuning"] == (rec["chosen"] or {})
         meta, _, _ = read_ovz(Path(r.artifact_path))
