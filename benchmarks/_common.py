@@ -119,6 +119,22 @@ def load_warning(prefix: str = "") -> str | None:
 
 
 # ------------------------------------------------------------------------------- statistics
+def job_timing(recipe: Any) -> dict[str, int]:
+    """The in-job latency measurement a benchmark asks ``optimize_model`` for.
+
+    A torch-runtime job's numbers are measured again by the benchmark (interleaved with its peers), so the
+    job measures at the minimum. A job in another runtime (or ``auto``) *chooses* by its own numbers (which
+    runtime, which variant), so it measures as a worker does, with the settings' defaults: with 3 runs,
+    two candidates 3 % apart were picked by noise.
+    """
+    if getattr(recipe, "runtime", "torch") == "torch":
+        return {"warmup": 1, "runs": 3}
+    from modelpress.settings import Settings
+
+    return {"warmup": Settings.model_fields["latency_warmup"].default,
+            "runs": Settings.model_fields["latency_runs"].default}
+
+
 def summary(values: Sequence[float]) -> dict[str, float | int | None]:
     """min / median / max / mean / stdev / coefficient of variation of ``values``."""
     v = sorted(values)

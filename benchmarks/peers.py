@@ -299,7 +299,7 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
                                     if recipe.budget is not None else Budget(max_drop=budget, relative=True))
             recipe = recipe.model_copy(update=update)
             r = optimize_model(model_name=spec.name, recipe=recipe, engine=a.engine, store=store, allowlist=allow,
-                               threads=a.threads, warmup=1, runs=3, reuse=False)
+                               threads=a.threads, reuse=False, **C.job_timing(recipe))
             fn = modelpress.load(r.artifact_path, threads=a.threads)
             # auto's record of every candidate (runtime, bytes, metric, latencies, or why it was skipped).
             cands = [{k: c.get(k) for k in ("runtime", "status", "reason", "bytes", "metric", "latency", "float_layers")}

@@ -22,3 +22,13 @@ def test_an_auto_row_shows_its_runtime_and_the_fastest_other_candidate_as_runner
     assert render_csv([row]).splitlines()[0].endswith(",runtime,runner_up")
     old = rows_from_jobs([{**job, "runtime": None, "measurements": {}}])[0]
     assert old.runner_up is None and render_csv([old]).splitlines()[1].endswith(",torch,")
+
+
+def test_the_runner_up_may_be_another_variant_of_the_winning_runtime_and_names_its_settings() -> None:
+    win = {**_cand("onnxruntime", 640, 1.0), "variant": {"per_channel": False}, "chosen": True}
+    other = {**_cand("onnxruntime", 650, 1.5), "variant": {"per_channel": True}}
+    m = {"runtime": "onnxruntime", "latency_after": [], "extra": {"candidates": [_cand("torch", 900, 3.0), other, win]}}
+    job = {"id": "j7654321", "model_name": "mlp", "recipe_name": "r", "backend": "fbgemm", "status": "succeeded",
+           "runtime": "onnxruntime", "measurements": m}
+    (row,) = rows_from_jobs([job])
+    assert row.runner_up == "onnxruntime (per_channel=True) (650 B, 1.500 ms)"

@@ -189,7 +189,10 @@ def rows_from_jobs(jobs: Iterable[dict[str, Any]]) -> list[ResultRow]:
 def _runner_up(m: dict[str, Any]) -> str | None:
     """For an ``auto`` job: the best built candidate other than the winner, with its bytes and largest-batch ms."""
     extra = m.get("extra") or {}
-    built = [c for c in extra.get("candidates") or [] if c.get("status") == "built" and c["runtime"] != m.get("runtime")]
+    cands = [c for c in extra.get("candidates") or [] if c.get("status") == "built"]
+    # The winner is marked; rows from before candidate variants existed had one candidate per runtime.
+    marked = any(c.get("chosen") for c in cands)
+    built = [c for c in cands if (not c.get("chosen") if marked else c["runtime"] != m.get("runtime"))]
     if not built:
         return None
 
@@ -197,7 +200,8 @@ def _runner_up(m: dict[str, Any]) -> str | None:
         return float(max(c["latency"], key=lambda s: s["batch_size"])["median_ms"])
 
     c = min(built, key=ms)
-    return f"{c['runtime']} ({c['bytes']} B, {ms(c):.3f} ms)"
+    variant = ", ".join(f"{k}={v}" for k, v in sorted((c.get("variant") or {}).items()))
+    return f"{c['runtime']}{f' ({variant})' if variant else ''} ({c['bytes']} B, {ms(c):.3f} ms)"
 
 
 def rows_from_zoo(zoo_rows: Iterable[Any]) -> list[ResultRow]:

@@ -42,7 +42,7 @@ from modelpress.optimize.backends import (
     quantized_module_names,
 )
 from modelpress.optimize.measure import as_tuple, batch_of, n_samples, predict
-from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig, per_channel_weights
 from modelpress.optimize.sensitivity import SensitivityReport, requantize_sensitivity, swap_sensitivity
 from modelpress.optimize.step_registry import StepContext, StepOutput, register_handler
 from modelpress.optimize.zoo import Inputs
@@ -93,7 +93,7 @@ class DynamicQuantHandler:
     def _quantize(self, model: nn.Module, cfg: DynamicQuantConfig, engine: str, backend: str,
                   keep_float: Sequence[str]) -> nn.Module:
         return get_backend(backend).quantize_dynamic(
-            model, engine=engine, per_channel=cfg.per_channel, module_types=cfg.module_types,
+            model, engine=engine, per_channel=per_channel_weights(cfg), module_types=cfg.module_types,
             keep_float=tuple(keep_float), quantize_embeddings=cfg.quantize_embeddings, reduce_range=cfg.reduce_range)
 
     def apply(self, model: nn.Module, cfg: DynamicQuantConfig, ctx: StepContext) -> StepOutput:
@@ -103,7 +103,7 @@ class DynamicQuantHandler:
         embeddings = [n for n in quantized if type(q.get_submodule(n)).__name__ in ("Embedding", "EmbeddingBag")]
         return StepOutput(q, {
             "backend": cfg.backend, "quantized_modules": quantized, "float_modules": list(cfg.keep_float),
-            "quantized_embeddings": embeddings, "per_channel": cfg.per_channel,
+            "quantized_embeddings": embeddings, "per_channel": per_channel_weights(cfg),
             "activation_bits": effective_activation_bits(ctx.engine, cfg.reduce_range),
         })
 
@@ -232,7 +232,7 @@ class StaticQuantHandler:
         calib = ctx.data.calib_inputs
         plan = _calibration_plan(calib, cfg)
         example = batch_of(calib, 0, 1)
-        prepared = _prepare(backend, model, example, qat=False, engine=ctx.engine, per_channel=cfg.per_channel,
+        prepared = _prepare(backend, model, example, qat=False, engine=ctx.engine, per_channel=per_channel_weights(cfg),
                             keep_float=keep_float)
         fused = _fused_modules(prepared)
         # no_grad, not inference_mode: observers update their buffers in place, and buffers made outside
@@ -249,7 +249,7 @@ class StaticQuantHandler:
             - _count(q, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)),
             "calibration_batches": len(plan), "calibration_batches_requested": cfg.calibration_batches,
             "calibration_samples": plan[-1][1], "example_inputs": _describe_inputs(example),
-            **backend.describe(engine=ctx.engine, per_channel=cfg.per_channel, qat=False),
+            **backend.describe(engine=ctx.engine, per_channel=per_channel_weights(cfg), qat=False),
             **_special_meta(q, model, schemes, quantized),
         }
         return StepOutput(q, meta)
@@ -294,7 +294,7 @@ class QATHandler:
         schemes = _fx_schemes(model, cfg)
         backend = _fx_backend(cfg.backend, schemes)
         example = batch_of(x, 0, 1)
-        prepared = _prepare(backend, model, example, qat=True, engine=ctx.engine, per_channel=cfg.per_channel,
+        prepared = _prepare(backend, model, example, qat=True, engine=ctx.engine, per_channel=per_channel_weights(cfg),
                             keep_float=keep_float)
         fused = _fused_modules(prepared)
         g = torch.Generator().manual_seed(ctx.seed)
@@ -324,7 +324,7 @@ class QATHandler:
             "fused_modules": fused, "target": kind, "epochs": cfg.epochs, "optimizer_steps": steps,
             "bn_frozen_from_epoch": cfg.freeze_bn_after if cfg.freeze_bn_after is not None and cfg.freeze_bn_after < cfg.epochs else None,
             "train_samples": n, "epoch_losses": losses, "example_inputs": _describe_inputs(example),
-            **backend.describe(engine=ctx.engine, per_channel=cfg.per_channel, qat=True),
+            **backend.describe(engine=ctx.engine, per_channel=per_channel_weights(cfg), qat=True),
             **_special_meta(q, model, schemes, quantized),
         }
         return StepOutput(q, meta)
@@ -351,7 +351,7 @@ def _rebuild_fx(model: nn.Module, cfg: StaticQuantConfig | QATConfig, meta: dict
     """The converted FX structure of a static or QAT step, without data (its state dict is loaded next)."""
     backend = _fx_backend(meta.get("backend", cfg.backend), meta.get("fx_module_qconfigs"))
     prepared = _prepare(backend, model, _inputs_from_meta(meta), qat=qat, engine=engine,
-                        per_channel=cfg.per_channel, keep_float=meta.get("float_modules", cfg.keep_float))
+                        per_channel=per_channel_weights(cfg), keep_float=meta.get("float_modules", cfg.keep_float))
     with warnings.catch_warnings():
         # Uncalibrated observers warn and give placeholder scales; the state dict loaded next replaces them.
         warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")

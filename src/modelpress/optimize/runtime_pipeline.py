@@ -316,33 +316,72 @@ def _tune(job: _Job, rt: Runtime, float_exp: Exported, qcfg: Any, calib: list[tu
     return best[1], best[2], best[0], record
 
 
+def candidate_variants(recipe: Recipe, name: str) -> list[dict[str, Any] | None]:
+    """The settings each of a runtime's candidates applies to the recipe's quantization step (``[None]``: one).
+
+    A runtime whose package is missing gets one candidate, which then records why it could not be built.
+
+    Example:
+        >>> r = Recipe.from_dict({"name": "x", "steps": [{"type": "quantize_dynamic"}], "runtime": "torch"})
+        >>> candidate_variants(r, "torch")
+        [None]
+    """
+    qi = _quant_index(recipe)
+    if qi is None:
+        return [None]
+    rt = get_runtime(name)
+    if rt.is_available() is not None:
+        return [None]
+    offered = getattr(rt, "variants", None)
+    return list(offered(recipe.steps[qi]) if offered else []) or [None]
+
+
+def _variant_label(name: str, variant: dict[str, Any] | None) -> str:
+    return name + ("" if not variant else " (" + ", ".join(f"{k}={v}" for k, v in sorted(variant.items())) + ")")
+
+
 def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepContext, prefix: dict[str, Any],
-                     sel: _Selection, ref_out: torch.Tensor, workdir: Path) -> dict[str, Any]:
-    """Export, measure float, quantize (+ fallback), save, reload, measure. Raises when it cannot be built."""
+                     sel: _Selection, ref_out: torch.Tensor, workdir: Path, variant: dict[str, Any] | None = None,
+                     shared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export, measure float, quantize (+ fallback), save, reload, measure. Raises when it cannot be built.
+
+    ``variant`` updates the recipe's quantization step (``Runtime.variants``); ``shared`` carries one runtime's
+    export and float numbers from its first variant to the next, so a model is exported once per runtime.
+    """
     rt = get_runtime(name)
     reason = rt.is_available()
     if reason is not None:
         raise RuntimeUnavailableError(f"runtime {name!r} is not usable on this worker: {reason}")
     spec, data, recipe = job.spec, job.data, job.recipe
     t0 = time.perf_counter()
-    example = as_tuple(spec.make_input(2))
-    exp = rt.export(float_model, example, _input_names(spec, float_model, len(example)), workdir)
-    if isinstance(exp.handle, TorchHandle):
-        exp.handle.context = ctx
-        exp.handle.steps, exp.handle.steps_meta = list(prefix["steps"]), list(prefix["steps_meta"])
-        exp.handle.manifest = prefix["manifest"]
+    shared = {} if shared is None else shared
     rec: dict[str, Any] = {"runtime": name, "versions": rt.versions()}
-    if name != "torch":
-        size_f, fn_f = _save_load(job, rt, exp, workdir / f"float{rt.suffix}")
-        out_f = predict(fn_f, data.eval_inputs, batch_size=job.eval_bs)
-        rec["runtime_float"] = {
-            "bytes": size_f, "latency": job.latencies(fn_f, phase=f"{name}-float"),
-            "metric": compute_metric(spec.metric, out_f, labels=data.eval_labels, reference=ref_out)}
-        del fn_f
+    if variant:
+        rec["variant"] = dict(variant)
+    if name in shared:
+        exp, runtime_float = shared[name]
+    else:
+        example = as_tuple(spec.make_input(2))
+        exp = rt.export(float_model, example, _input_names(spec, float_model, len(example)), workdir)
+        if isinstance(exp.handle, TorchHandle):
+            exp.handle.context = ctx
+            exp.handle.steps, exp.handle.steps_meta = list(prefix["steps"]), list(prefix["steps_meta"])
+            exp.handle.manifest = prefix["manifest"]
+        runtime_float = None
+        if name != "torch":
+            size_f, fn_f = _save_load(job, rt, exp, workdir / f"float{rt.suffix}")
+            out_f = predict(fn_f, data.eval_inputs, batch_size=job.eval_bs)
+            runtime_float = {
+                "bytes": size_f, "latency": job.latencies(fn_f, phase=f"{name}-float"),
+                "metric": compute_metric(spec.metric, out_f, labels=data.eval_labels, reference=ref_out)}
+            del fn_f
+        shared[name] = (exp, runtime_float)
+    if runtime_float is not None:
+        rec["runtime_float"] = runtime_float
     qi = prefix["quant_index"]
     q_exp, float_layers = exp, []
     if qi is not None:
-        qcfg = recipe.steps[qi]
+        qcfg = recipe.steps[qi] if not variant else recipe.steps[qi].model_copy(update=variant)
         bs = int(getattr(qcfg, "calibration_batch_size", 32))
         calib = _batches(data.calib_inputs, bs, getattr(qcfg, "calibration_batches", None))
         keep = tuple(getattr(qcfg, "keep_float", ()))
@@ -498,19 +537,28 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
         workroot = store / "tmp"
         workroot.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=workroot, prefix=f"{key[:12]}-") as tmp:
+            shared: dict[str, Any] = {}
+            first_error: Exception | None = None
             for name in names:
-                log(f"building the {name} candidate")
-                wd = Path(tmp) / name
-                wd.mkdir()
-                try:
-                    candidates.append(_build_candidate(job, name, last_float, ctx, prefix, sel, ref_out, wd))
-                except Exception as e:  # noqa: BLE001 - recorded; auto goes on, a single runtime re-raises
-                    if recipe.runtime != AUTO:
-                        raise
-                    log(f"{name} candidate skipped: {type(e).__name__}: {e}")
-                    candidates.append({"runtime": name, "status": "skipped",
-                                       "reason": f"{type(e).__name__}: {e}"[:2000]})
+                for i, variant in enumerate(candidate_variants(recipe, name)):
+                    label = _variant_label(name, variant)
+                    log(f"building the {label} candidate")
+                    wd = Path(tmp) / name / f"v{i}"
+                    wd.mkdir(parents=True)
+                    try:
+                        candidates.append(_build_candidate(job, name, last_float, ctx, prefix, sel, ref_out, wd,
+                                                           variant=variant, shared=shared))
+                    except Exception as e:  # noqa: BLE001 - recorded; the job goes on while another can be built
+                        first_error = first_error or e
+                        log(f"{label} candidate skipped: {type(e).__name__}: {e}")
+                        candidates.append({"runtime": name, **({"variant": dict(variant)} if variant else {}),
+                                           "status": "skipped", "reason": f"{type(e).__name__}: {e}"[:2000]})
+            # One runtime asked for: its own error (with its message and its retry class) when no variant built.
+            if recipe.runtime != AUTO and first_error is not None and not any(
+                    c.get("status") == "built" for c in candidates):
+                raise first_error
             win = choose(candidates, recipe.objective)
+            win["chosen"] = True
             metric_after = win["metric"]
             status, reason = "succeeded", None
             budget = recipe.budget
@@ -575,5 +623,6 @@ def _verify(job: _Job, rt: Runtime, path: Path, measured: torch.Tensor) -> dict[
     return {"samples": n, "max_abs_diff": diff, "equal": True}
 
 
-__all__ = ["BatchDependentOutputsError", "NoCandidateError", "batch_consistency", "candidate_names", "choose",
+__all__ = ["BatchDependentOutputsError", "NoCandidateError", "batch_consistency", "candidate_names",
+           "candidate_variants", "choose",
            "optimize_in_runtime", "runtime_versions"]

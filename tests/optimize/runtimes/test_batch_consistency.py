@@ -17,25 +17,13 @@ from modelpress.optimize.recipes import Recipe
 from modelpress.optimize.runtime_pipeline import (BATCH_CONSISTENCY_MIN, BatchDependentOutputsError,
                                                   batch_consistency, optimize_in_runtime)
 from modelpress.optimize.runtimes.registry import get_runtime
-from tests.optimize.runtimes.test_tuning import DIM, TinyEncoder, _tiny_spec
-
-
-class MeanPooledEncoder(TinyEncoder):
-    """The tuning test's encoder with a mean-pooled head (as many sentence classifiers pool)."""
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.emb(ids)
-        x = self.norm1(h)
-        att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / DIM ** 0.5, dim=-1)
-        h = h + self.o(att @ self.v(x))
-        h = h + self.down(torch.relu(self.up(self.norm2(h))))
-        return self.head(h.mean(1))
+from tests.optimize.runtimes.test_tuning import TinyEncoder, _tiny_spec
 
 
 @pytest.fixture(scope="module")
 def mean_pooled():
     spec, data, tiny = _tiny_spec()
-    model = MeanPooledEncoder().eval()
+    model = TinyEncoder(pool="mean").eval()
     model.load_state_dict(tiny.state_dict())
     return spec, data, model
 

@@ -31,7 +31,10 @@ def test_an_onnxruntime_job_writes_a_onnx_artifact_whose_reload_gives_the_measur
     assert art.suffix == ".onnx" and art.stat().st_size == r.size_after_bytes
     assert r.size_after_bytes < 0.3 * r.size_before_bytes
     assert r.extra["reload_check"]["equal"] is True
-    (cand,) = r.extra["candidates"]
+    # The step leaves per_channel open, so both weight granularities are built; the row is the chosen one.
+    assert [c.get("variant") for c in r.extra["candidates"]] == [{"per_channel": True}, {"per_channel": False}]
+    (cand,) = [c for c in r.extra["candidates"] if c.get("chosen")]
+    assert cand["bytes"] == r.size_after_bytes and cand["latency"] == r.latency_after
     # "before" is the torch float model; the runtime's own float numbers are recorded beside it.
     assert cand["runtime_float"]["bytes"] > r.size_after_bytes and cand["runtime_float"]["metric"] > 0.99
     assert [s["batch_size"] for s in r.latency_after] == [1, 64]
@@ -95,7 +98,8 @@ def test_auto_builds_every_runtime_records_each_and_picks_by_the_objective(mlp, 
             "auto", [{"type": "quantize_dynamic"}], objective=objective, budget={"max_drop": 0.2}),
             engine="fbgemm", store=tmp_path / objective, float_model=model, content="e" * 64, **FAST)
         cands = r.extra["candidates"]
-        assert [c["runtime"] for c in cands] == ["torch", "onnxruntime", "openvino"]
+        # ONNX Runtime offers both weight granularities for a step that leaves per_channel open.
+        assert [c["runtime"] for c in cands] == ["torch", "onnxruntime", "onnxruntime", "openvino"]
         assert all(c["status"] == "built" for c in cands), cands
         for c in cands:
             assert c["bytes"] > 0 and c["metric"] > 0.8 and {s["batch_size"] for s in c["latency"]} == {1, 64}
@@ -109,6 +113,66 @@ def test_auto_builds_every_runtime_records_each_and_picks_by_the_objective(mlp, 
     # modelpress.load serves the winner whatever its runtime.
     x = data.eval_inputs[:4]
     assert modelpress.load(picks["size"].artifact_path)(x).shape == (4, model(x).shape[1])
+
+
+def test_a_runtime_builds_each_variant_the_step_leaves_open_and_keeps_the_best_at_the_objective_within_budget(
+        mlp, tmp_path: Path) -> None:
+    spec, data, model = mlp
+    results = {}
+    for objective in ("latency_b1", "latency_bN"):
+        r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
+            "onnxruntime", [{"type": "quantize_dynamic"}], objective=objective, budget={"max_drop": 0.2}),
+            engine="fbgemm", store=tmp_path / objective, float_model=model, content="v" * 64, **FAST)
+        cands = r.extra["candidates"]
+        assert [c["variant"] for c in cands] == [{"per_channel": True}, {"per_channel": False}]
+        assert all(c["status"] == "built" and c["within_budget_on_selection"] for c in cands), cands
+        # Exported and measured as float once: both variants carry the same float numbers.
+        assert cands[0]["runtime_float"] == cands[1]["runtime_float"]
+        # The two graphs really differ, and each records what it was built with.
+        assert [c["quantization"]["per_channel"] for c in cands] == [True, False]
+        assert cands[0]["bytes"] != cands[1]["bytes"]
+        pick = 0 if objective == "latency_b1" else -1
+        best = min(cands, key=lambda c: (sorted(c["latency"], key=lambda x: x["batch_size"])[pick]["median_ms"],
+                                         c["bytes"]))
+        assert [c.get("chosen", False) for c in cands] == [c is best for c in cands]
+        assert r.size_after_bytes == best["bytes"] and r.steps_meta[-1]["per_channel"] == best["variant"]["per_channel"]
+        results[objective] = r
+    # A step that pins the granularity builds that one only.
+    pinned = optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
+        "onnxruntime", [{"type": "quantize_dynamic", "per_channel": False}]),
+        engine="fbgemm", store=tmp_path / "pinned", float_model=model, content="v" * 64, **FAST)
+    (only,) = pinned.extra["candidates"]
+    assert "variant" not in only and pinned.steps_meta[-1]["per_channel"] is False
+
+
+def test_a_single_runtime_job_fails_with_its_own_error_only_when_no_variant_can_be_built(
+        mlp, tmp_path: Path, monkeypatch) -> None:
+    from modelpress.optimize.errors import UserInputError
+
+    spec, data, model = mlp
+    ort_rt = type(get_runtime("onnxruntime"))
+    real = ort_rt.quantize
+
+    def per_tensor_breaks(self, exported, qcfg, *a, **kw):
+        if qcfg.per_channel is False:
+            raise UserInputError("per-tensor is broken here")
+        return real(self, exported, qcfg, *a, **kw)
+
+    monkeypatch.setattr(ort_rt, "quantize", per_tensor_breaks)
+    recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic"}], budget={"max_drop": 0.2})
+    r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "a",
+                            float_model=model, content="w" * 64, **FAST)
+    assert [c["status"] for c in r.extra["candidates"]] == ["built", "skipped"]
+    assert "per-tensor is broken here" in r.extra["candidates"][1]["reason"]
+    assert r.status == "succeeded" and r.steps_meta[-1]["per_channel"] is True
+
+    def all_break(self, exported, qcfg, *a, **kw):
+        raise UserInputError(f"per_channel={qcfg.per_channel} is broken here")
+
+    monkeypatch.setattr(ort_rt, "quantize", all_break)
+    with pytest.raises(UserInputError, match="per_channel=True is broken here"):
+        optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "b",
+                            float_model=model, content="w" * 64, **FAST)
 
 
 def test_auto_skips_a_candidate_that_cannot_be_built_and_fails_only_when_none_can(mlp, tmp_path, monkeypatch) -> None:
@@ -143,7 +207,7 @@ def test_a_fallback_estimated_to_take_too_long_is_skipped_with_the_estimate_and_
 
     spec, data, model = mlp
     monkeypatch.setattr(rp, "FALLBACK_MAX_SECONDS", 0)
-    recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic"}],
+    recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic", "per_channel": True}],
                      budget={"max_drop": 0.0, "max_float_layers": 1, "sensitivity_samples": 256})
     r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path,
                             float_model=model, content="g" * 64, **FAST)

@@ -26,8 +26,9 @@ VOCAB, SEQ, DIM = 64, 12, 32
 class TinyEncoder(nn.Module):
     """One pre-norm encoder block, written out so the exported graph holds Softmax and MVN."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: str = "first") -> None:
         super().__init__()
+        self.pool = pool
         self.emb = nn.Embedding(VOCAB, DIM)
         self.norm1, self.norm2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
         self.q, self.k, self.v, self.o = (nn.Linear(DIM, DIM) for _ in range(4))
@@ -40,9 +41,10 @@ class TinyEncoder(nn.Module):
         att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / DIM ** 0.5, dim=-1)
         h = h + self.o(att @ self.v(x))
         h = h + self.down(torch.relu(self.up(self.norm2(h))))
-        # First-token (CLS) pooling: a mean-pooled head after SmoothQuant makes OpenVINO 2026.4's int8 answer
-        # depend on the batch (test_batch_consistency.py), which the pipeline refuses for static int8.
-        return self.head(h[:, 0])
+        # First-token (CLS) pooling by default: a mean-pooled head ("mean", as many sentence classifiers pool)
+        # after SmoothQuant makes OpenVINO 2026.4's int8 answer depend on the batch (test_batch_consistency.py),
+        # which the pipeline refuses for static int8.
+        return self.head(h.mean(1) if self.pool == "mean" else h[:, 0])
 
 
 def _tiny_spec() -> tuple[ModelSpec, TaskData, nn.Module]:

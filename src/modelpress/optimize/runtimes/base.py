@@ -97,6 +97,15 @@ class Runtime(Protocol):
         """
         ...
 
+    def variants(self, qcfg: Any) -> list[dict[str, Any]]:
+        """Settings of the quantization step that change the graph (and so speed), each built as a candidate.
+
+        Only for what the step leaves open (e.g. ``per_channel: None``): each dict updates ``qcfg``, and the
+        job keeps the variant best at its objective among those keeping the budget on selection rows (the
+        same rule ``auto`` applies across runtimes). ``[]`` means one candidate with ``qcfg`` as it is.
+        """
+        ...
+
     def layers(self, exported: Exported) -> list[str]:
         """Names of the quantizable layers, usable in ``keep_float`` (stable across export calls)."""
         ...

@@ -272,6 +272,10 @@ class OpenVinoRuntime:
             return [{"smooth_quant_alpha": a} for a in SMOOTH_QUANT_ALPHAS]
         return []
 
+    def variants(self, qcfg: Any) -> list[dict[str, Any]]:
+        """None: NNCF's int8 weights are per output channel in both ``quantize`` and ``compress_weights``."""
+        return []
+
     def layers(self, exported: Exported) -> list[str]:
         """Torch module names of the layers with weights (Linear/Conv), in graph order."""
         return list(_weighted_nodes(exported.handle))

@@ -81,6 +81,10 @@ class TorchRuntime:
         """None worth trying: the recipe's step already names this toolchain's settings."""
         return []
 
+    def variants(self, qcfg: Any) -> list[dict[str, Any]]:
+        """None: torch.ao's per-channel, as the torch path always built (``per_channel_weights``)."""
+        return []
+
     def layers(self, exported: Exported) -> list[str]:
         types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LSTM, nn.GRU)
         return [n for n, m in exported.handle.module.named_modules() if isinstance(m, types)]
