@@ -90,13 +90,19 @@ def test_validation_rows_are_used_for_choices_when_the_data_has_them(mlp, tmp_pa
     assert r.extra["selection"]["rows"] == "validation" and r.extra["selection"]["samples"] == 128
 
 
+def _loose_dynamic_job(mlp, store: Path, runtime: str, objective: str, content: str):
+    """A dynamic int8 job on the MLP whose 20 % budget every candidate keeps: the objective alone decides."""
+    spec, _, model = mlp
+    return optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
+        runtime, [{"type": "quantize_dynamic"}], objective=objective, budget={"max_drop": 0.2}),
+        engine="fbgemm", store=store / objective, float_model=model, content=content * 64, **FAST)
+
+
 def test_auto_builds_every_runtime_records_each_and_picks_by_the_objective(mlp, tmp_path: Path) -> None:
     spec, data, model = mlp
     picks = {}
     for objective in ("latency_b1", "size"):
-        r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
-            "auto", [{"type": "quantize_dynamic"}], objective=objective, budget={"max_drop": 0.2}),
-            engine="fbgemm", store=tmp_path / objective, float_model=model, content="e" * 64, **FAST)
+        r = _loose_dynamic_job(mlp, tmp_path, "auto", objective, "e")
         cands = r.extra["candidates"]
         # ONNX Runtime offers both weight granularities for a step that leaves per_channel open.
         assert [c["runtime"] for c in cands] == ["torch", "onnxruntime", "onnxruntime", "openvino"]
@@ -118,11 +124,8 @@ def test_auto_builds_every_runtime_records_each_and_picks_by_the_objective(mlp, 
 def test_a_runtime_builds_each_variant_the_step_leaves_open_and_keeps_the_best_at_the_objective_within_budget(
         mlp, tmp_path: Path) -> None:
     spec, data, model = mlp
-    results = {}
     for objective in ("latency_b1", "latency_bN"):
-        r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
-            "onnxruntime", [{"type": "quantize_dynamic"}], objective=objective, budget={"max_drop": 0.2}),
-            engine="fbgemm", store=tmp_path / objective, float_model=model, content="v" * 64, **FAST)
+        r = _loose_dynamic_job(mlp, tmp_path, "onnxruntime", objective, "v")
         cands = r.extra["candidates"]
         assert [c["variant"] for c in cands] == [{"per_channel": True}, {"per_channel": False}]
         assert all(c["status"] == "built" and c["within_budget_on_selection"] for c in cands), cands
@@ -136,7 +139,6 @@ def test_a_runtime_builds_each_variant_the_step_leaves_open_and_keeps_the_best_a
                                          c["bytes"]))
         assert [c.get("chosen", False) for c in cands] == [c is best for c in cands]
         assert r.size_after_bytes == best["bytes"] and r.steps_meta[-1]["per_channel"] == best["variant"]["per_channel"]
-        results[objective] = r
     # A step that pins the granularity builds that one only.
     pinned = optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
         "onnxruntime", [{"type": "quantize_dynamic", "per_channel": False}]),
