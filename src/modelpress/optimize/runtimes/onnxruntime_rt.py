@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from modelpress.optimize.errors import UserInputError
+from modelpress.optimize.recipes import per_channel_weights
 from modelpress.optimize.runtimes.base import Exported, RuntimeUnavailableError
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
@@ -155,7 +156,7 @@ class OnnxRuntime:
         exclude = sorted({node for n, nodes in names.items() for node in nodes
                           if any(n == k or n.startswith(k + ".") for k in keep_float)})
         kind = getattr(qcfg, "type", None)
-        per_channel = getattr(qcfg, "per_channel", None) is not False  # None: per-channel (see variants)
+        per_channel = per_channel_weights(qcfg)  # None: per-channel (``variants`` offers both)
         out = Path(workdir) / f"q-{kind}-{len(exclude)}-{os.getpid()}.onnx"
         if kind == "quantize_dynamic":
             ops = ["MatMul", "Gemm"] + (["Gather"] if getattr(qcfg, "quantize_embeddings", False) else [])
