@@ -12,6 +12,7 @@ from modelpress.optimize.measure import (
     count_params,
     file_size,
     host_timing_lock,
+    interleaved_latency,
     measure_latency,
 )
 from modelpress.optimize.zoo import SeedMLP
@@ -27,6 +28,32 @@ def test_latency_reports_median_and_p90_over_the_requested_runs_with_shape_and_t
 def test_latency_refuses_a_model_in_training_mode():
     with pytest.raises(ValueError, match="eval mode"):
         measure_latency(SeedMLP().train(), torch.randn(2, 512), warmup=0, runs=3)
+
+
+def test_interleaved_timing_alternates_the_models_each_round_and_pools_every_run_per_model():
+    import time
+
+    calls: list[str] = []
+
+    def sleeper(name: str, seconds: float):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            time.sleep(seconds)
+            return x
+        return fn
+
+    models = {"slow": sleeper("slow", 0.004), "fast": sleeper("fast", 0.001), "mid": sleeper("mid", 0.002)}
+    out = interleaved_latency(models, torch.randn(2, 3), rounds=3, runs=4, warmup=1)
+    for name in models:
+        s = out[name]["stats"]
+        assert (s.runs, s.warmup, s.batch_size, s.input_shape) == (12, 1, 2, [[2, 3]])
+        assert len(out[name]["round_medians_ms"]) == 3
+    assert out["fast"]["stats"].median_ms < out["mid"]["stats"].median_ms < out["slow"]["stats"].median_ms
+    # Each round is one block of 5 calls (1 warm-up + 4 timed) per model, and the first model rotates.
+    firsts = [calls[i * 15] for i in range(3)]
+    assert firsts == ["slow", "fast", "mid"] and len(calls) == 45
+    with pytest.raises(ValueError, match="eval mode"):
+        interleaved_latency({"m": SeedMLP().train()}, torch.randn(2, 512), rounds=1, runs=3, warmup=0)
 
 
 def test_quantized_weights_are_counted_even_though_they_are_not_parameters():

@@ -7,7 +7,7 @@ held-out inputs before and after.
 
 Example:
     >>> import torch
-    >>> stats = measure_latency(torch.nn.Linear(4, 2), torch.randn(8, 4), warmup=2, runs=5)
+    >>> stats = measure_latency(torch.nn.Linear(4, 2).eval(), torch.randn(8, 4), warmup=2, runs=5)
     >>> stats.batch_size, stats.runs
     (8, 5)
 """
@@ -110,12 +110,51 @@ def measure_latency(model: Callable[..., torch.Tensor], inputs: Inputs, *, warmu
         # A model left in training mode runs dropout and updates BN stats: the numbers would lie.
         raise ValueError("measure_latency needs a model in eval mode")
     args = as_tuple(inputs)
-    s = sorted(time_calls(model, args, warmup=warmup, runs=runs, threads=threads))
+    return _stats(time_calls(model, args, warmup=warmup, runs=runs, threads=threads), warmup=warmup, args=args,
+                  threads=threads)
+
+
+def _stats(times: list[float], *, warmup: int, args: tuple[torch.Tensor, ...], threads: int) -> LatencyStats:
+    s = sorted(times)
     return LatencyStats(
         median_ms=statistics.median(s), p90_ms=_percentile(s, 0.9), mean_ms=statistics.fmean(s),
-        stdev_ms=statistics.stdev(s), min_ms=s[0], max_ms=s[-1], runs=runs, warmup=warmup,
+        stdev_ms=statistics.stdev(s), min_ms=s[0], max_ms=s[-1], runs=len(s), warmup=warmup,
         batch_size=int(args[0].shape[0]), input_shape=[list(a.shape) for a in args], threads=threads,
     )
+
+
+def interleaved_latency(models: dict[str, Callable[..., torch.Tensor]], inputs: Inputs, *, rounds: int = 5,
+                        runs: int = 10, warmup: int = 2, threads: int = 1) -> dict[str, dict[str, Any]]:
+    """Latency of several models on the same input, timed in alternating rounds; per model, pooled stats.
+
+    Timing one model after another lets a drift of the host (frequency, a neighbour's cache traffic) land
+    on one side only: two artifacts 3 % apart swap places between sequential runs (docs/benchmarks.md).
+    Here every round times each model for ``runs`` calls after ``warmup`` (the order rotates each round so
+    no model always follows the same one), and each model's stats pool its ``rounds × runs`` times; the
+    round medians are kept to show the spread.
+
+    Example:
+        >>> import torch
+        >>> m = {"a": torch.nn.Linear(4, 2).eval(), "b": torch.nn.Linear(4, 8).eval()}
+        >>> out = interleaved_latency(m, torch.randn(3, 4), rounds=2, runs=3, warmup=1)
+        >>> sorted(out), out["a"]["stats"].runs, len(out["b"]["round_medians_ms"])
+        (['a', 'b'], 6, 2)
+    """
+    if rounds < 1 or runs * rounds < 3:
+        raise ValueError("interleaved_latency needs at least one round and 3 runs per model")
+    if any(getattr(m, "training", False) for m in models.values()):
+        raise ValueError("interleaved_latency needs models in eval mode")
+    args = as_tuple(inputs)
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t = time_calls(models[n], args, warmup=warmup, runs=runs, threads=threads)
+            times[n] += t
+            medians[n].append(statistics.median(t))
+    return {n: {"stats": _stats(times[n], warmup=warmup, args=args, threads=threads),
+                "round_medians_ms": medians[n]} for n in names}
 
 
 TIMING_LOCK_NAME = "modelpress-timing.lock"

@@ -17,6 +17,7 @@
 5. ``auto`` keeps, among candidates that keep the budget on the selection rows, the best at the recipe's
    ``objective`` (``latency_b1``, ``latency_bN`` = largest measured batch, or ``size``); a candidate that
    cannot be built is recorded with its reason and skipped; the job fails only when none can be built.
+   Near ties at a latency objective are first timed again side by side (``_runoff``).
 
 "Before" stays the torch float model (what the user has). Every number is measured on the artifact as
 reloaded from disk by its runtime (the deployed thing), and the artifact key includes the runtime versions.
@@ -53,6 +54,7 @@ from modelpress.optimize.measure import (
     count_flops,
     count_params,
     host_timing_lock,
+    interleaved_latency,
     measure_latency,
     n_samples,
     predict,
@@ -78,6 +80,14 @@ BATCH_CHECK_ROWS = 16
 #: CPU plugin gave 0.956 at 16 rows and -0.23 at 56 on a mean-pooled head after SmoothQuant
 #: (tests/optimize/runtimes/test_batch_consistency.py).
 BATCH_CONSISTENCY_MIN = 0.99
+
+#: Candidates keeping the budget whose objective latency is within this fraction of the best one are timed
+#: again side by side (``runoff``) before one is chosen; env override.
+RUNOFF_MARGIN = float(os.environ.get("MODELPRESS_RUNOFF_MARGIN", "0.10"))
+#: Rounds of the run-off; each times every contender for ``ceil(runs / RUNOFF_ROUNDS)`` calls.
+RUNOFF_ROUNDS = 5
+#: At most this many contenders (the closest to the best) go into a run-off.
+RUNOFF_MAX = 3
 
 
 class BatchDependentOutputsError(UserInputError):
@@ -450,6 +460,52 @@ def _objective_value(rec: dict[str, Any], objective: str) -> float:
     return float(pick["median_ms"])
 
 
+def _runoff(job: _Job, candidates: Sequence[dict[str, Any]], objective: str,
+            margin: float | None = None) -> dict[str, Any] | None:
+    """Time the candidates that are near-tied at a latency objective again, interleaved, before choosing.
+
+    Each candidate was timed on its own, minutes apart from the others; between two artifacts a few per cent
+    apart (the same int8 graph in two runtimes, per-tensor vs per-channel weights) host drift decides which
+    one looks faster. So the ones keeping the budget whose objective latency is within ``margin`` of the best
+    are reloaded from their files and timed in alternating rounds (``measure.interleaved_latency``) under
+    the host timing lock, with as many runs in all as the first timing. Their entry for the objective's
+    batch is replaced by the pooled one (``"interleaved": true``; the first kept as ``latency_first``), so
+    ``choose`` and the row use the sturdier number. The run-off's record, or None when there was none.
+    """
+    margin = RUNOFF_MARGIN if margin is None else margin
+    if objective == "size" or margin <= 0:
+        return None
+    keeping = [c for c in candidates if c.get("status") == "built" and c["within_budget_on_selection"]]
+    if len(keeping) < 2:
+        return None
+    best = min(_objective_value(c, objective) for c in keeping)
+    near = sorted((c for c in keeping if _objective_value(c, objective) <= best * (1 + margin)),
+                  key=lambda c: _objective_value(c, objective))[:RUNOFF_MAX]
+    if len(near) < 2:
+        return None
+    lats = sorted(near[0]["latency"], key=lambda s: s["batch_size"])
+    batch = int((lats[0] if objective == "latency_b1" else lats[-1])["batch_size"])
+    labels = [f"{i}: " + _variant_label(c["runtime"], c.get("variant")) for i, c in enumerate(near)]
+    fns = {lab: job.load(get_runtime(c["runtime"]), Path(c["path"])) for lab, c in zip(labels, near)}
+    runs = max(3, math.ceil(job.runs / RUNOFF_ROUNDS))
+    warmup = max(1, math.ceil(job.warmup / RUNOFF_ROUNDS))
+    with host_timing_lock(job.lock_dir, phase="runoff") as lock_rec:
+        got = interleaved_latency(fns, job.spec.make_input(batch), rounds=RUNOFF_ROUNDS, runs=runs,
+                                  warmup=warmup, threads=job.threads)
+    job.timings.append(lock_rec)
+    for lab, c in zip(labels, near):
+        i = next(k for k, s in enumerate(c["latency"]) if int(s["batch_size"]) == batch)
+        c["latency_first"] = dict(c["latency"][i])
+        c["latency"][i] = {**got[lab]["stats"].to_dict(), "interleaved": True,
+                           "round_medians_ms": got[lab]["round_medians_ms"]}
+    del fns
+    record = {"batch_size": batch, "margin": margin, "rounds": RUNOFF_ROUNDS, "runs_per_round": runs,
+              "warmup_per_round": warmup, "contenders": labels,
+              "median_ms": {lab: got[lab]["stats"].median_ms for lab in labels}}
+    job.log(f"run-off at batch {batch}: " + ", ".join(f"{lab} {v:.4f} ms" for lab, v in record["median_ms"].items()))
+    return record
+
+
 def choose(candidates: Sequence[dict[str, Any]], objective: str) -> dict[str, Any]:
     """The winner: among built candidates keeping the budget on selection rows, the lowest objective value;
     if none keeps it, the most faithful on selection rows (the job is then rejected, its numbers kept).
@@ -557,6 +613,9 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
             if recipe.runtime != AUTO and first_error is not None and not any(
                     c.get("status") == "built" for c in candidates):
                 raise first_error
+            runoff = _runoff(job, candidates, recipe.objective)
+            if runoff is not None:
+                extra["runoff"] = runoff
             win = choose(candidates, recipe.objective)
             win["chosen"] = True
             metric_after = win["metric"]

@@ -216,3 +216,54 @@ def test_a_fallback_estimated_to_take_too_long_is_skipped_with_the_estimate_and_
     (cand,) = r.extra["candidates"]
     assert cand["fallback"]["skipped"].startswith("estimated") and "> 0 s" in cand["fallback"]["skipped"]
     assert r.status == "rejected" and Path(r.artifact_path).parent.name == "rejected" and r.float_layers == []
+
+
+def test_near_tied_candidates_are_timed_again_side_by_side_and_the_run_off_decides(tmp_path: Path) -> None:
+    import time
+    from types import SimpleNamespace
+
+    import modelpress.optimize.runtime_pipeline as rp
+
+    # What the first, separate timings said: "flattered" looked 2 % faster at batch 4, but is in fact slower.
+    truth = {"flattered": 0.004, "honest": 0.002, "far": 0.002}
+
+    def cand(name: str, first_ms: float, ok: bool = True) -> dict:
+        return {"runtime": "torch", "status": "built", "within_budget_on_selection": ok, "bytes": 10,
+                "selection_metric": 0.9, "path": name,
+                "latency": [{"batch_size": 1, "median_ms": 0.5}, {"batch_size": 4, "median_ms": first_ms}]}
+
+    def load(rt, path):
+        return lambda x: time.sleep(truth[str(path)]) or x
+
+    job = SimpleNamespace(load=load, runs=10, warmup=5, threads=1, lock_dir=tmp_path, timings=[], log=lambda m: None,
+                          spec=SimpleNamespace(make_input=lambda b: torch.randn(b, 3)))
+    cands = [cand("flattered", 3.92), cand("honest", 4.0), cand("far", 9.0), cand("honest", 1.0, ok=False)]
+    rec = rp._runoff(job, cands, "latency_bN", margin=0.10)
+    # Only the budget-keeping candidates within 10 % of the best go in; the others keep their first numbers.
+    assert rec["batch_size"] == 4 and rec["contenders"] == ["0: torch", "1: torch"]
+    assert (rec["rounds"], rec["runs_per_round"], rec["warmup_per_round"]) == (5, 3, 1)
+    for c, first in zip(cands[:2], (3.92, 4.0)):
+        entry = c["latency"][1]
+        assert entry["interleaved"] and entry["runs"] == 15 and len(entry["round_medians_ms"]) == 5
+        assert c["latency_first"]["median_ms"] == first and c["latency"][0]["median_ms"] == 0.5
+    assert "latency_first" not in cands[2] and "latency_first" not in cands[3]
+    assert rp.choose(cands, "latency_bN") is cands[1]
+    assert [t["phase"] for t in job.timings] == ["runoff"]
+    # No run-off for size, with no margin, or with fewer than two near-tied candidates.
+    assert rp._runoff(job, cands, "size") is None and rp._runoff(job, cands, "latency_bN", margin=0) is None
+    assert rp._runoff(job, [cand("honest", 4.0), cand("far", 9.0)], "latency_bN", margin=0.10) is None
+
+
+def test_a_real_job_runs_off_its_near_tied_variants_and_records_it(mlp, tmp_path: Path, monkeypatch) -> None:
+    import modelpress.optimize.runtime_pipeline as rp
+
+    monkeypatch.setattr(rp, "RUNOFF_MARGIN", 100.0)  # every budget-keeping candidate counts as near-tied
+    r = _loose_dynamic_job(mlp, tmp_path, "onnxruntime", "latency_bN", "r")
+    cands, runoff = r.extra["candidates"], r.extra["runoff"]
+    assert runoff["batch_size"] == 64 and len(runoff["contenders"]) == 2
+    entries = [next(s for s in c["latency"] if s["batch_size"] == 64) for c in cands]
+    assert all(e["interleaved"] and e["runs"] == 5 * 3 for e in entries)
+    best = min(range(2), key=lambda i: (entries[i]["median_ms"], cands[i]["bytes"]))
+    assert cands[best].get("chosen") and r.size_after_bytes == cands[best]["bytes"]
+    assert next(s for s in r.latency_after if s["batch_size"] == 64) == entries[best]
+    assert "runoff" in [p["phase"] for p in r.extra["timing"]["phases"]]
