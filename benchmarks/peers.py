@@ -302,10 +302,13 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
                                threads=a.threads, reuse=False, **C.job_timing(recipe))
             fn = modelpress.load(r.artifact_path, threads=a.threads)
             # auto's record of every candidate (runtime, bytes, metric, latencies, or why it was skipped).
-            cands = [{k: c.get(k) for k in ("runtime", "status", "reason", "bytes", "metric", "latency", "float_layers")}
+            # A near tie was timed again side by side in the job (``runoff``); its first timing is kept too.
+            cands = [{k: c.get(k) for k in ("runtime", "variant", "status", "reason", "bytes", "metric", "latency",
+                                            "latency_first", "float_layers", "chosen")}
                      for c in (getattr(r, "extra", None) or {}).get("candidates") or []]
             v.update(status="ok" if r.status == "succeeded" else r.status, pipeline_reason=r.reason,
                      runtime=getattr(r, "runtime", None), candidates=cands, float_layers=r.float_layers,
+                     runoff=(getattr(r, "extra", None) or {}).get("runoff"),
                      build_s=round(time.monotonic() - t0, 1), size_bytes=file_size(r.artifact_path), **scored(fn),
                      _model=fn)
         except Exception as e:  # noqa: BLE001
