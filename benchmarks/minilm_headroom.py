@@ -22,6 +22,7 @@ import collections
 import copy
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,9 @@ def main() -> int:
 
     torch.set_num_threads(1)
     spec, _, _ = CMP.resolve("minilm")
-    import tempfile
-
-    model, _ = materialize(spec, weights=None, max_bytes=8 << 30, cache_dir=Path(tempfile.mkdtemp()))
+    # The built weights go to a folder removed on the way out: the probe leaves nothing behind.
+    with tempfile.TemporaryDirectory() as cache:
+        model, _ = materialize(spec, weights=None, max_bytes=8 << 30, cache_dir=Path(cache))
     model.eval()
     data = spec.data()
     calib = data.calib_inputs
