@@ -381,7 +381,8 @@ def judge_target(model: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]
 
     out: dict[str, Any] = {"model": model["name"], "batch_size": int(b), "metric_budget": a.target_metric,
                            # 8-bit activation kernels are exact only with VNNI: the verdict is per CPU.
-                           "cpu_int8_features": sorted(cpu_flags() & {"avx2", "avx512_vnni", "avx_vnni"}),
+                           "cpu_int8_features": sorted(cpu_flags() & {"avx2", "avx512_vnni", "avx_vnni", "amx_int8",
+                                                                         "amx_bf16", "avx512_bf16"}),
                            "size_budget_fraction_of_float": a.target_size, "peer": PEER,
                            "not_qualifying": why_not}
     peer_ok = peer is not None and peer.get("status") == "ok"

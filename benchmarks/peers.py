@@ -304,7 +304,7 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
             # auto's record of every candidate (runtime, bytes, metric, latencies, or why it was skipped).
             # A near tie was timed again side by side in the job (``runoff``); its first timing is kept too.
             cands = [{k: c.get(k) for k in ("runtime", "variant", "status", "reason", "bytes", "metric", "latency",
-                                            "latency_first", "float_layers", "chosen")}
+                                            "latency_first", "float_layers", "chosen", "execution")}
                      for c in (getattr(r, "extra", None) or {}).get("candidates") or []]
             v.update(status="ok" if r.status == "succeeded" else r.status, pipeline_reason=r.reason,
                      runtime=getattr(r, "runtime", None), candidates=cands, float_layers=r.float_layers,
@@ -322,7 +322,10 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
     a.batches_now = batches
     CMP.measure_all(variants, spec, batches, _timing_args(a))
     for v in variants:
-        v.pop("_model", None)
+        # After timing, so OpenVINO has picked its kernels: the precision and kernels this host ran.
+        describe = getattr(v.pop("_model", None), "execution", None)
+        if callable(describe):
+            v["execution"] = describe()
     flt = variants[0]
     for v in variants:
         if v.get("size_bytes") is not None and flt.get("size_bytes"):
@@ -495,9 +498,24 @@ def render(doc: dict[str, Any]) -> str:
                                                        for k in m.get("extra_metric_names", []))]
             how = v.get("how") or (f"runtime {v.get('runtime')}" + (f"; float: {', '.join(v['float_layers'])[:80]}"
                                                                      if v.get("float_layers") else ""))
-            rows_.append(row + [how])
+            rows_.append(row + [how + execution_note(v.get("execution"))])
         out.append(C.md_table(head, rows_))
     return "\n".join(out) + "\n"
+
+
+def execution_note(ex: dict[str, Any] | None) -> str:
+    """``"; ran bf16 (FullyConnected bf16 brgemm_avx512_bf16 ×36)"``: what OpenVINO chose on this host, or ``""``.
+
+    Example:
+        >>> execution_note({"inference_precision": "bf16", "weighted_ops": {"FullyConnected i8 brgemm_x": 2}})
+        '; ran bf16 (FullyConnected i8 brgemm_x ×2)'
+        >>> execution_note({"providers": ["CPUExecutionProvider"]})
+        ''
+    """
+    if not ex or "weighted_ops" not in ex:
+        return ""
+    ops = ", ".join(f"{k} ×{n}" for k, n in ex["weighted_ops"].items())
+    return f"; ran {ex.get('inference_precision')} ({ops})"
 
 
 # ------------------------------------------------------------------------------- main

@@ -19,9 +19,20 @@ def test_an_auto_row_shows_its_runtime_and_the_fastest_other_candidate_as_runner
     (row,) = rows_from_jobs([job, ])
     assert row.runtime == "openvino" and row.runner_up == "onnxruntime (800 B, 2.000 ms)"
     assert "runner-up onnxruntime (800 B, 2.000 ms)" in render_table([row])
-    assert render_csv([row]).splitlines()[0].endswith(",runtime,runner_up")
+    assert render_csv([row]).splitlines()[0].endswith(",runtime,runner_up,runtime_precision")
     old = rows_from_jobs([{**job, "runtime": None, "measurements": {}}])[0]
-    assert old.runner_up is None and render_csv([old]).splitlines()[1].endswith(",torch,")
+    assert old.runner_up is None and render_csv([old]).splitlines()[1].endswith(",torch,,")
+
+
+def test_the_csv_states_the_precision_the_runtime_chose_on_the_host_that_measured_the_job() -> None:
+    m = {"runtime": "openvino", "latency_after": [], "extra": {
+        "candidates": [{**_cand("openvino", 700, 1.0), "chosen": True}],
+        "execution": {"device": "CPU", "inference_precision": "bf16", "weighted_ops": {}}}}
+    job = {"id": "j1", "model_name": "mlp", "recipe_name": "r", "backend": "fbgemm", "status": "succeeded",
+           "runtime": "openvino", "measurements": m}
+    (row,) = rows_from_jobs([job])
+    assert row.runtime_precision == "bf16"
+    assert render_csv([row]).splitlines()[1].endswith(",openvino,,bf16")
 
 
 def test_the_runner_up_may_be_another_variant_of_the_winning_runtime_and_names_its_settings() -> None:

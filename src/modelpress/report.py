@@ -79,6 +79,9 @@ class ResultRow:
     emulated: str | None = None
     runtime: str | None = None  # where the artifact runs (auto: the winner); None = torch (rows before issue 11)
     runner_up: str | None = None  # auto: the second-best candidate, "runtime (objective value)"
+    # The precision the runtime chose on the measuring host for float parts (OpenVINO: bf16 where the CPU has
+    # it): the same file can run at another one elsewhere. None when the runtime does not report it.
+    runtime_precision: str | None = None
 
     @staticmethod
     def _ratio(before: float | None, after: float | None) -> float | None:
@@ -182,6 +185,7 @@ def rows_from_jobs(jobs: Iterable[dict[str, Any]]) -> list[ResultRow]:
             metric_b1_rows=j.get("metric_b1_rows"), timing_load_avg=j.get("timing_load_avg"),
             worker_arch=j.get("worker_arch"), emulated=j.get("emulated"),
             runtime=j.get("runtime"), runner_up=_runner_up(m),
+            runtime_precision=((m.get("extra") or {}).get("execution") or {}).get("inference_precision"),
         ))
     return out
 
@@ -319,7 +323,7 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
             "size_before_bytes", "size_after_bytes", "size_ratio", "metric_name", "metric_before", "metric_after"]
     head += [h for b in batches for h in (f"b{b}_ms_before", f"b{b}_ms_after", f"b{b}_speedup")]
     head += ["stayed_float", "budget_max_drop", "regression", "error", "artifact_uri", "worker_arch", "emulated",
-             "runtime", "runner_up"]
+             "runtime", "runner_up", "runtime_precision"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -330,7 +334,7 @@ def render_csv(rows: Sequence[ResultRow]) -> str:
         for b in batches:
             line += [r.latency_before_ms.get(b), r.latency_after_ms.get(b), r.speedup(b)]
         line += [r.stayed_float(), (r.budget or {}).get("max_drop"), r.regression_summary(), r.error, r.artifact_uri,
-                 r.worker_arch, r.emulated, r.runtime or "torch", r.runner_up]
+                 r.worker_arch, r.emulated, r.runtime or "torch", r.runner_up, r.runtime_precision]
         w.writerow(["" if v is None else v for v in line])
     return buf.getvalue()
 

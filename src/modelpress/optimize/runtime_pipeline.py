@@ -384,6 +384,7 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
             runtime_float = {
                 "bytes": size_f, "latency": job.latencies(fn_f, phase=f"{name}-float"),
                 "metric": compute_metric(spec.metric, out_f, labels=data.eval_labels, reference=ref_out)}
+            runtime_float.update(_execution(fn_f))
             del fn_f
         shared[name] = (exp, runtime_float)
     if runtime_float is not None:
@@ -433,6 +434,7 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
         "metric": compute_metric(spec.metric, out, labels=data.eval_labels, reference=ref_out),
         "latency": job.latencies(fn, phase=name), "float_layers": float_layers, "build_seconds": time.perf_counter() - t0,
     })
+    rec.update(_execution(fn))
     for mname, mfn in spec.extra.get("extra_metrics", {}).items():
         rec.setdefault("metrics", {})[mname] = float(mfn(out, ref_out))
     # Checked on selection rows, after the artifact is final: a check that fails skips the candidate (auto)
@@ -450,6 +452,20 @@ def _build_candidate(job: _Job, name: str, float_model: nn.Module, ctx: StepCont
     rec["_exported"] = q_exp  # kept in memory for the winner's reload check; dropped from the record
     rec["_outputs"] = out
     return rec
+
+
+def _execution(fn: Callable[..., torch.Tensor]) -> dict[str, Any]:
+    """``{"execution": ...}`` when the loaded callable says how its runtime runs it here (after timing), else ``{}``.
+
+    The same file can run at another precision on another CPU (OpenVINO picks bf16 for float parts where the
+    CPU has it), so the timings and the metric are only half a record without it.
+
+    Example:
+        >>> _execution(lambda x: x)
+        {}
+    """
+    describe = getattr(fn, "execution", None)
+    return {"execution": describe()} if callable(describe) else {}
 
 
 def _objective_value(rec: dict[str, Any], objective: str) -> float:
@@ -645,6 +661,8 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
         extra["metrics_after"] = win["metrics"]
     if "fallback" in win:
         extra["fallback"] = win["fallback"]
+    if "execution" in win:
+        extra["execution"] = win["execution"]  # the winner's precision and kernels on the host that measured it
     extra["timing"] = _timing_record(job.timings)
     result = OptimizeResult(
         status=status, reason=reason, model_name=spec.name, model_sha256=content, recipe=recipe.to_dict(),

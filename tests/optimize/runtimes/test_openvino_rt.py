@@ -159,6 +159,28 @@ def test_dynamic_maps_to_weight_only_int8_and_stays_faithful(rt, mlp, tmp_path: 
     assert agree >= 0.97, agree
 
 
+def test_a_loaded_model_states_the_precision_and_kernels_the_plugin_chose_on_this_host(rt, mlp, tmp_path: Path) -> None:
+    import openvino as ov
+
+    spec, data, model = mlp
+    x = data.eval_inputs
+    exp = rt.export(model, (x[:2],), ["x"], tmp_path)
+    q = rt.quantize(exp, StaticQuantConfig(), _batches(data.calib_inputs, 32), keep_float=[], workdir=tmp_path)
+    rt.save(exp, tmp_path / "f.ovz")
+    rt.save(q, tmp_path / "q.ovz")
+    host = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    for name, weighted in (("f.ovz", {"f32", "bf16", "f16"}), ("q.ovz", {"i8", "u8"})):
+        fn = rt.load(tmp_path / name, 1)
+        fn(x[:8])
+        ex = fn.execution()
+        assert ex["inference_precision"] == host and ex["threads"] == 1, ex
+        # every Linear is one weighted node, at the precision the file asks for (int8) or the host picks (float)
+        assert sum(ex["weighted_ops"].values()) == linears, ex
+        assert {k.split()[1] for k in ex["weighted_ops"]} <= weighted, ex
+        assert not any(k.split()[2].startswith("undef") for k in ex["weighted_ops"]), ex
+
+
 def test_unknown_keep_float_names_and_unsupported_steps_are_refused_with_the_known_names(rt, mlp, tmp_path) -> None:
     spec, data, model = mlp
     exp = rt.export(model, (data.eval_inputs[:2],), ["x"], tmp_path)

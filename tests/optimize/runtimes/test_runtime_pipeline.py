@@ -109,6 +109,13 @@ def test_auto_builds_every_runtime_records_each_and_picks_by_the_objective(mlp, 
         assert all(c["status"] == "built" for c in cands), cands
         for c in cands:
             assert c["bytes"] > 0 and c["metric"] > 0.8 and {s["batch_size"] for s in c["latency"]} == {1, 64}
+        # What each runtime decided on this host is recorded beside its timings (torch has nothing to add).
+        ov_cand = cands[-1]
+        assert ov_cand["execution"]["threads"] == 1 and ov_cand["execution"]["inference_precision"] in {"f32", "bf16"}
+        assert ov_cand["runtime_float"]["execution"]["weighted_ops"], ov_cand["runtime_float"]
+        assert all(c["execution"]["providers"] == ["CPUExecutionProvider"] for c in cands[1:3])
+        assert "execution" not in cands[0]
+        assert r.extra.get("execution") == next(c for c in cands if c.get("chosen")).get("execution")
         keeping = [c for c in cands if c["within_budget_on_selection"]]
         key = (lambda c: c["bytes"]) if objective == "size" else (lambda c: c["latency"][0]["median_ms"])
         best = min(keeping, key=key)

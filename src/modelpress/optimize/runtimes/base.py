@@ -115,7 +115,11 @@ class Runtime(Protocol):
         ...
 
     def load(self, path: Path, threads: int) -> Callable[..., torch.Tensor]:
-        """A callable with the model's forward signature (tensors in, one float tensor out), threads pinned."""
+        """A callable with the model's forward signature (tensors in, one float tensor out), threads pinned.
+
+        It may also have ``execution() -> dict``: what the runtime decided on this host that the file cannot
+        fix (precision, kernels, providers). The pipeline records it with the candidate's timings.
+        """
         ...
 
 

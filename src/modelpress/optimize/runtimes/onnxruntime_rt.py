@@ -381,6 +381,16 @@ class OnnxCallable:
         feeds = {n: a.detach().cpu().numpy() for n, a in zip(self.input_names, args)}
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
+    def execution(self) -> dict[str, Any]:
+        """The session's execution providers and threads, as recorded beside the candidate's timings.
+
+        Example (``fn = OnnxRuntime().load(path, 1)``)::
+
+            fn.execution()   # {'providers': ['CPUExecutionProvider'], 'threads': 1}
+        """
+        opts = self.session.get_session_options()
+        return {"providers": list(self.session.get_providers()), "threads": int(opts.intra_op_num_threads)}
+
 
 class _Reader:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over calibration batches (fresh per pass)."""

@@ -53,6 +53,9 @@ FORMAT = "modelpress-openvino-ir/1"
 XML, BIN, META = "model.xml", "model.bin", "modelpress.json"
 # Ops that hold a layer's weights; their node names map back to torch module names.
 _WEIGHTED_OPS = {"MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData"}
+# The same layers as the CPU plugin's runtime graph names them: a MatMul with constant weights becomes
+# FullyConnected; a MatMul left as MatMul multiplies two activations (attention) and holds no weights.
+_RUNTIME_WEIGHTED = {"FullyConnected", "Convolution", "GroupConvolution", "Deconvolution"}
 # "__module.features.0/aten::_convolution/Convolution" → "features.0"; "__module.fc/aten::linear/MatMul" → "fc"
 # Only nn.Linear / nn.Conv* ops: an ``aten::matmul`` of two activations (attention) has no weights to quantize.
 _MODULE_RE = re.compile(r"^__module\.([^/]+)/aten::(linear|_convolution|conv\dd|addmm)/")
@@ -339,6 +342,37 @@ class OpenVinoCallable:
         self.request = compiled.create_infer_request()
         self.input_names = list(input_names)
         self.training = False  # the harness refuses models in training mode; this one never is
+
+    def execution(self) -> dict[str, Any]:
+        """How the CPU plugin runs this model on this host: what an artifact cannot pin, so it is recorded.
+
+        ``inference_precision`` is the plugin's own choice for the float parts (``bf16`` on a CPU with
+        AVX512_BF16 or AMX, ``f32`` elsewhere: OpenVINO ignores a precision written into the IR), and
+        ``weighted_ops`` counts the weight-carrying nodes by node type, precision and kernel, e.g.
+        ``{"FullyConnected i8 brgemm_avx512_amx_I8": 36}``. Kernel names are known only after a call ran
+        (dynamic shapes pick them then), so call this after timing.
+
+        Example (``fn = OpenVinoRuntime().load(path, 1)``, after ``fn(x)``)::
+
+            fn.execution()["inference_precision"]   # 'bf16' on this project's AVX-512 hosts
+        """
+        out: dict[str, Any] = {"device": "CPU"}
+        for key, prop in (("inference_precision", "INFERENCE_PRECISION_HINT"), ("threads", "INFERENCE_NUM_THREADS"),
+                          ("dynamic_quantization_group_size", "DYNAMIC_QUANTIZATION_GROUP_SIZE")):
+            try:
+                value = self.compiled.get_property(prop)
+            except RuntimeError:  # a property this OpenVINO does not have: record what it has
+                continue
+            out[key] = value.get_type_name() if hasattr(value, "get_type_name") else int(value)
+        ops: dict[str, int] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else ""
+            if kind in _RUNTIME_WEIGHTED:
+                label = f"{kind} {info['runtimePrecision'].astype(str)} {info['primitiveType'].astype(str)}"
+                ops[label] = ops.get(label, 0) + 1
+        out["weighted_ops"] = dict(sorted(ops.items()))
+        return out
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         if len(args) != len(self.input_names):
