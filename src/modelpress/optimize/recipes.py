@@ -141,6 +141,13 @@ class DynamicQuantConfig(StepConfig):
                     "measured not to saturate (fbgemm/x86 need a CPU with VNNI).",
     )
     backend: str = Field(default="torch.ao", description="Registered quantization backend (optimize.backends).")
+    weight_decompression: Literal["per_call", "at_load"] | None = Field(
+        default=None,
+        description="OpenVINO only (its weight-only int8): the int8 weights are turned back into float in "
+                    "every call by the compressed-weight kernels (per_call: least memory), or once when the "
+                    "model compiles (at_load: the file stays int8, memory holds float weights, float-kernel "
+                    "speed). None builds both and keeps the faster within budget. Other runtimes ignore it.",
+    )
 
 
 @register_step("prune_l1_unstructured")

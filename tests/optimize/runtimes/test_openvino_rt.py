@@ -181,6 +181,31 @@ def test_a_loaded_model_states_the_precision_and_kernels_the_plugin_chose_on_thi
         assert not any(k.split()[2].startswith("undef") for k in ex["weighted_ops"]), ex
 
 
+def test_weights_folded_at_load_keep_the_int8_file_and_run_float_kernels_with_the_same_numbers(
+        rt, mlp, tmp_path: Path) -> None:
+    spec, data, model = mlp
+    x = data.eval_inputs
+    exp = rt.export(model, (x[:2],), ["x"], tmp_path)
+    per_call = rt.quantize(exp, DynamicQuantConfig(weight_decompression="per_call"), [], keep_float=[], workdir=tmp_path)
+    at_load = rt.quantize(exp, DynamicQuantConfig(weight_decompression="at_load"), [], keep_float=[], workdir=tmp_path)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert at_load.meta["weights_folded_at_load"] == linears and "weights_folded_at_load" not in per_call.meta
+    assert exp.handle.get_ops() and not any(op.get_type_name() == "Maximum" for op in exp.handle.get_ops())
+    # The same int8 bytes on disk (plus one small node per layer in the XML) ...
+    size_pc, size_al = rt.save(per_call, tmp_path / "pc.ovz"), rt.save(at_load, tmp_path / "al.ovz")
+    assert abs(size_al - size_pc) < 0.01 * size_pc and size_al < 0.3 * rt.save(exp, tmp_path / "f.ovz")
+    ran = {}
+    for name in ("pc.ovz", "al.ovz"):
+        fn = rt.load(tmp_path / name, 1)
+        ran[name] = (predict(fn, x), {k.split()[1] for k in fn.execution()["weighted_ops"]})
+    # ... but the plugin kept int8 weights for one and float weights for the other,
+    assert ran["pc.ovz"][1] & {"i8", "u8"} and ran["al.ovz"][1] <= {"f32", "bf16"}, ran
+    # with the same int8-rounded weights inside: the outputs agree far closer than int8 rounding moves them.
+    ref = predict(model, x)
+    gap = (ran["al.ovz"][0] - ran["pc.ovz"][0]).abs().max() / ref.abs().max()
+    assert gap < 0.02, gap
+
+
 def test_unknown_keep_float_names_and_unsupported_steps_are_refused_with_the_known_names(rt, mlp, tmp_path) -> None:
     spec, data, model = mlp
     exp = rt.export(model, (data.eval_inputs[:2],), ["x"], tmp_path)

@@ -104,14 +104,22 @@ def test_auto_builds_every_runtime_records_each_and_picks_by_the_objective(mlp, 
     for objective in ("latency_b1", "size"):
         r = _loose_dynamic_job(mlp, tmp_path, "auto", objective, "e")
         cands = r.extra["candidates"]
-        # ONNX Runtime offers both weight granularities for a step that leaves per_channel open.
-        assert [c["runtime"] for c in cands] == ["torch", "onnxruntime", "onnxruntime", "openvino"]
+        # ONNX Runtime offers both weight granularities for a step that leaves per_channel open, and
+        # OpenVINO both places to dequantize its int8 weights (per call, or once at load).
+        assert [c["runtime"] for c in cands] == ["torch", "onnxruntime", "onnxruntime", "openvino", "openvino"]
+        assert [c["variant"] for c in cands[3:]] == [{"weight_decompression": "per_call"},
+                                                     {"weight_decompression": "at_load"}]
         assert all(c["status"] == "built" for c in cands), cands
         for c in cands:
             assert c["bytes"] > 0 and c["metric"] > 0.8 and {s["batch_size"] for s in c["latency"]} == {1, 64}
         # What each runtime decided on this host is recorded beside its timings (torch has nothing to add).
         ov_cand = cands[-1]
         assert ov_cand["execution"]["threads"] == 1 and ov_cand["execution"]["inference_precision"] in {"f32", "bf16"}
+        # Folded at load: the file holds int8 weights as the per-call one does, the plugin runs float kernels.
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        assert ov_cand["quantization"]["weights_folded_at_load"] == linears
+        assert abs(ov_cand["bytes"] - cands[3]["bytes"]) < 0.01 * cands[3]["bytes"]
+        assert {k.split()[1] for k in ov_cand["execution"]["weighted_ops"]} <= {"f32", "bf16"}
         assert ov_cand["runtime_float"]["execution"]["weighted_ops"], ov_cand["runtime_float"]
         assert all(c["execution"]["providers"] == ["CPUExecutionProvider"] for c in cands[1:3])
         assert "execution" not in cands[0]
@@ -192,7 +200,7 @@ def test_auto_skips_a_candidate_that_cannot_be_built_and_fails_only_when_none_ca
     r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "a",
                             float_model=model, content="f" * 64, **FAST)
     skipped = [c for c in r.extra["candidates"] if c["status"] == "skipped"]
-    assert [c["runtime"] for c in skipped] == ["openvino"] and "openvino is not installed" in skipped[0]["reason"]
+    assert {c["runtime"] for c in skipped} == {"openvino"} and "openvino is not installed" in skipped[0]["reason"]
     assert r.status == "succeeded" and r.runtime in ("torch", "onnxruntime")
     for name in ("torch", "onnxruntime"):
         monkeypatch.setattr(type(get_runtime(name)), "is_available", lambda self, n=name: f"{n} is broken here")
