@@ -496,8 +496,10 @@ def render(doc: dict[str, Any]) -> str:
                 row.append(f"{C.fmt(lat['median_ms'])} / {C.fmt(lat['p90_ms'])}" if lat else "–")
             row += [C.fmt(v.get("metric"), ".4f"), *(C.fmt(v.get("extra_metrics", {}).get(k), ".4f")
                                                        for k in m.get("extra_metric_names", []))]
-            how = v.get("how") or (f"runtime {v.get('runtime')}" + (f"; float: {', '.join(v['float_layers'])[:80]}"
-                                                                     if v.get("float_layers") else ""))
+            chosen = next((c for c in v.get("candidates") or [] if c.get("chosen")), None) or {}
+            variant = ", ".join(f"{k}={x}" for k, x in (chosen.get("variant") or {}).items())
+            how = v.get("how") or (f"runtime {v.get('runtime')}" + (f" ({variant})" if variant else "")
+                                   + (f"; float: {', '.join(v['float_layers'])[:80]}" if v.get("float_layers") else ""))
             rows_.append(row + [how + execution_note(v.get("execution"))])
         out.append(C.md_table(head, rows_))
     return "\n".join(out) + "\n"
