@@ -54,6 +54,41 @@ def test_flower_runs_without_credentials_only_on_localhost_and_only_when_asked(t
         flower_command(Settings(home=tmp_path), address="127.0.0.1", port=5555)
 
 
+def test_every_event_of_a_job_names_it_by_its_display_name_even_task_sent(queue):
+    # Celery's task-sent carries the real task name; arriving after task-received (a loaded host), it
+    # renamed the job in Flower to "modelpress.optimize". Listen on real Redis, with no worker, to the
+    # event the producer sends.
+    import threading
+    import time
+
+    from modelpress.workers.app import make_app
+
+    env, _ = queue
+    settings = settings_from_env(env)
+    app = make_app(settings)
+    events: list[dict] = []
+    with app.connection_for_read() as conn, app.connection_for_write() as out:
+        recv = app.events.Receiver(conn, handlers={"*": events.append})
+        thread = threading.Thread(target=recv.capture, kwargs={"wakeup": False}, daemon=True)
+        thread.start()
+        # Redis pub/sub keeps nothing for late subscribers: probe until the receiver hears us.
+        with app.events.Dispatcher(out) as probe:
+            deadline = time.monotonic() + 30
+            while not any(e["type"] == "modelpress-probe" for e in events) and time.monotonic() < deadline:
+                probe.send("modelpress-probe")
+                time.sleep(0.1)
+        producer = Producer(settings)
+        job_id = producer.submit(model="mlp", recipe="dynamic-int8", backend="fbgemm")
+        producer.close()
+        deadline = time.monotonic() + 30
+        while not any(e["type"] == "task-sent" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        recv.should_stop = True
+        thread.join(10)
+    sent = [(e["name"], e["args"]) for e in events if e["type"] == "task-sent"]
+    assert sent == [("mlp dynamic-int8 fbgemm", f"['{job_id}']")]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,7 +154,12 @@ def test_flower_behind_basic_auth_shows_our_tasks_with_their_job_ids_in_headless
             done = [t for t in tasks.values() if t.get("name") == "mlp dynamic-int8 fbgemm" and t.get("state") == "SUCCESS"]
             return all(any(j in (t.get("args") or "") for t in done) for j in job_ids)
 
-        procs.wait_for("Flower to list both finished jobs", flower_has_both, timeout=90)
+        try:
+            procs.wait_for("Flower to list both finished jobs", flower_has_both, timeout=90)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n/api/tasks: {_get(f'{base}/api/tasks', auth)[1][:3000]!r}\n"
+                                 f"/metrics: {[l for l in _get(f'{base}/metrics')[1].decode().splitlines() if 'flower_events_total' in l]}\n"
+                                 f"jobs: {job_ids}") from None
 
         user_url = f"http://{auth}@127.0.0.1:{port}/tasks"
         dom = _chromium(user_url, "--dump-dom")

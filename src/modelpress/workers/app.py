@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 
 from modelpress.settings import BACKENDS, Settings
 from modelpress.workers.routing import (  # noqa: F401 - RECONCILE_TASK, job_message_options: older import path
@@ -40,6 +41,34 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+class ShadowNamedAMQP(AMQP):
+    """Celery's message builder, except that the ``task-sent`` event carries the display name (shadow).
+
+    Why: Celery puts the task's real name (``modelpress.optimize``) in ``task-sent`` and the shadow
+    (``mlp dynamic-int8 fbgemm``) in every event the worker sends. Events reach Flower in arrival order,
+    and a ``task-sent`` that arrives after ``task-received`` (a loaded producer host, an idle worker)
+    overwrites the name, so the same kind of job showed under two names, in the task list and in the
+    ``task`` label of Flower's metrics. With this, every event of a job names it the same way.
+
+    Example:
+        >>> from modelpress.settings import Settings
+        >>> app = make_app(Settings(home="/tmp/mp-doc"))
+        >>> msg = app.amqp.create_task_message("id-1", "modelpress.optimize", ["job-1"], {},
+        ...                                    create_sent_event=True, shadow="mlp dynamic-int8 fbgemm")
+        >>> msg.sent_event["name"], msg.headers["task"]
+        ('mlp dynamic-int8 fbgemm', 'modelpress.optimize')
+    """
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        # Celery calls this positionally (shadow is the 20th argument), so read the shadow back from the
+        # headers it built rather than from our own parameters.
+        message = super().as_task_v2(*args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
+
+
 def make_app(settings: Settings) -> Celery:
     """A Celery app for ``settings``: queues, routes, limits and the beat schedule, no task bodies.
 
@@ -50,7 +79,7 @@ def make_app(settings: Settings) -> Celery:
     if settings.is_embedded_broker:
         for folder in settings.broker_folders().values():
             __import__("os").makedirs(folder, exist_ok=True)
-    app = Celery("modelpress", broker=settings.effective_broker_url, set_as_current=False)
+    app = Celery("modelpress", broker=settings.effective_broker_url, set_as_current=False, amqp=ShadowNamedAMQP)
     app.conf.update(
         # ops: light bookkeeping (nightly submission) consumed by `modelpress ops-worker`, so it never
         # waits behind a backlog of optimize jobs on the backend queues.
