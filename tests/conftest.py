@@ -19,8 +19,34 @@ from typing import Iterator
 import pytest
 
 REDIS_URL = os.environ.get("MODELPRESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_ADMIN_URL = os.environ.get("MODELPRESS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 ROOT = Path(__file__).resolve().parents[1]
+# The tests' PostgreSQL role (tools/test-services creates it): LOGIN CREATEDB with a password, never `trust`.
+PG_TEST_ROLE = "modelpress_test"
+PG_PASSWORD_FILE = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "modelpress" / \
+    "test-pg-password"
+
+
+def pg_test_password() -> str | None:
+    """``MODELPRESS_TEST_PG_PASSWORD``, else the one tools/test-services generated; None before it ran."""
+    if os.environ.get("MODELPRESS_TEST_PG_PASSWORD"):
+        return os.environ["MODELPRESS_TEST_PG_PASSWORD"]
+    try:
+        return PG_PASSWORD_FILE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pg_admin_url() -> str:
+    if os.environ.get("MODELPRESS_TEST_PG_URL"):
+        return os.environ["MODELPRESS_TEST_PG_URL"]
+    from urllib.parse import quote
+
+    password = pg_test_password()
+    auth = PG_TEST_ROLE + (f":{quote(password, safe='')}" if password else "")
+    return f"postgresql+psycopg://{auth}@127.0.0.1:5432/postgres"
+
+
+PG_ADMIN_URL = _pg_admin_url()
 
 
 def _require_redis() -> None:
@@ -51,7 +77,8 @@ def fresh_pg_database(prefix: str) -> Iterator[str]:
             c.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as e:  # noqa: BLE001
         admin.dispose()
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({e}); start it (see .ci/run)")
+        pytest.fail(f"PostgreSQL is not reachable as {PG_TEST_ROLE} at 127.0.0.1:5432 ({e}); run tools/test-services "
+                    "(it starts PostgreSQL and creates the role), or set MODELPRESS_TEST_PG_URL")
     try:
         yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:

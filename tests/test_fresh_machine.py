@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "tools" / "test-services"
@@ -79,3 +81,36 @@ def test_a_redis_that_is_not_running_is_started(tmp_path: Path) -> None:
     finally:
         subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=30)
         time.sleep(0.2)
+
+
+def test_the_tests_log_in_to_postgresql_as_a_password_role_and_no_login_is_ever_trusted_by_the_script() -> None:
+    """Issue 20 item 9: the script used to turn on `trust` for every loopback login of a fresh PostgreSQL."""
+    import glob
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import PG_ADMIN_URL, PG_PASSWORD_FILE, PG_TEST_ROLE
+
+    code = [ln for ln in SCRIPT.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    assert not [ln for ln in code if "trust" in ln.split("#")[0]], "the script must never write `trust`"
+    hba_files = glob.glob("/etc/postgresql/*/main/pg_hba.conf")
+    before = {f: Path(f).read_text() for f in hba_files}
+
+    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "creating PostgreSQL role" not in out.stdout and "adding" not in out.stdout  # set up once, kept
+    assert {f: Path(f).read_text() for f in hba_files} == before  # a second run changes nothing
+
+    ours = [ln for text in before.values() for ln in text.splitlines() if PG_TEST_ROLE in ln and not ln.startswith("#")]
+    assert ours and all("scram-sha-256" in ln for ln in ours), ours  # added for this role only
+    url = make_url(PG_ADMIN_URL)
+    assert url.username == PG_TEST_ROLE and url.password
+    if not os.environ.get("MODELPRESS_TEST_PG_PASSWORD"):
+        assert oct(PG_PASSWORD_FILE.stat().st_mode & 0o777) == "0o600"
+    dsn = dict(host=url.host, port=url.port, dbname="postgres", user=url.username)
+    with psycopg.connect(**dsn, password=url.password) as c:
+        assert c.execute("SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone() == (
+            False, True)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(**dsn, password="not-" + url.password, connect_timeout=5)

@@ -103,14 +103,18 @@ def test_an_image_folder_with_more_classes_than_the_weights_classifier_is_refuse
 
 
 def _pt2(path: Path, *, use_pickle: bool = False, inputs: tuple[str, ...] = ("features",)) -> Path:
-    """The layout torch.export.save writes, reduced to what the submit check reads."""
-    program = {"graph_module": {"signature": {"input_specs": [
+    """The layout torch.export.save writes (one weight, no nodes), reduced to what the submit check reads."""
+    program = {"graph_module": {"graph": {"nodes": []}, "signature": {"input_specs": [
         {"parameter": {"arg": {"name": "p_w"}, "parameter_name": "w"}},
-        *({"user_input": {"arg": {"as_tensor": {"name": n}}}} for n in inputs)]}}}
+        *({"user_input": {"arg": {"as_tensor": {"name": n}}}} for n in inputs)], "output_specs": []}}}
+    meta = {"device": {"type": "cpu"}, "layout": 7, "sizes": [{"as_int": 4}], "strides": [{"as_int": 1}],
+            "storage_offset": {"as_int": 0}}
     with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("m/archive_version", "0")
         zf.writestr("m/models/model.json", json.dumps(program))
-        zf.writestr("m/data/weights/model_weights_config.json",
-                    json.dumps({"config": {"w": {"path_name": "weight_0", "use_pickle": use_pickle}}}))
+        zf.writestr("m/data/weights/model_weights_config.json", json.dumps(
+            {"config": {"w": {"path_name": "weight_0", "use_pickle": use_pickle, "tensor_meta": meta}}}))
+        zf.writestr("m/data/constants/model_constants_config.json", json.dumps({"config": {}}))
         zf.writestr("m/data/weights/weight_0", b"\0" * 16)
     return path
 
@@ -119,7 +123,8 @@ def test_a_pt2_with_pickled_weights_is_refused_before_anything_loads_it(tmp_path
     data = _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
     ref = parse_model_ref(f"export:{_pt2(tmp_path / 'm.pt2', use_pickle=True)}", data={"eval": str(data)})
     ((loc, message),) = check_ref(ref, max_bytes=MB)
-    assert loc == ("model",) and "model_weights_config.json:w as a pickle" in message
+    assert loc == ("model",) and "weight 'w' (m/data/weights/model_weights_config.json) is stored as a pickled" \
+        in message
 
 
 def test_tensor_names_that_are_not_the_programs_inputs_are_refused_naming_both(tmp_path):

@@ -17,10 +17,8 @@ from modelpress.store import (
     MissingObjectError,
     StoreError,
     UnsafeKeyError,
-    fetch_weights,
-    publish_artifact,
-    worker_dir,
 )
+from modelpress.worker_store import fetch_weights, publish_artifact, worker_dir
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -38,7 +38,7 @@ def load(path: str, *, threads: int = 1, **kwargs: Any) -> Any:
             # on this machine, fetch them from the artifact store (content-addressed, hash-checked).
             def resolve_ref(stored: Any) -> Any:
                 from modelpress.settings import Settings
-                from modelpress.store import fetch_model_ref
+                from modelpress.worker_store import fetch_model_ref
 
                 return fetch_model_ref(Settings(), stored)
 

@@ -19,7 +19,7 @@ import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions, version
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -84,33 +84,21 @@ def builtin_content_id(name: str) -> str | None:
     ``sha256("builtin:<name>:<distribution>==<version>:code=<sha256 of the factory's module file>")``
     where the distribution is the installed package that registers the entry point (or, for
     ``module:function``, owns the module). The spec's own ``version`` lives behind a torch import, so the
-    package version and the factory module's bytes (read, never imported: ``intake.module_source_sha256``)
-    stand in for it: a release, or an edited factory in an editable install, changes the id (a re-run,
-    never a stale reuse; issue 10 item 6). ``None`` (no dedupe) for a module no installed distribution owns.
+    package version and the factory module's bytes (read, never imported) stand in for it: a release, or
+    an edited factory in an editable install, changes the id (a re-run, never a stale reuse; issue 10
+    item 6). For a built-in whose trained weights ship as package data (``digits_cnn``, ``seq_lstm``,
+    ``seq_gru``), ``:weights=<sha256 of that file>`` is appended: one id never covers two sets of weights
+    (issue 20 item 12). ``None`` (no dedupe) for a module no installed distribution owns.
+
+    The worker computes the same id for the model it loaded (``optimize.builtin_weights``, one function).
 
     Example:
         >>> builtin_content_id("mlp") != builtin_content_id("digits_cnn")
         True
     """
-    from modelpress.intake import module_source_sha256
+    from modelpress.optimize.builtin_weights import builtin_content_id as shared_builtin_content_id
 
-    eps = {ep.name: ep for ep in entry_points(group="modelpress.models")}
-    dist_name: str | None = None
-    module = name.partition(":")[0]
-    if name in eps and eps[name].dist is not None:
-        dist_name = eps[name].dist.name
-        module = eps[name].module
-    elif ":" in name:
-        owners = packages_distributions().get(module.split(".")[0], [])
-        dist_name = owners[0] if len(owners) == 1 else None
-    if dist_name is None:
-        return None
-    try:
-        dist_version = version(dist_name)
-    except PackageNotFoundError:
-        return None
-    code = module_source_sha256(module) or "unknown"
-    return hashlib.sha256(f"builtin:{name}:{dist_name}=={dist_version}:code={code}".encode()).hexdigest()
+    return shared_builtin_content_id(name)
 
 
 def weights_content_id(name: str, weights_sha256: str) -> str:
@@ -234,7 +222,8 @@ class JobRequest:
     backend: str
     weights: str | None = None
     # A model given by its files (hf:/torchvision:/timm:/export:, or a registered one with data), with
-    # absolute local paths; staged into the store by ``submit_batch`` (issue 9). None: ``model`` names
+    # absolute local paths (for reading at submit only: the row gets store keys and a relative name,
+    # ``intake.resolve_paths``); staged into the store by ``submit_batch`` (issue 9). None: ``model`` names
     # a registered factory and ``weights`` is all it needs.
     ref: "ModelRef | None" = None
 

@@ -19,7 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from modelpress.commands.common import ensure_db, refuse_or_warn  # noqa: F401 - re-exported: callers use cli.*
+from modelpress.commands.common import (  # noqa: F401 - re-exported: callers use cli.*
+    EXAMPLE_PASSWORDS_HELP,
+    ensure_db,
+    refuse_or_warn,
+)
 from modelpress.settings import BACKENDS, Settings, native_backend
 
 DEMO_MODELS = ("mlp", "digits_cnn")
@@ -254,12 +258,19 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from modelpress.optimize.timing_lock import prepare_lock_dir
     from modelpress.workers.runtime import configure_worker, install_reconnect_reconcile
     from modelpress.workers.worker import make_worker_app
 
-    refused = refuse_or_warn(settings, "worker", embedded=args.embedded)
+    refused = refuse_or_warn(settings, "worker", embedded=args.embedded,
+                             allow_example_passwords=args.allow_example_passwords)
     if refused is not None:
         return refused
+    try:  # at start, not in the middle of a job: a lock folder others can write to is a configuration error
+        prepare_lock_dir(settings.timing_lock_dir)
+    except OSError as e:  # UnsafeTimingLockDir, or a folder that cannot be made
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     backend = args.backend or native_backend()
     ensure_db(settings)
     configure_worker(backend, settings.worker_threads)
@@ -362,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--embedded", action="store_true",
                    help="allow the embedded broker and database (one machine, e.g. the demo) when "
                         "MODELPRESS_BROKER_URL / MODELPRESS_DATABASE_URL are not set")
+    w.add_argument("--allow-example-passwords", action="store_true", help=EXAMPLE_PASSWORDS_HELP)
     w.set_defaults(func=cmd_worker)
 
     j = sub.add_parser("jobs", help="list jobs")
@@ -396,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from modelpress.filemodes import set_process_umask
+
+    # Whatever umask the caller left (often 0022, sometimes 0000): what this process and the workers it forks
+    # create — staged inputs, artifacts, logs, the embedded database — is the service's user and group's only.
+    set_process_umask()
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()

@@ -3,7 +3,9 @@
 A user names a model file or folder plus data files (``hf:PATH``, ``torchvision:NAME`` + weights,
 ``timm:NAME`` + weights, ``export:PATH.pt2``; see ``optimize.sources.ref``). Before any row exists:
 
-1. ``resolve_paths`` makes every path absolute (relative to the manifest's folder or the shell's);
+1. ``resolve_paths`` makes every path absolute (relative to the manifest's folder or the shell's) for
+   reading the files here, and renames the model relative to that folder: a job row never holds the
+   submitter's absolute paths (issue 20 item 6);
 2. ``check_ref`` runs the checks that need no torch and read little: missing files, an HF config with
    ``auto_map`` (remote code), an unknown architecture name, an unreadable data file, labels outside
    the class count, steps the source cannot take. Each problem names its field, so a manifest can point
@@ -78,10 +80,15 @@ class IntakeError(UserInputError):
 def resolve_paths(ref: "ModelRef", base_dir: str | Path) -> "ModelRef":
     """The same ref with ``path``, ``weights`` and data files absolute (relative ones under ``base_dir``).
 
+    The absolute paths are for reading the files at submit only: ``stage_ref`` replaces each by a store
+    key. The ref's ``name`` (an ``hf:``/``export:`` model's path, which the job row keeps) becomes
+    ``row_name``'s: relative to ``base_dir``, never the submitter's absolute path.
+
     Example:
         >>> from modelpress.optimize.sources import parse_model_ref
-        >>> resolve_paths(parse_model_ref("export:m.pt2", data={"eval": "d.npz"}), "/srv/team").path
-        '/srv/team/m.pt2'
+        >>> ref = resolve_paths(parse_model_ref("export:/srv/team/m.pt2", data={"eval": "d.npz"}), "/srv/team")
+        >>> ref.path, ref.data.eval, ref.name
+        ('/srv/team/m.pt2', '/srv/team/d.npz', 'm.pt2')
     """
     base = Path(base_dir).expanduser()
 
@@ -94,7 +101,29 @@ def resolve_paths(ref: "ModelRef", base_dir: str | Path) -> "ModelRef":
     fields: dict[str, Any] = {"path": absolute(ref.path), "weights": absolute(ref.weights)}
     if ref.data is not None:
         fields["data"] = {"eval": absolute(ref.data.eval), "calibration": absolute(ref.data.calibration)}
+    if ref.kind in ("hf", "export"):
+        fields["name"] = row_name(ref.name, base)
     return ref.with_paths(**fields)
+
+
+def row_name(path: str, base_dir: str | Path) -> str:
+    """How a job row names a file the submitter gave: its path relative to ``base_dir`` (the manifest's
+    folder, or the working directory for ``--model``), or just its own name when it lies outside.
+
+    Rows are read by everyone who can list jobs; where a submitter keeps files (``/home/alice/...``) is
+    not theirs to know, and it means nothing on the worker, which reads the store.
+
+    Example:
+        >>> row_name("/home/alice/team/models/x", "/home/alice/team"), row_name("/data/shared/y/", "/home/alice")
+        ('models/x', 'y')
+    """
+    base = os.path.abspath(os.path.expanduser(str(base_dir)))
+    full = os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+    for b, f in ((base, full), (os.path.realpath(base), os.path.realpath(full))):
+        rel = os.path.relpath(f, b)
+        if rel != "." and rel != ".." and not rel.startswith("../"):
+            return Path(rel).as_posix()
+    return Path(full).name or "model"
 
 
 # ----------------------------------------------------------------------------- cheap checks
@@ -131,6 +160,9 @@ def check_ref(ref: "ModelRef", *, max_bytes: int) -> list[Problem]:
                 if not found and inputs:
                     found = _check_input_names(Path(path), inputs)
                 problems += [(("data", name), m) for m in found]
+    from modelpress.optimize.sources.data_checks import decoded_size_problems  # torch-free: crop, max_length, batches
+
+    problems += decoded_size_problems(ref)
     return list(dict.fromkeys(problems))
 
 
@@ -151,44 +183,19 @@ def step_problems(ref: "ModelRef", recipe: "Recipe") -> list[Problem]:
 
 
 def _check_hf_folder(folder: Path, max_bytes: int, problems: list[Problem]) -> tuple[int | None, set[str]]:
-    where = ("model",)
-    if not folder.is_dir():
-        problems.append((where, f"HF model folder {folder} does not exist (expected a folder written by "
-                                "save_pretrained)"))
-        return None, set()
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        problems.append((where, f"HF model folder {folder} has no config.json (expected a folder written by "
-                                "save_pretrained)"))
-        return None, set()
-    try:
-        if cfg_path.stat().st_size > 10 * 1024 * 1024:
-            raise ValueError("larger than 10 MiB")
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        problems.append((where, f"{cfg_path} is not a readable model config ({e})"))
-        return None, set()
-    if "auto_map" in config:
-        # auto_map points transformers at Python files shipped in the folder; loading it means running
-        # them. modelpress never does (trust_remote_code is always off), so refuse now, not on the worker.
-        problems.append((where, f"{cfg_path} has auto_map (custom model code in the folder); modelpress never "
-                                "runs a model's own code (no trust_remote_code): save a model of a built-in "
-                                "transformers architecture"))
-    if not isinstance(config.get("model_type"), str):
-        problems.append((where, f"{cfg_path} has no model_type; is it a transformers config?"))
-    files = [p for p in folder.iterdir() if p.is_file()]
-    shards = [p for p in files if p.suffix == ".safetensors"]
-    if not shards:
-        pickled = [p.name for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-        problems.append((where, f"HF model folder {folder} has no .safetensors weights"
-                                + (f" (only {', '.join(sorted(pickled))}, a pickle format modelpress does not "
-                                   "read: save_pretrained(..., safe_serialization=True))" if pickled else "")))
-    for shard in shards:
-        try:
-            from modelpress.api import check_weights_file
+    # The folder's own rules (config entries that run or fetch code, shard indexes naming files elsewhere,
+    # tokenizer code) live in optimize.sources.hf_files, torch-free, so the worker applies the same ones.
+    from modelpress.api import check_weights_file
+    from modelpress.optimize.sources.hf_files import check_folder
 
+    where = ("model",)
+    found = check_folder(folder)
+    problems += [(where, m) for m in found.problems]
+    config = found.config
+    if config is None:
+        return None, set()
+    for shard in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors"):
+        try:
             check_weights_file(shard, max_bytes=max_bytes)
         except ModelLoadError as e:
             problems.append((where, str(e)))
@@ -257,69 +264,18 @@ def _check_weights(path: Path, max_bytes: int, problems: list[Problem]) -> int |
 
 
 def _check_pt2(path: Path, max_bytes: int, problems: list[Problem]) -> list[str] | None:
-    """Archive sound, nothing pickled inside; returns the program's input names when readable."""
-    where = ("model",)
+    """Only what torch.export.save writes for a CPU program, only pure tensor operators (``pt2_archive``,
+    torch-free); returns the program's input names."""
+    from modelpress.optimize.sources.pt2_archive import check_archive
+
     if not path.is_file():
-        problems.append((where, f"exported program {path} does not exist"))
-        return None
-    if path.stat().st_size > max_bytes:
-        problems.append((where, f"exported program {path.name} is {path.stat().st_size} bytes, over the limit of "
-                                f"{max_bytes} bytes (MODELPRESS_MAX_WEIGHTS_BYTES)"))
+        problems.append((("model",), f"exported program {path} does not exist"))
         return None
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            unpacked = sum(i.file_size for i in infos)
-            if unpacked > max_bytes:
-                problems.append((where, f"exported program {path.name} unpacks to {unpacked} bytes, over the limit "
-                                        f"of {max_bytes} bytes"))
-                return None
-            programs = [i for i in infos if i.filename.endswith("models/model.json")]
-            if not programs:
-                problems.append((where, f"{path.name} is a zip but not a program written by torch.export.save "
-                                        "(no models/model.json inside)"))
-                return None
-            broken = zf.testzip()
-            if broken is not None:
-                problems.append((where, f"exported program {path.name} is corrupt: {broken} fails its checksum"))
-                return None
-            pickled = _pickled_members(zf, infos)
-            if pickled:
-                # torch.export.load would torch.load these with weights_only=False: running any code in them.
-                problems.append((where, f"exported program {path.name} stores {', '.join(pickled[:3])} as a pickle, "
-                                        "which modelpress never unpickles (it could run code); export it again with "
-                                        "torch.export.save so that weights are plain tensors"))
-                return None
-            return _program_inputs(zf, programs[0])
-    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, ValueError) as e:
-        problems.append((where, f"{path.name} is not a program written by torch.export.save (corrupt or not a "
-                                f".pt2 archive: {type(e).__name__}: {e})"))
+        return check_archive(path, max_bytes=max_bytes, verify_data=True)
+    except ModelLoadError as e:
+        problems.append((("model",), str(e)))
         return None
-
-
-def _pickled_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> list[str]:
-    """Weights/constants the archive's configs mark ``use_pickle``, and legacy ``data/weights/*.pt`` files."""
-    found = []
-    for i in infos:
-        name = i.filename
-        if "/data/weights/" in f"/{name}" and name.endswith(".pt"):
-            found.append(name)
-        elif name.endswith(("_weights_config.json", "_constants_config.json")) and i.file_size < 64 * 1024 * 1024:
-            config = json.loads(zf.read(i)).get("config", {})
-            found += [f"{name.rsplit('/', 1)[-1]}:{fqn}" for fqn, meta in config.items()
-                      if isinstance(meta, dict) and meta.get("use_pickle")]
-    return found
-
-
-def _program_inputs(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[str] | None:
-    """The exported program's user input names (its forward's arguments), from ``models/model.json``."""
-    if info.file_size > 64 * 1024 * 1024:
-        return None
-    try:
-        specs = json.loads(zf.read(info))["graph_module"]["signature"]["input_specs"]
-        return [s["user_input"]["arg"]["as_tensor"]["name"] for s in specs if "user_input" in s]
-    except (KeyError, TypeError, ValueError):
-        return None  # another layout: the worker names a mismatch when it loads the data
 
 
 def _check_input_names(path: Path, inputs: list[str]) -> list[str]:
@@ -378,6 +334,11 @@ def check_data_file(path: Path, *, kind: str, classes: int | None = None, label_
     if size == 0:
         return [f"data file {path.name} is empty"]
     suffix = path.suffix.lower()
+    from modelpress.optimize.sources.data_checks import tensor_limit_problems
+
+    # Shapes in the headers first: a header declaring a huge shape is refused by the limit it breaks.
+    if suffix in (".safetensors", ".npz") and (over := tensor_limit_problems(path)):
+        return over
     if suffix == ".jsonl":
         if kind != "hf":
             return [f"data file {path.name}: JSONL text data needs a model with a tokenizer (hf:...); give a "
@@ -413,42 +374,9 @@ def check_data_file(path: Path, *, kind: str, classes: int | None = None, label_
 
 
 def _check_jsonl(path: Path, *, classes: int | None, label_names: set[str] | frozenset[str]) -> list[str]:
-    if path.stat().st_size > JSONL_CHECK_BYTES:
-        return []  # too large to read at submit; the worker's reader checks every line
-    problems: list[str] = []
-    rows = 0
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        return [f"data file {path.name} is not UTF-8 text ({e})"]
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        rows += 1
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            problems.append(f"data file {path.name} line {n}: not valid JSON ({e})")
-        else:
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                problems.append(f"data file {path.name} line {n}: expected an object with a \"text\" string")
-            elif "label" in row:
-                label = row["label"]
-                if isinstance(label, bool) or not isinstance(label, (int, str)):
-                    problems.append(f"data file {path.name} line {n}: label {label!r} is neither a class index nor "
-                                    "a class name")
-                elif isinstance(label, int) and classes is not None and not 0 <= label < classes:
-                    problems.append(f"data file {path.name} line {n}: label {label} is outside the model's "
-                                    f"{classes} classes (0..{classes - 1})")
-                elif isinstance(label, str) and label_names and label not in label_names:
-                    problems.append(f"data file {path.name} line {n}: label {label!r} is not one of the model's "
-                                    f"classes (id2label: {', '.join(sorted(label_names))})")
-        if len(problems) >= 5:
-            problems.append(f"data file {path.name}: stopped after 5 problems")
-            break
-    if rows == 0:
-        problems.append(f"data file {path.name} has no rows")
-    return problems
+    from modelpress.optimize.sources.data_checks import jsonl_problems  # torch-free; rows counted at any size
+
+    return jsonl_problems(path, classes=classes, label_names=label_names, read_limit=JSONL_CHECK_BYTES)
 
 
 def _check_image_folder(folder: Path, *, kind: str, classes: int | None, max_bytes: int) -> list[str]:
@@ -471,7 +399,9 @@ def _check_image_folder(folder: Path, *, kind: str, classes: int | None, max_byt
     if subdirs and classes is not None and len(subdirs) > classes:
         return [f"data folder {folder} has {len(subdirs)} class subfolders but the weights' classifier has "
                 f"{classes} outputs"]
-    return []
+    from modelpress.optimize.sources.data_checks import image_folder_limit_problems
+
+    return image_folder_limit_problems(folder)  # image count, then each header: pixels and aspect ratio
 
 
 # ----------------------------------------------------------------------------- staging
@@ -640,5 +570,5 @@ def name_staged_files(message: str, stored: dict[str, Any] | None) -> str:
 
 
 __all__ = ["IntakeError", "Problem", "architecture_names", "check_data_file", "check_ref", "content_id",
-           "localize_ref", "module_source_file", "name_staged_files", "module_source_sha256", "resolve_paths", "safetensors_header",
-           "source_version", "stage_ref", "step_problems"]
+           "localize_ref", "module_source_file", "name_staged_files", "module_source_sha256", "resolve_paths", "row_name",
+           "safetensors_header", "source_version", "stage_ref", "step_problems"]

@@ -582,7 +582,7 @@ def load_manifest(path: str | Path, *, settings: "Settings", producer: "Producer
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(str(path), [Issue(None, (), f"cannot be read ({e})")]) from None
     plan = parse_manifest(text, settings=settings, base_dir=p.resolve().parent, filename=str(path), producer=producer)
-    plan.source = str(p.resolve())
+    plan.source = p.name  # the batch row: the file's name, never where the submitter keeps it (issue 20)
     return plan
 
 

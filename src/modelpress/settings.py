@@ -7,7 +7,7 @@ and ``MODELPRESS_DATABASE_URL=postgresql+psycopg://...``.
 Example:
     >>> from modelpress.settings import Settings
     >>> s = Settings(home="/tmp/mp-doc")
-    >>> s.database_url.startswith("sqlite:///")
+    >>> s.effective_database_url.startswith("sqlite:///")
     True
 """
 
@@ -18,8 +18,10 @@ import platform
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from modelpress.optimize.limits import DecodedLimits
 
 BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
 Backend = Literal["fbgemm", "qnnpack"]
@@ -59,12 +61,21 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, description="Deliveries before a job is failed for good.")
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between heartbeats of a running job.")
     heartbeat_stale_after: float = Field(default=60.0, gt=0, description="A running job silent this long is lost.")
-    timing_lock_dir: Path = Field(
-        default=Path("/tmp"), description="Host-wide folder of the lock that serializes latency timing across "
-                                          "every worker process on the host (shared by all MODELPRESS_HOMEs).")
+    # Issue 20 item 7: a folder this service owns (never /tmp: any user could hold the lock there forever).
+    timing_lock_dir: Path | None = Field(
+        default=None, description="Folder of the lock that serializes latency timing across the workers sharing it "
+                                  "(default $MODELPRESS_HOME/timing-lock, created 0750); refused if world-writable "
+                                  "or owned by another user. Deployments sharing a host may share a folder of "
+                                  "their group.")
+    timing_lock_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds a job waits for the timing lock before it gives up and is retried "
+                                         "later (a stuck holder must not hang every worker).")
     latency_warmup: int = Field(default=10, ge=0)
     latency_runs: int = Field(default=50, ge=3)
     flower_basic_auth: SecretStr | None = Field(default=None, description="user:password for Flower.")
+    allow_example_passwords: bool = Field(
+        default=False, description="Let workers, beat and Flower start with an example password (.env.example's, "
+                                   "the docs'): for a throwaway demo only. Same as --allow-example-passwords.")
     flower_address: str = Field(default="127.0.0.1", description="Interface `modelpress flower` binds to.")
     flower_port: int = Field(default=5555, ge=1, le=65535, description="Port `modelpress flower` listens on.")
     # --- nightly recompression (docs/operations.md) ---
@@ -108,6 +119,12 @@ class Settings(BaseSettings):
     worker_max_memory_per_child: int | None = Field(
         default=3 * 1024 * 1024, gt=0,
         description="KiB (Celery's unit): a child above this resident size is replaced after its current job.")
+    # Issue 20 item 4 (docs/faults.md, "Memory ceiling"): ByteSize reads 1610612736, "1.5GiB", "8gib" ("8G" = 8e9).
+    job_memory_limit: ByteSize | None = Field(
+        default=None, ge=0,
+        description="Memory one job may allocate in its worker child, beyond what the child held when the job "
+                    "started; more fails the job, never retried. Unset: 80% of the host's memory (or its cgroup "
+                    "limit) divided by the worker's concurrency. 0: no ceiling.")
 
     # --- database timeouts and the final write (docs/faults.md) ---
     db_connect_timeout: float = Field(
@@ -120,6 +137,11 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Tries to record a computed result before giving it up (transient errors).")
     result_write_backoff: float = Field(
         default=0.5, gt=0, description="Seconds before the 2nd try of the result write; doubled each try, capped at 30.")
+    # --- what users' data may decode to (docs/faults.md, "Decoded-size limits") ---
+    decoded_limits: DecodedLimits = Field(
+        default_factory=DecodedLimits,
+        description="Each limit is its own MODELPRESS_MAX_* variable (MODELPRESS_MAX_IMAGE_PIXELS, ...), read by "
+                    "optimize.limits on the worker too, which never imports this module.")
 
     @field_validator("reconcile_queue")
     @classmethod
@@ -164,6 +186,13 @@ class Settings(BaseSettings):
     def _limits_are_ordered(self) -> "Settings":
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("MODELPRESS_TASK_SOFT_TIME_LIMIT must be below MODELPRESS_TASK_TIME_LIMIT")
+        return self
+
+    @model_validator(mode="after")
+    def _timing_lock_under_home(self) -> "Settings":
+        # Computed once here so every reader (worker start check, the task) sees the same absolute folder.
+        folder = self.timing_lock_dir or self.home / "timing-lock"
+        object.__setattr__(self, "timing_lock_dir", Path(folder).expanduser().resolve())
         return self
 
     # --- derived values: computed, never stored twice ---
@@ -224,6 +253,28 @@ class Settings(BaseSettings):
                 "in a deployment that is never right (this process would see none of the jobs): set "
                 f"{' and '.join(unset)}, or pass --embedded to run on one machine")
 
+    def example_password_refusal(self, command: str) -> str | None:
+        """One line saying why ``command`` must not start with these secrets, or None.
+
+        A password from ``.env.example`` or the docs is known to everyone who read them (issue 20 item 8):
+        refused unless ``allow_example_passwords`` (``--allow-example-passwords``) says this is a demo.
+
+        Example:
+            >>> Settings(home="/tmp/mp-doc", flower_basic_auth="admin:change-me-flower").example_password_refusal(
+            ...     "flower")  # doctest: +ELLIPSIS
+            '`modelpress flower` refuses to start: MODELPRESS_FLOWER_BASIC_AUTH holds an example password...'
+        """
+        if self.allow_example_passwords:
+            return None
+        found = list(dict.fromkeys(w.split(" ", 1)[0] for w in self.placeholder_secrets()))
+        if not found:
+            return None
+        names = f"{', '.join(found[:-1])} and {found[-1]}" if len(found) > 1 else found[0]
+        return (f"`modelpress {command}` refuses to start: {names} "
+                f"{'holds an example password' if len(found) == 1 else 'hold example passwords'} (from .env.example or "
+                "the docs, known to anyone); set a real one, or pass --allow-example-passwords "
+                "(MODELPRESS_ALLOW_EXAMPLE_PASSWORDS=1) for a throwaway demo")
+
     def placeholder_secrets(self) -> list[str]:
         """Warnings for secrets still set to an example value (``.env.example``, ``admin:admin``).
 
@@ -244,10 +295,10 @@ class Settings(BaseSettings):
                     out.append(f"MODELPRESS_FLOWER_BASIC_AUTH holds a placeholder password (pair {i}); set a real one")
         for var, url in (("MODELPRESS_DATABASE_URL", self.database_url), ("MODELPRESS_BROKER_URL", self.broker_url)):
             try:
-                password = urlsplit(url).password if url else None
+                user, password = (urlsplit(url).username, urlsplit(url).password) if url else (None, None)
             except ValueError:
-                password = None
-            if password is not None and _is_placeholder(password):
+                user, password = None, None
+            if password is not None and (_is_placeholder(password) or password == user):
                 out.append(f"{var} holds a placeholder password; set a real one")
         return out
 
@@ -277,7 +328,9 @@ class Settings(BaseSettings):
 
 _EMBEDDED_PART = {"MODELPRESS_BROKER_URL": "filesystem broker", "MODELPRESS_DATABASE_URL": "SQLite database"}
 # Example values from .env.example, the docs and common defaults: a deployment must replace them.
-_PLACEHOLDERS = ("change-me", "changeme", "secret", "password", "admin", "example", "s3cret", "postgres")
+# Refused at the start of a worker, beat or Flower unless --allow-example-passwords (issue 20 item 8).
+_PLACEHOLDERS = ("change-me", "changeme", "changeit", "secret", "password", "passwd", "pass", "admin", "example",
+                 "s3cret", "postgres", "modelpress", "redis", "guest")
 
 
 def _is_placeholder(password: str) -> bool:

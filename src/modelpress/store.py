@@ -14,6 +14,10 @@ named by the sha256 of its bytes under a prefix — ``inputs/<sha256>.safetensor
 Keys are confined to the store: ``..``, absolute paths, other schemes and URIs outside the store's
 root are refused (``UnsafeKeyError``), so a job row cannot point a worker at an arbitrary file.
 
+A local store is private to the service's user and group: objects are 0640, folders it creates 0750,
+set explicitly (``filemodes``), whatever the umask. What a worker does with the store (its folders,
+fetching a job's inputs, publishing results) is ``worker_store``.
+
 No torch here: the producer stages weights through this module.
 
 Example:
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from modelpress.filemodes import DIR_MODE, make_private_dirs, make_private_file
 from modelpress.optimize.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -99,15 +104,9 @@ def check_key(key: str) -> str:
     return key
 
 
-def _is_remote(location: str) -> bool:
+def is_remote(location: str) -> bool:
     scheme, sep, _ = location.partition("://")
     return bool(sep) and scheme not in ("file", "local")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
@@ -153,7 +152,7 @@ class ArtifactStore:
         loc = os.fspath(location)
         self.location = loc
         self._fs: Any = None
-        if _is_remote(loc):
+        if is_remote(loc):
             import fsspec
 
             try:
@@ -295,15 +294,15 @@ class ArtifactStore:
         final = self._path(key)
         if self.is_local:
             folder = os.path.dirname(final)
-            os.makedirs(folder, exist_ok=True)
+            make_private_dirs(folder)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out:
                     digest, n = _copy_hashing(src, out)
                     out.flush()
                     os.fsync(out.fileno())
-                # mkstemp makes 0600; workers running as another user on a shared folder must read it.
-                os.chmod(tmp, 0o666 & ~_umask())
+                # The service's group (workers on a shared folder) reads it; other users never (issue 20).
+                make_private_file(tmp)
                 os.replace(tmp, final)
             except BaseException:
                 if os.path.exists(tmp):
@@ -384,7 +383,7 @@ class ArtifactStore:
             if file_sha256(dest) == expected:
                 return dest
             dest.unlink()  # a damaged cache copy: fetch it again
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(dest.parent)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -395,12 +394,12 @@ class ArtifactStore:
                     raise MissingObjectError(f"no object {self.uri(key)} in the artifact store") from None
             if actual != expected:
                 raise _mismatch(self.uri(key), actual, expected)
+            make_private_file(tmp)
             os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return dest
-
 
     # ----------------------------------------------------------------- folders (issue 9)
     def put_tree(self, folder: str | os.PathLike[str], *, prefix: str, files: "list[str] | None" = None,
@@ -479,14 +478,16 @@ class ArtifactStore:
                    for rel, k in index.items()):
                 return dest
             shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(dest.parent)
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-"))
+        os.chmod(tmp, DIR_MODE)  # mkdtemp's 0700, widened to the service's group like every store folder
         try:
             for rel, k in index.items():
                 src = self.fetch(k, cache_dir=cache_dir)
                 out = tmp / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dirs(out.parent)
                 shutil.copyfile(src, out)
+                make_private_file(out)
             try:
                 os.replace(tmp, dest)
             except OSError:
@@ -542,64 +543,5 @@ def list_tree(root: str | os.PathLike[str]) -> list[str]:
     return sorted(out)
 
 
-# --------------------------------------------------------------------- what workers use
-def worker_dir(settings: "Settings") -> Path:
-    """The local folder the optimize pipeline writes into: the store itself when it is a folder,
-    else a cache under ``MODELPRESS_HOME`` whose results are then published to the remote store.
-
-    Example:
-        >>> from modelpress.settings import Settings
-        >>> worker_dir(Settings(home="/tmp/mp-doc", artifact_store="s3://b/p")) == Path("/tmp/mp-doc/store-cache")
-        True
-    """
-    location = settings.effective_artifact_store
-    return settings.home / "store-cache" if _is_remote(location) else ArtifactStore(location).root_path
-
-
-def fetch_weights(settings: "Settings", ref: str, *, sha256: str | None) -> str:
-    """Local path of a job's staged weights, hash-checked against the job row's ``model_sha256``.
-
-    Example:
-        >>> fetch_weights(settings, job.model_weights_uri, sha256=job.model_sha256)  # doctest: +SKIP
-        '/data/artifacts/inputs/3f…e1.safetensors'
-    """
-    store = ArtifactStore.from_settings(settings)
-    return str(store.fetch(ref, sha256=sha256, cache_dir=settings.home / "store-cache"))
-
-
-def fetch_model_ref(settings: "Settings", stored: "dict[str, Any]") -> Any:
-    """A job row's ``model_ref`` (store refs) as a ``ModelRef`` whose files are local and hash-checked.
-
-    Folders (an HF model, an image folder) are rebuilt under the worker's cache (``fetch_tree``).
-
-    Example:
-        >>> fetch_model_ref(settings, job.model_ref).path  # doctest: +SKIP
-        '/home/mp/store-cache/trees/3f…e1'
-    """
-    from modelpress.intake import localize_ref
-    from modelpress.optimize.sources import ModelRef
-
-    return localize_ref(ModelRef.from_dict(stored), store=ArtifactStore.from_settings(settings),
-                        cache_dir=settings.home / "store-cache")
-
-
-def publish_artifact(settings: "Settings", local_path: str, *, rejected: bool = False) -> str:
-    """Make a worker's artifact reachable by everyone; returns the URI a job row records.
-
-    A local store already holds the file (the pipeline wrote it there): its path is returned as is.
-    A remote store receives a content-addressed copy under ``artifacts/`` (``rejected/`` for a
-    result that broke its budget, so it is never mistaken for a promoted one).
-
-    Example:
-        >>> publish_artifact(settings, "/var/mp/store-cache/artifacts/ab.mpz")  # doctest: +SKIP
-        's3://bucket/modelpress/artifacts/5c…09.mpz'
-    """
-    store = ArtifactStore.from_settings(settings)
-    if store.is_local:
-        return local_path
-    return store.put_file(local_path, prefix="rejected" if rejected else "artifacts").uri
-
-
 __all__ = ["ArtifactStore", "IntegrityError", "MissingObjectError", "StoreError", "StoredObject", "UnsafeKeyError",
-           "check_key", "check_tree_path", "fetch_model_ref", "fetch_weights", "file_sha256", "is_tree_ref", "list_tree",
-           "publish_artifact", "worker_dir"]
+           "check_key", "check_tree_path", "file_sha256", "is_tree_ref", "list_tree"]

@@ -20,7 +20,9 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Shared by every test file of the session: each built-in model is trained once.
+    # The cache_dir handed to materialize, shared by every test file of the session. Nothing is trained or
+    # written here any more: built-ins load weights shipped as package data (digits_cnn, seq_lstm, seq_gru) or
+    # draw them from a seed (mlp) (test_builtin_weights checks that nothing lands in a cache dir).
     return tmp_path_factory.getbasetemp() / "builtin-cache"
 
 

@@ -276,7 +276,10 @@ def test_the_fallback_chooses_on_validation_rows_and_never_predicts_on_the_eval_
     loaded = modelpress.load(r.artifact_path, allowlist=ALLOW)
     float_model = modelpress.load(r.float_artifact_path, allowlist=ALLOW)
     with quantized_engine("fbgemm"):
-        on_val = compute_metric("top1_agreement", predict(loaded, VAL_X), labels=None, reference=predict(float_model, VAL_X))
+        # At the batch the job evaluates in: dynamic int8 scales activations per batch.
+        bs = r.metric_eval_batch_size
+        on_val = compute_metric("top1_agreement", predict(loaded, VAL_X, batch_size=bs), labels=None,
+                                reference=predict(float_model, VAL_X, batch_size=bs))
     assert fb["trials"][-1]["metric"] == on_val and fb["trials"][-1]["within_budget"]
     assert r.metric_after == fb["eval_metric"] == _reloaded_metric_of(r, VAL_EVAL_X)
 
@@ -319,6 +322,37 @@ def test_the_row_records_the_eval_batch_and_the_metric_one_row_at_a_time(store):
     assert r.metric_before_b1 == 1.0
     # Dynamic int8 depends on the batch: the two evaluations do differ for this model.
     assert not torch.equal(one_by_one, batched)
+
+
+# ----------------------------------------------------------------- honest latency (issue 20, item 10)
+def test_before_and_after_latency_are_timed_together_on_the_reloaded_artifact_after_the_choice(store, monkeypatch):
+    import modelpress.optimize.measure as measure
+    import modelpress.optimize.pipeline as pl
+
+    timed: list[tuple[str, object]] = []
+    reloaded: list[object] = []
+    real_time, real_load = measure.interleaved_latency, pl.load_artifact
+
+    def spy_time(models, inputs, **kw):  # type: ignore[no-untyped-def]
+        timed.extend(models.items())
+        return real_time(models, inputs, **kw)
+
+    def spy_load(*a, **kw):  # type: ignore[no-untyped-def]
+        loaded = real_load(*a, **kw)
+        reloaded.append(loaded.model)
+        return loaded
+
+    monkeypatch.setattr(measure, "interleaved_latency", spy_time)
+    monkeypatch.setattr(pl, "load_artifact", spy_load)
+    recipe = Recipe.from_dict({"name": "lat", "steps": [{"type": "quantize_dynamic"}], "budget": {"max_drop": 0.5}})
+    r = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, reuse=False, warmup=2, runs=6)
+    assert [p["phase"] for p in r.extra["timing"]["phases"]] == ["before+after"]
+    # One interleaved timing per latency batch, of the float model and of the artifact as reloaded from disk.
+    assert [name for name, _ in timed] == ["before", "after"] * len(r.latency_after)
+    assert len(reloaded) == 1 and all(m is reloaded[0] for name, m in timed if name == "after")
+    for before, after in zip(r.latency_before, r.latency_after):
+        assert before["interleaved"] and after["interleaved"] and before["rounds"] == after["rounds"] == 2
+        assert before["runs"] == after["runs"] == 6 and len(after["round_medians_ms"]) == 2
 
 
 # ----------------------------------------------------------------- immutable artifacts (issue 10, item 8)

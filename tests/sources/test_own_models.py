@@ -85,7 +85,7 @@ def _accuracy_of_reloaded(row: dict, settings) -> float:  # type: ignore[no-unty
     import modelpress
     from modelpress.optimize.measure import compute_metric, predict
     from modelpress.optimize.sources import get_source
-    from modelpress.store import fetch_model_ref
+    from modelpress.worker_store import fetch_model_ref
 
     torch.set_num_threads(1)  # as the worker measured
     model = modelpress.load(row["artifact_uri"])

@@ -247,7 +247,7 @@ def _report_zoo(args: argparse.Namespace, settings: "Settings") -> int:
     from modelpress.optimize.errors import UserInputError
     from modelpress.optimize.recipes import resolve_recipe
     from modelpress.settings import native_backend
-    from modelpress.store import worker_dir
+    from modelpress.worker_store import worker_dir
 
     models, recipes = _split(args.models), _split(args.recipes)
     try:  # every name checked before minutes of in-process work

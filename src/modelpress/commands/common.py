@@ -26,18 +26,26 @@ def ensure_db(settings: "Settings") -> None:
         upgrade(settings.effective_database_url)
 
 
-def refuse_or_warn(settings: "Settings", command: str, *, embedded: bool) -> int | None:
+def refuse_or_warn(settings: "Settings", command: str, *, embedded: bool,
+                   allow_example_passwords: bool = False) -> int | None:
     """Checks before a long-running process starts: 2 (after printing why) if it must not, else None.
 
-    Refuses the embedded default (no MODELPRESS_BROKER_URL / _DATABASE_URL) unless ``--embedded`` was
-    given; warns, on stderr, about secrets still set to an example value.
+    Refuses secrets still set to an example value (``.env.example``, the docs) unless
+    ``--allow-example-passwords`` / ``MODELPRESS_ALLOW_EXAMPLE_PASSWORDS=1`` says this is a demo (then it
+    warns), and the embedded default (no MODELPRESS_BROKER_URL / _DATABASE_URL) unless ``--embedded``.
+    Each refusal is one line on stderr naming the variable, never its value.
 
     Example:
         >>> from modelpress.settings import Settings
         >>> refuse_or_warn(Settings(home="/tmp/mp-doc"), "worker", embedded=True)
     """
+    allowed = allow_example_passwords or settings.allow_example_passwords
+    refusal = None if allowed else settings.example_password_refusal(command)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     for warning in settings.placeholder_secrets():
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {warning} (allowed by --allow-example-passwords)", file=sys.stderr)
     problem = None if embedded else settings.embedded_refusal(command)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -45,4 +53,8 @@ def refuse_or_warn(settings: "Settings", command: str, *, embedded: bool) -> int
     return None
 
 
-__all__ = ["ensure_db", "refuse_or_warn"]
+EXAMPLE_PASSWORDS_HELP = ("start even though a password is an example value (.env.example's, the docs'): for a "
+                          "throwaway demo only (MODELPRESS_ALLOW_EXAMPLE_PASSWORDS=1)")
+
+
+__all__ = ["EXAMPLE_PASSWORDS_HELP", "ensure_db", "refuse_or_warn"]

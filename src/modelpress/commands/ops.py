@@ -3,7 +3,7 @@
 Example:
     $ modelpress beat                      # the scheduler (one leader; more are standbys)
     $ modelpress ops-worker                # runs what beat schedules on the ops queue (nightly submission)
-    $ MODELPRESS_FLOWER_BASIC_AUTH=admin:s3cret modelpress flower --address 0.0.0.0
+    $ MODELPRESS_FLOWER_BASIC_AUTH="ops:$FLOWER_PASSWORD" modelpress flower --address 0.0.0.0
     $ modelpress nightly run-now           # submit tonight's jobs now (a no-op if already submitted)
 """
 
@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from modelpress.commands.common import EXAMPLE_PASSWORDS_HELP
 from modelpress.settings import Settings
 
 
@@ -37,7 +38,8 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    refused = refuse_or_warn(settings, "beat", embedded=args.embedded)
+    refused = refuse_or_warn(settings, "beat", embedded=args.embedded,
+                             allow_example_passwords=args.allow_example_passwords)
     if refused is not None:
         return refused
     ensure_db(settings)
@@ -50,7 +52,8 @@ def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
     from modelpress.workers.routing import OPS_QUEUE
     from modelpress.workers.worker import make_worker_app
 
-    refused = refuse_or_warn(settings, "ops-worker", embedded=args.embedded)
+    refused = refuse_or_warn(settings, "ops-worker", embedded=args.embedded,
+                             allow_example_passwords=args.allow_example_passwords)
     if refused is not None:
         return refused
 
@@ -63,11 +66,10 @@ def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.workers.flower import FlowerConfigError, run_flower
+    from modelpress.workers.flower import FlowerConfigError, check_example_passwords, run_flower
 
-    for warning in settings.placeholder_secrets():
-        print(f"warning: {warning}", file=sys.stderr)
     try:
+        check_example_passwords(settings, allow=args.allow_example_passwords)
         return run_flower(settings, address=args.address or settings.flower_address,
                           port=args.port or settings.flower_port, insecure_localhost=args.insecure_localhost)
     except FlowerConfigError as e:
@@ -108,12 +110,14 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     b = sub.add_parser("beat", help="run the scheduler (nightly recompression, reconciler); one leader at a time")
     b.add_argument("--loglevel", default="INFO")
     b.add_argument("--embedded", action="store_true", help=_EMBEDDED_HELP)
+    b.add_argument("--allow-example-passwords", action="store_true", help=EXAMPLE_PASSWORDS_HELP)
     b.set_defaults(func=cmd_beat)
 
     o = sub.add_parser("ops-worker", help="run a worker for the ops queue (what beat schedules; no torch)")
     o.add_argument("--concurrency", type=int, default=1)
     o.add_argument("--loglevel", default="INFO")
     o.add_argument("--embedded", action="store_true", help=_EMBEDDED_HELP)
+    o.add_argument("--allow-example-passwords", action="store_true", help=EXAMPLE_PASSWORDS_HELP)
     o.set_defaults(func=cmd_ops_worker)
 
     f = sub.add_parser("flower", help="run Flower on the configured broker (basic auth required)")
@@ -121,6 +125,7 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     f.add_argument("--port", type=int, help="port (default MODELPRESS_FLOWER_PORT, 5555)")
     f.add_argument("--insecure-localhost", action="store_true",
                    help="allow running without MODELPRESS_FLOWER_BASIC_AUTH, bound to 127.0.0.1 only")
+    f.add_argument("--allow-example-passwords", action="store_true", help=EXAMPLE_PASSWORDS_HELP)
     f.set_defaults(func=cmd_flower)
 
     n = sub.add_parser("nightly", help="nightly recompression")

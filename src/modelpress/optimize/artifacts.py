@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelpress.filemodes import make_private_dirs, make_private_file
 from modelpress.optimize.errors import ModelLoadError, is_task_control
 from modelpress.optimize.buildinfo import build_fingerprint
 from modelpress.optimize.hostcpu import cpu_flags
@@ -67,14 +68,18 @@ def cpu_build_features() -> tuple[str, ...]:
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write via a temp file in the same folder, fsync, then rename: readers never see half a file.
+
+    The file is 0640 and folders it creates 0750 (``filemodes``): the service's user and group only.
+    """
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        make_private_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with _suppress():
@@ -110,12 +115,6 @@ def save_artifact(path: Path, model: nn.Module, manifest: dict[str, Any]) -> int
 _SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _publish_object(tmp: Path, folder: Path, suffix: str) -> tuple[Path, str, int]:
     """Move a finished temp file to ``folder/<sha256><suffix>``; never overwrite good bytes.
 
@@ -129,7 +128,7 @@ def _publish_object(tmp: Path, folder: Path, suffix: str) -> tuple[Path, str, in
     if final.is_file() and file_sha256(final) == digest:
         os.unlink(tmp)
     else:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; other workers and users read objects
+        make_private_file(tmp)  # the service's other workers (its group) read objects; other users never
         os.replace(tmp, final)
     return final, digest, size
 
@@ -146,7 +145,7 @@ def save_artifact_object(folder: Path, model: nn.Module, manifest: dict[str, Any
         >>> p.name == f"{sha}.mpz" and n == p.stat().st_size
         True
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(folder)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -167,7 +166,7 @@ def put_json_object(folder: Path, data: Any) -> tuple[Path, str]:
         >>> p.name == f"{sha}.json"
         True
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(folder)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
     tmp = Path(tmp_name)
     try:

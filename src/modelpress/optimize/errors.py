@@ -47,3 +47,21 @@ def is_task_control(exc: BaseException) -> bool:
 
 class DataError(UserInputError, ValueError):
     """A data file that cannot be read or does not fit the model (names, shapes, labels, size)."""
+
+
+class MemoryCeilingError(UserInputError):
+    """A job that needed more memory than its worker's per-job ceiling (``MODELPRESS_JOB_MEMORY_LIMIT``).
+
+    The same job fails the same way on every try, so it is failed at once, never retried as a lost worker.
+    ``recorded`` is True when the worker's memory watchdog stopped the job: the watchdog writes the failure
+    to the job's row itself, and the task writes it only if that write did not land.
+
+    Example:
+        >>> e = MemoryCeilingError("the job needed more than its memory ceiling of 1.50 GiB")
+        >>> isinstance(e, UserInputError), e.recorded
+        (True, False)
+    """
+
+    def __init__(self, message: str, *, recorded: bool = False) -> None:
+        super().__init__(message)
+        self.recorded = recorded

@@ -15,16 +15,25 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+# The host timing lock lives in its own torch-free module (the worker's parent checks its folder at start);
+# its names stay importable from here, where the pipelines have always found them.
+from modelpress.optimize.timing_lock import (
+    TIMING_LOCK_NAME,
+    TimingLockTimeout,
+    UnsafeTimingLockDir,
+    default_timing_lock_dir,
+    host_timing_lock,
+)
 from modelpress.optimize.zoo import Inputs, Metric
 
 
@@ -157,66 +166,46 @@ def interleaved_latency(models: dict[str, Callable[..., torch.Tensor]], inputs: 
                 "round_medians_ms": medians[n]} for n in names}
 
 
-TIMING_LOCK_NAME = "modelpress-timing.lock"
+#: Rounds of the final before/after timing; each round times the float model and the chosen artifact.
+FINAL_ROUNDS = 5
 
 
-def default_timing_lock_dir() -> Path:
-    """Where the host-wide timing lock lives: ``MODELPRESS_TIMING_LOCK_DIR``, else ``/tmp``.
+def before_after_latency(before: Callable[..., torch.Tensor], after: Callable[..., torch.Tensor], spec: Any, *,
+                         lock_dir: str | os.PathLike[str] | None, warmup: int, runs: int, threads: int,
+                         timings: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The reported latencies (``spec``: a ``zoo.ModelSpec``): a fresh timing of the float model and the chosen artifact, after every choice.
 
-    One folder per host (not per ``MODELPRESS_HOME``): every worker process of every deployment on the
-    host must queue behind the same lock file.
-
-    Example:
-        >>> isinstance(default_timing_lock_dir(), Path)
-        True
-    """
-    return Path(os.environ.get("MODELPRESS_TIMING_LOCK_DIR") or "/tmp")
-
-
-def _load_avg() -> float | None:
-    try:
-        return float(os.getloadavg()[0])
-    except OSError:  # not available on this platform
-        return None
-
-
-@contextlib.contextmanager
-def host_timing_lock(lock_dir: str | os.PathLike[str] | None = None, *, phase: str = "") -> Iterator[dict[str, Any]]:
-    """Hold the host-wide timing lock (``fcntl.flock``) while latency is timed; yields the phase's record.
-
-    Two jobs timing at once on one host slow each other (two children on 2 cores measured a 2.55×
-    speed-up that is 3.30× alone), so timing phases — only those, not whole jobs — queue behind one
-    lock file. The record says how long the phase waited, when it ran (``start``/``end``, epoch
-    seconds) and the host's 1-minute load average at its start and end: the load that remains is
-    other work on the host, and it is in the row for anyone judging the numbers.
+    Figures that chose an artifact (a candidate's first timing, a run-off) are its evidence, kept in the
+    record; reporting them would report the winner of a noisy contest at its luckiest. So once the choice
+    is made, ``before`` and ``after`` are timed again, side by side in alternating rounds
+    (``measure.interleaved_latency``) at every latency batch, under the host timing lock: a drift of the host
+    lands on both. ``runs`` timed calls per model in all (``warmup`` spread over the rounds).
 
     Example:
-        >>> import tempfile
-        >>> with host_timing_lock(tempfile.mkdtemp(), phase="doc") as rec:
-        ...     pass
-        >>> rec["phase"], rec["waited_s"] >= 0, rec["end"] >= rec["start"]
-        ('doc', True, True)
+        >>> import torch
+        >>> from modelpress.optimize.zoo import ModelSpec
+        >>> spec = ModelSpec(name="x", version=1, build=lambda: None, data=lambda: None, metric="cosine",
+        ...                  make_input=lambda b: torch.randn(b, 4), latency_batches=(1, 8))
+        >>> b, a = before_after_latency(torch.nn.Linear(4, 4).eval(), torch.nn.Linear(4, 2).eval(), spec,
+        ...                             lock_dir=__import__("tempfile").mkdtemp(), warmup=2, runs=6, threads=1,
+        ...                             timings=[])
+        >>> [s["batch_size"] for s in a], a[0]["interleaved"], a[0]["runs"]
+        ([1, 8], True, 6)
     """
-    import fcntl
-
-    folder = Path(lock_dir) if lock_dir is not None else default_timing_lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / TIMING_LOCK_NAME
-    # 0666: workers of other users (other deployments on the host) must be able to take it too.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        t0 = time.monotonic()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        record: dict[str, Any] = {"phase": phase, "lock_file": str(path), "waited_s": time.monotonic() - t0,
-                                  "load_avg_1m_start": _load_avg(), "start": time.time()}
-        try:
-            yield record
-        finally:
-            record["end"] = time.time()
-            record["load_avg_1m_end"] = _load_avg()
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    rounds = max(1, min(FINAL_ROUNDS, runs // 3))
+    per_round = math.ceil(runs / rounds)
+    warm = max(1, math.ceil(warmup / rounds)) if warmup else 0
+    lat_before: list[dict[str, Any]] = []
+    lat_after: list[dict[str, Any]] = []
+    with host_timing_lock(lock_dir, phase="before+after") as rec:
+        for b in spec.latency_batches:
+            got = interleaved_latency({"before": before, "after": after}, spec.make_input(b), rounds=rounds,
+                                      runs=per_round, warmup=warm, threads=threads)
+            for name, out in (("before", lat_before), ("after", lat_after)):
+                out.append({**got[name]["stats"].to_dict(), "interleaved": True, "rounds": rounds,
+                            "round_medians_ms": got[name]["round_medians_ms"]})
+    timings.append(rec)
+    return lat_before, lat_after
 
 
 def file_size(path: str | os.PathLike[str]) -> int:

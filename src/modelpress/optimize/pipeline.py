@@ -25,8 +25,10 @@ in the step meta (``float_modules``) and in ``OptimizeResult.float_layers``. If 
 on eval, the job is ``rejected`` with the numbers and its artifact is kept under ``rejected/``.
 
 Figures carry their conditions: the eval batch size (dynamic int8 scales activations per batch) and the
-metric at batch 1 on the first rows (``metric_after_b1``); latency is timed under a host-wide lock
-(``measure.host_timing_lock``) with the wait and the host's load average in ``extra["timing"]``.
+metric at batch 1 on the first rows (``metric_after_b1``). The reported latency is timed once every
+choice is made: the float model and the artifact as reloaded, side by side in alternating rounds
+(``before_after_latency``), under a host-wide lock (``measure.host_timing_lock``) with the wait and the
+host's load average in ``extra["timing"]``.
 
 Every artifact is reloaded with ``artifacts.load_artifact`` before the result is written, and its outputs
 must equal those of the model that was measured (``extra["reload_check"]``).
@@ -61,8 +63,7 @@ from modelpress.optimize.measure import (
     compute_metric,
     count_flops,
     count_params,
-    host_timing_lock,
-    measure_latency,
+    before_after_latency,
     n_samples,
     predict,
 )
@@ -203,11 +204,14 @@ def _json_safe(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sensitivity_inputs(data: TaskData, budget: Budget) -> Any:
-    n = min(budget.sensitivity_samples, n_samples(data.calib_inputs))
+    # The ranking of layers is a choice: made on validation rows when the data has them (issue 20, item 11),
+    # else on calibration inputs; never on the eval rows whose metric is reported.
+    rows = data.val_inputs if data.val_inputs is not None and n_samples(data.val_inputs) > 0 else data.calib_inputs
+    n = min(budget.sensitivity_samples, n_samples(rows))
     if n == 0:
-        raise UserInputError("the accuracy-budget fallback measures layer sensitivity on calibration inputs, "
-                             "and this model's spec has none; set budget.max_float_layers: 0")
-    b = batch_of(data.calib_inputs, 0, n)
+        raise UserInputError("the accuracy-budget fallback measures layer sensitivity on validation or calibration "
+                             "inputs, and this model's spec has none; set budget.max_float_layers: 0")
+    b = batch_of(rows, 0, n)
     return b[0] if len(b) == 1 else b
 
 
@@ -348,16 +352,6 @@ def float_reference(float_model: nn.Module, spec: ModelSpec, data: TaskData, eva
     return ref_out, metric_before
 
 
-def _timed_latency(model: nn.Module, spec: ModelSpec, *, phase: str, lock_dir: str | os.PathLike[str] | None,
-                   warmup: int, runs: int, threads: int, timings: list[dict[str, Any]]) -> list[LatencyStats]:
-    # Only the timing itself holds the host-wide lock: the rest of a job runs beside other jobs.
-    with host_timing_lock(lock_dir, phase=phase) as rec:
-        stats = [measure_latency(model, spec.make_input(b), warmup=warmup, runs=runs, threads=threads)
-                 for b in spec.latency_batches]
-    timings.append(rec)
-    return stats
-
-
 def _timing_record(timings: list[dict[str, Any]]) -> dict[str, Any]:
     loads = [v for t in timings for v in (t["load_avg_1m_start"], t["load_avg_1m_end"]) if v is not None]
     return {"phases": timings, "lock_wait_s": sum(t["waited_s"] for t in timings),
@@ -461,8 +455,6 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     log("measuring the float model")
     ref_out, metric_before = float_reference(float_model, spec, data, eval_bs)
     timings: list[dict[str, Any]] = []
-    lat_before = _timed_latency(float_model, spec, phase="before", lock_dir=timing_lock_dir, warmup=warmup,
-                                runs=runs, threads=threads, timings=timings)
     probe = spec.make_input(1)
     params_before, flops_before = count_params(float_model), count_flops(float_model, probe)
 
@@ -506,9 +498,6 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
         if model.training:
             raise RuntimeError("the optimized model must be in eval mode before it is measured")
         b1 = _metric_at_batch1(model, data, spec.metric, ref_out)
-        lat_after = _timed_latency(model, spec, phase="after", lock_dir=timing_lock_dir, warmup=warmup, runs=runs,
-                                   threads=threads, timings=timings)
-        extra["timing"] = _timing_record(timings)
         for name, fn in spec.extra.get("extra_metrics", {}).items():
             extra.setdefault("metrics_after", {})[name] = float(fn(out_after, ref_out))
 
@@ -517,9 +506,14 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
         manifest = {**base_manifest, "recipe": recipe.to_dict(), "steps_meta": metas}
         art_path, art_sha, size_after = save_artifact_object(
             store / ("rejected" if status == "rejected" else "artifacts"), model, manifest)
+        served: nn.Module = model
         if verify_reload:
-            extra["reload_check"] = _verify_reload(art_path, model, data, allowlist=allowlist, engine=engine,
-                                                   batch_size=eval_bs)
+            extra["reload_check"], served = _verify_reload(art_path, model, data, allowlist=allowlist, engine=engine,
+                                                           batch_size=eval_bs)
+        # Reported latency: the artifact as reloaded (the deployed thing) beside the float model, timed fresh.
+        lat_before, lat_after = before_after_latency(float_model, served, spec, lock_dir=timing_lock_dir,
+                                                     warmup=warmup, runs=runs, threads=threads, timings=timings)
+        extra["timing"] = _timing_record(timings)
 
     if onnx_export is not None:
         extra["onnx"] = _export_onnx(float_model if onnx_export == "float" else model, spec,
@@ -533,7 +527,7 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
         artifact_key=key, artifact_path=str(art_path), float_artifact_path=str(float_path),
         size_before_bytes=size_before, size_after_bytes=size_after, metric_name=spec.metric,
         metric_before=metric_before, metric_after=metric_after,
-        latency_before=[s.to_dict() for s in lat_before], latency_after=[s.to_dict() for s in lat_after],
+        latency_before=lat_before, latency_after=lat_after,
         params_before=params_before, params_after=count_params(model), flops_before=flops_before,
         flops_after=count_flops(last_float, probe), sparsity_after=global_sparsity(last_float),
         float_layers=float_layers, steps_meta=metas, eval_description=data.description, extra=extra,
@@ -547,8 +541,9 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
 
 
 def _verify_reload(path: Path, model: nn.Module, data: TaskData, *, allowlist: tuple[str, ...], engine: str,
-                   batch_size: int) -> dict[str, Any]:
-    """Reload the artifact as a user would and require the measured model's exact outputs."""
+                   batch_size: int) -> tuple[dict[str, Any], nn.Module]:
+    """Reload the artifact as a user would and require the measured model's exact outputs; the record and
+    the reloaded model (what the reported latency times)."""
     loaded = load_artifact(path, allowlist=allowlist, engine=engine).model
     n = min(n_samples(data.eval_inputs), batch_size)
     probe = batch_of(data.eval_inputs, 0, n)
@@ -559,7 +554,7 @@ def _verify_reload(path: Path, model: nn.Module, data: TaskData, *, allowlist: t
     if not torch.equal(a, b):
         raise RuntimeError(f"artifact {path.name} does not reproduce the measured model after reload "
                            f"(max abs difference {diff}); this is a bug in the step's rebuild")
-    return {"samples": n, "max_abs_diff": diff, "equal": True}
+    return {"samples": n, "max_abs_diff": diff, "equal": True}, loaded
 
 
 def _export_onnx(model: nn.Module, spec: ModelSpec, path: Path) -> dict[str, Any]:

@@ -554,7 +554,8 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
     """
     from modelpress.optimize.artifacts import _publish_object, put_json_object, save_artifact_object
     from modelpress.optimize.pipeline import (OptimizeResult, _cached_result, _Chain, _eval_batch_size, _json_safe,
-                                              _metric_at_batch1, _run_steps, _timing_record, float_reference)
+                                              _metric_at_batch1, _run_steps, _timing_record, before_after_latency,
+                                              float_reference)
 
     store = Path(store)
     names = candidate_names(recipe)
@@ -588,7 +589,6 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
     ref_out, metric_before = float_reference(float_model, spec, data, eval_bs)
     job = _Job(spec=spec, recipe=recipe, engine=engine, data=data, store=store, key=key, threads=threads,
                warmup=warmup, runs=runs, allowlist=allowlist, log=log, lock_dir=timing_lock_dir)
-    lat_before = job.latencies(float_model, phase="before")
     probe = spec.make_input(1)
     params_before, flops_before = count_params(float_model), count_flops(float_model, probe)
 
@@ -649,7 +649,14 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
             art_path, art_sha, size_after = _publish_object(tmp_art, folder, win["suffix"])
             if verify_reload:
                 extra["reload_check"] = _verify(job, rt, art_path, win["_outputs"])
-            b1 = _metric_at_batch1(job.load(rt, art_path), data, spec.metric, ref_out)
+            served = job.load(rt, art_path)
+            b1 = _metric_at_batch1(served, data, spec.metric, ref_out)
+            # The candidates' timings chose the winner and stay in its record as the evidence; the reported
+            # latency is a fresh timing of the published artifact beside the float model, after the choice.
+            lat_before, lat_after = before_after_latency(float_model, served, spec, lock_dir=job.lock_dir,
+                                                         warmup=warmup, runs=runs, threads=threads,
+                                                         timings=job.timings)
+            del served
         for c in candidates:
             c.pop("_exported", None)
             c.pop("_outputs", None)
@@ -670,7 +677,7 @@ def optimize_in_runtime(*, model_name: str, spec: ModelSpec, recipe: Recipe, eng
         artifact_key=key, artifact_path=str(art_path), float_artifact_path=str(float_path),
         size_before_bytes=size_before, size_after_bytes=size_after, metric_name=spec.metric,
         metric_before=metric_before, metric_after=metric_after, latency_before=lat_before,
-        latency_after=win["latency"], params_before=params_before, params_after=count_params(last_float),
+        latency_after=lat_after, params_before=params_before, params_after=count_params(last_float),
         flops_before=flops_before, flops_after=count_flops(last_float, probe),
         sparsity_after=global_sparsity(last_float), float_layers=sorted(win.get("float_layers", [])),
         steps_meta=chain.metas + ([win["quantization"]] if "quantization" in win else []),

@@ -24,9 +24,11 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from modelpress.optimize.builtin_weights import shipped_weights_file, shipped_weights_name, shipped_weights_sha256
 from modelpress.optimize.errors import ModelLoadError, UnknownModelError, is_task_control
 
 Metric = Literal["accuracy", "top1_agreement", "cosine"]
@@ -65,11 +67,14 @@ class ModelSpec:
     metric: Metric
     make_input: Callable[[int], Inputs]
     latency_batches: tuple[int, ...] = (1, 64)
-    # Fills a freshly built model with the built-in weights (seeded init or a short deterministic
-    # training run), given a cache dir; None means the user must supply weights.
+    # Fills a freshly built model with the built-in weights (seeded init, or trained weights shipped as
+    # package data), given a cache dir; None means the user must supply weights.
     pretrained: Callable[[nn.Module, Path | None], None] | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The package-data file (``optimize/data/``) ``pretrained`` loads, when the built-in weights are
+    # trained ones: its sha256 is part of the content id (builtin_weights.py says why).
+    shipped_weights: str | None = None
 
     @property
     def builtin_id(self) -> str:
@@ -224,7 +229,9 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
 def materialize(spec: ModelSpec, *, weights: str | None, max_bytes: int, cache_dir: Path | None) -> tuple[nn.Module, str]:
     """Build the float model with its weights; returns (model in eval mode, content id).
 
-    The content id is the sha256 of the weights file, or the built-in id for built-in weights.
+    The content id is the sha256 of the weights file, or the built-in id for built-in weights (with the
+    shipped weights file's sha256 when the spec has one). ``RegisteredSource.materialize``, which knows the
+    name the model was asked for, replaces the latter with the producer's ``builtin_content_id``.
     """
     model = spec.build()
     if weights is not None:
@@ -232,10 +239,38 @@ def materialize(spec: ModelSpec, *, weights: str | None, max_bytes: int, cache_d
         content = file_sha256(weights)
     elif spec.pretrained is not None:
         spec.pretrained(model, cache_dir)
-        content = hashlib.sha256(spec.builtin_id.encode()).hexdigest()
+        builtin = spec.builtin_id
+        if spec.shipped_weights is not None:
+            builtin += f":weights={shipped_weights_sha256(spec.shipped_weights)}"
+        content = hashlib.sha256(builtin.encode()).hexdigest()
     else:
         raise ModelLoadError(f"model {spec.name!r} has no built-in weights: give a weights file")
     return model.eval(), content
+
+
+def load_shipped_weights(file_name: str) -> Callable[[nn.Module, Path | None], None]:
+    """A ``ModelSpec.pretrained`` that loads trained weights shipped as package data (``optimize/data/``).
+
+    The same bytes on every worker, whatever its CPU: training at first use gave each CPU family (and
+    thread count) its own weights under one content id (issue 20 item 12). ``tools/train-builtin-weights`` makes the files.
+
+    Example:
+        >>> model = DigitsCNN()
+        >>> load_shipped_weights("builtin-digits_cnn-v2.safetensors")(model, None)
+        >>> tuple(model.classifier[3].weight.shape)
+        (10, 128)
+    """
+    def pretrained(model: nn.Module, cache_dir: Path | None) -> None:
+        from importlib import resources
+
+        f = shipped_weights_file(file_name)
+        if not f.is_file():
+            raise ModelLoadError(f"the built-in weights {file_name} are missing from this modelpress install "
+                                 "(package data modelpress/optimize/data/); reinstall modelpress")
+        with resources.as_file(f) as path:  # a real file even when the package is zipped
+            load_weights(model, read_state_dict(path, max_bytes=1 << 30))
+
+    return pretrained
 
 
 # ----------------------------------------------------------------------------- the built-in zoo
@@ -252,9 +287,92 @@ class SeedMLP(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
+# CPU-independent random numbers. torch's samplers are compiled once per CPU capability (default, AVX2,
+# AVX-512) and round differently: under ATEN_CPU_CAPABILITY=default and AVX2, half the seed MLP's
+# nn.Linear init differed by one float step, and torch.randn's vectorized Box-Muller gave other inputs
+# (issue 20 item 12). These use only numpy's PCG64 bit stream (defined bit for bit by the algorithm; numpy
+# keeps bit generators' streams stable) and IEEE +, -, *, / and sqrt, each one numpy ufunc call (never
+# fused into an FMA), which round the same on every CPU: no libm, no numpy or torch distribution code.
+_SQRT_HALF = 0.7071067811865476
+_LN2 = 0.6931471805599453
+# 2 * atanh(f) = 2 (f + f^3/3 + ... + f^23/23): under 1e-18 relative error for |f| <= 0.1716.
+_ATANH_TERMS = tuple(1.0 / k for k in range(23, 0, -2))
+
+
+def _uniform(bits: np.random.PCG64, n: int) -> np.ndarray:
+    """``n`` float64 uniforms in [0, 1): the top 53 bits of each 64-bit PCG64 draw, times 2**-53 (exact)."""
+    return (bits.random_raw(n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    """Natural log of positive float64s from exact-rounded arithmetic only (libm's log differs by CPU)."""
+    m, e = np.frexp(x)  # x = m * 2**e exactly, 0.5 <= m < 1
+    low = m < _SQRT_HALF
+    m = np.where(low, 2.0 * m, m)  # sqrt(1/2) <= m < sqrt(2)
+    e = np.where(low, e - 1, e).astype(np.float64)
+    f = (m - 1.0) / (m + 1.0)
+    f2 = f * f
+    p = np.zeros_like(f)
+    for c in _ATANH_TERMS:
+        p = p * f2 + c
+    return e * _LN2 + 2.0 * f * p
+
+
+def _normal(seed: int, n: int) -> np.ndarray:
+    """``n`` float64 N(0, 1) draws: Marsaglia's polar method on PCG64(seed) uniforms, in stream order."""
+    bits = np.random.PCG64(seed)
+    parts: list[np.ndarray] = [np.empty(0)]
+    have = 0
+    while have < n:
+        pairs = (n - have) * 2 // 3 + 64  # about 78.5 % of pairs are kept; the stream order decides, not this
+        u = 2.0 * _uniform(bits, 2 * pairs) - 1.0  # exact: uniform in [-1, 1)
+        a, b = u[0::2], u[1::2]
+        s = a * a + b * b
+        keep = (s > 0.0) & (s < 1.0)
+        a, b, s = a[keep], b[keep], s[keep]
+        r = np.sqrt(-2.0 * _log(s) / s)
+        z = np.empty(2 * len(s))
+        z[0::2], z[1::2] = a * r, b * r
+        parts.append(z)
+        have += len(z)
+    return np.concatenate(parts)[:n]
+
+
 def _randn(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g)
+    """Fixed N(0, 1) float32 inputs, the same bits on every CPU (``torch.randn``'s differ by CPU kernel).
+
+    Example:
+        >>> x = _randn((2, 3), 1)
+        >>> x.dtype, tuple(x.shape), torch.equal(x, _randn((2, 3), 1))
+        (torch.float32, (2, 3), True)
+    """
+    return torch.from_numpy(_normal(seed, math.prod(shape)).astype(np.float32).reshape(shape))
+
+
+def seeded_linear_init(model: nn.Module, seed: int) -> None:
+    """Fill every ``nn.Linear`` (in module order: weight, then bias) from one PCG64(seed) stream.
+
+    The distribution is ``nn.Linear``'s default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and
+    bias, drawn so that every CPU gives the same bytes: ``(2u - 1) * bound`` in float64 (``2u - 1`` is
+    exact, the product one IEEE rounding), then rounded to float32.
+
+    Example:
+        >>> a, b = SeedMLP(), SeedMLP()
+        >>> seeded_linear_init(a, 0); seeded_linear_init(b, 0)
+        >>> torch.equal(a.fc1.weight, b.fc1.weight), float(a.fc2.weight.abs().max()) < 1 / 32
+        (True, True)
+    """
+    bits = np.random.PCG64(seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if not isinstance(layer, nn.Linear):
+                continue
+            bound = 1.0 / math.sqrt(layer.in_features)
+            for p in (layer.weight, layer.bias):
+                if p is None:
+                    continue
+                w = (2.0 * _uniform(bits, p.numel()) - 1.0) * bound
+                p.copy_(torch.from_numpy(w.astype(np.float32).reshape(tuple(p.shape))))
 
 
 def _mlp_data() -> TaskData:
@@ -266,27 +384,37 @@ def _mlp_data() -> TaskData:
         calib_inputs=_randn((256, 512), 2),
         train_inputs=_randn((2048, 512), 3),
         val_inputs=_randn((512, 512), 4),
-        description="fixed N(0,1) inputs, seeds 1 (eval) / 2 (calibration) / 4 (validation, for choices)",
+        description="fixed N(0,1) inputs (PCG64, polar method: the same on every CPU), seeds 1 (eval) / "
+                    "2 (calibration) / 4 (validation, for choices)",
     )
 
 
 def _mlp_pretrained(model: nn.Module, cache_dir: Path | None) -> None:
-    torch.manual_seed(0)
-    fresh = SeedMLP()
-    model.load_state_dict(fresh.state_dict())
+    seeded_linear_init(model, 0)
 
 
 def mlp_spec() -> ModelSpec:
+    """The seed MLP: weights and inputs generated from seeds, the same bytes on every CPU.
+
+    Nothing ships: the generating code is in this module, whose sha256 the content id covers
+    (``builtin_weights.builtin_content_id``); ``tests/optimize/test_builtin_weights.py`` pins the bytes.
+
+    Example:
+        >>> mlp_spec().version, mlp_spec().shipped_weights
+        (2, None)
+    """
     return ModelSpec(
         name="mlp",
-        version=1,
+        # v2: weights and inputs drawn CPU-independently (v1: nn.Linear's seeded init and torch.randn,
+        # whose bytes depended on the CPU's kernels).
+        version=2,
         build=SeedMLP,
         data=_mlp_data,
         metric="top1_agreement",
         make_input=lambda b: _randn((b, 512), 100 + b),
         latency_batches=(1, 64),
         pretrained=_mlp_pretrained,
-        description="seed MLP 512-1024-100, seeded init",
+        description="seed MLP 512-1024-100, U(±1/sqrt(fan_in)) weights from seed 0 (the same on every CPU)",
     )
 
 
@@ -353,38 +481,41 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     return model.eval()
 
 
-def _digits_pretrained(model: nn.Module, cache_dir: Path | None) -> None:
-    # Training takes seconds; cache the result so every job of a batch starts from identical bytes.
-    cache = cache_dir / "builtin-digits_cnn-v1.safetensors" if cache_dir else None
-    if cache is not None and cache.is_file():
-        load_weights(model, read_state_dict(cache, max_bytes=1 << 30))
-        return
-    # Seeded initial weights too (not only the training loop): otherwise the built-in weights would
-    # depend on whatever the process drew from the global RNG before, under one and the same id.
+def train_builtin_digits(model: nn.Module) -> nn.Module:
+    """Train the built-in digits CNN (15 epochs, seed 0) in place; returns it in eval mode.
+
+    Only ``tools/train-builtin-weights`` runs this: training's float sums round differently on other CPU
+    families and thread counts, so workers load the file it wrote (``load_shipped_weights``) instead.
+
+    Example:
+        >>> model = train_builtin_digits(DigitsCNN())  # doctest: +SKIP
+    """
+    # Seeded initial weights too (not only the training loop): otherwise the weights would depend on
+    # whatever the process drew from the global RNG before.
     torch.manual_seed(0)
     model.load_state_dict(type(model)().state_dict())
     xtr, ytr, _, _ = _digits_split()
-    train_classifier(model, xtr, ytr, epochs=15, seed=0)
-    if cache is not None:
-        from safetensors.torch import save_file
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, cache)
+    return train_classifier(model, xtr, ytr, epochs=15, seed=0)
 
 
 def digits_cnn_spec() -> ModelSpec:
+    """The digits CNN, with the trained weights shipped in ``optimize/data/``.
+
+    Example:
+        >>> digits_cnn_spec().shipped_weights
+        'builtin-digits_cnn-v2.safetensors'
+    """
     return ModelSpec(
         name="digits_cnn",
-        version=1,
+        version=2,  # v2: shipped weights (v1 trained at first use, differently on each CPU family)
         build=DigitsCNN,
         data=_digits_data,
         metric="accuracy",
         make_input=lambda b: _randn((b, 1, 8, 8), 200 + b).clamp(0, 1),
         latency_batches=(1, 64),
-        pretrained=_digits_pretrained,
-        description="CNN on scikit-learn digits (8x8), trained 15 epochs, seed 0",
+        pretrained=load_shipped_weights(shipped_weights_name("digits_cnn")),
+        description="CNN on scikit-learn digits (8x8), trained 15 epochs, seed 0 (weights shipped)",
+        shipped_weights=shipped_weights_name("digits_cnn"),
     )
 
 

@@ -2,8 +2,9 @@
 
 Registered through entry points (group ``modelpress.models``) in ``pyproject.toml``:
 
-* ``seq_lstm`` / ``seq_gru``: embedding → one-layer LSTM/GRU (hidden 128) → linear, trained
-  deterministically (6 epochs, seed 0, cached like the digits CNN) on *key majority*: a 32-token sequence
+* ``seq_lstm`` / ``seq_gru``: embedding → one-layer LSTM/GRU (hidden 128) → linear, trained (6 epochs,
+  seed 0, by ``tools/train-builtin-weights``; the weights ship in ``data/``, like the digits CNN's) on
+  *key majority*: a 32-token sequence
   of noise tokens with a few of 4 key tokens scattered in it; the class is the key that occurs most
   often (unique by construction). The data is generated from fixed seeds, so every machine gets the same
   task; the metric is accuracy on 1,000 held-out sequences.
@@ -23,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from modelpress.optimize.errors import ModelLoadError
-from modelpress.optimize.zoo import ModelSpec, TaskData, load_weights, read_state_dict, train_classifier
+from modelpress.optimize.builtin_weights import shipped_weights_name
+from modelpress.optimize.zoo import ModelSpec, TaskData, load_shipped_weights, load_weights, train_classifier
 
 # ----------------------------------------------------------------------------- recurrent classifier
 SEQ_LEN = 32
@@ -102,26 +103,19 @@ def _seq_val() -> tuple[torch.Tensor, torch.Tensor]:
     return key_majority_data(500, 4)
 
 
-def _seq_pretrained(cell: str) -> Any:
-    def pretrained(model: nn.Module, cache_dir: Path | None) -> None:
-        # Training takes seconds; cache it so every job of a batch starts from identical bytes.
-        cache = cache_dir / f"builtin-seq_{cell}-v1.safetensors" if cache_dir else None
-        if cache is not None and cache.is_file():
-            load_weights(model, read_state_dict(cache, max_bytes=1 << 30))
-            return
-        (xtr, ytr), _, _ = _seq_splits()
-        torch.manual_seed(0)
-        model.load_state_dict(SeqClassifier(cell).state_dict())  # seeded init, independent of `model`'s
-        train_classifier(model, xtr, ytr, epochs=6, seed=0, lr=3e-3)
-        if cache is not None:
-            from safetensors.torch import save_file
+def train_builtin_seq(model: nn.Module, cell: str) -> nn.Module:
+    """Train a built-in key-majority classifier (6 epochs, seed 0) in place; returns it in eval mode.
 
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp{os.getpid()}")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            os.replace(tmp, cache)
+    Only ``tools/train-builtin-weights`` runs this: training's float sums round differently on other CPU
+    families and thread counts, so workers load the file it wrote (``load_shipped_weights``) instead.
 
-    return pretrained
+    Example:
+        >>> model = train_builtin_seq(SeqClassifier("gru"), "gru")  # doctest: +SKIP
+    """
+    (xtr, ytr), _, _ = _seq_splits()
+    torch.manual_seed(0)
+    model.load_state_dict(SeqClassifier(cell).state_dict())  # seeded init, independent of `model`'s
+    return train_classifier(model, xtr, ytr, epochs=6, seed=0, lr=3e-3)
 
 
 def _seq_input(b: int) -> torch.Tensor:
@@ -129,11 +123,14 @@ def _seq_input(b: int) -> torch.Tensor:
 
 
 def _seq_spec(cell: str) -> ModelSpec:
+    weights = shipped_weights_name(f"seq_{cell}")
+    # v2: shipped weights (v1 trained at first use, differently on each CPU family).
     return ModelSpec(
-        name=f"seq_{cell}", version=1, build=functools.partial(SeqClassifier, cell), data=_seq_data,
-        metric="accuracy", make_input=_seq_input, latency_batches=(1, 64), pretrained=_seq_pretrained(cell),
+        name=f"seq_{cell}", version=2, build=functools.partial(SeqClassifier, cell), data=_seq_data,
+        metric="accuracy", make_input=_seq_input, latency_batches=(1, 64), pretrained=load_shipped_weights(weights),
         description=f"{cell.upper()} classifier (emb 32, hidden 128) on generated key-majority sequences, "
-                    "6 epochs, seed 0",
+                    "6 epochs, seed 0 (weights shipped)",
+        shipped_weights=weights,
     )
 
 

@@ -23,7 +23,8 @@ import uuid
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded, WorkerLostError
+from celery.worker.request import Request
 
 from modelpress import __version__
 from modelpress.models_db import (
@@ -39,9 +40,11 @@ from modelpress.models_db import (
 )
 from modelpress.models_db.jobs import fail_exhausted_job
 from modelpress.models_db.schema import JobStatus
+from modelpress.optimize.errors import MemoryCeilingError
 from modelpress.settings import Settings
 from modelpress.workers.routing import OPTIMIZE_TASK, job_message_options
-from modelpress.workers.runtime import IDENTITY
+from modelpress.workers.memory import JobMemoryGuard
+from modelpress.workers.runtime import IDENTITY, job_memory_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,11 @@ class _Heartbeat:
         handler = signal.getsignal(signal.SIGUSR1)
         if callable(handler) and self._stop.is_set() is False:
             os.kill(os.getpid(), signal.SIGUSR1)
+
+    def pause(self) -> None:
+        """Stop beating without abandoning: this run just failed its own row (its memory ceiling), so the
+        next beat would be refused, and that refusal must not read as a takeover."""
+        self._stop.set()
 
     def __enter__(self) -> "_Heartbeat":
         self._t.start()
@@ -193,28 +201,58 @@ def run_job(task: Task, job_id: str) -> str:
     import torch  # only now, in the child
 
     from modelpress.optimize import Recipe, UserInputError, optimize_model
-    from modelpress.store import fetch_model_ref, fetch_weights, publish_artifact, worker_dir
+    from modelpress.worker_store import fetch_model_ref, fetch_weights, publish_artifact, worker_dir
 
     engine = IDENTITY.backend or job.backend
     common = {"engine_used": torch.backends.quantized.engine, "torch_version": torch.__version__,
               "modelpress_version": __version__, "emulated": settings.emulated}
     hb = _Heartbeat(sessions, job_id, token, settings.heartbeat_interval)
+
+    def memory_tripped(reason: str) -> bool:
+        # Called in a thread of the memory watchdog (workers.memory) while the job is being stopped: the failure
+        # is in the row before the watchdog would kill this process, so a redelivered message finds it finished.
+        hb.pause()  # the beat after this write is refused; that must not read as a takeover
+        recorded = _record_with_retries(sessions, settings, job_id=job_id, token=token,
+                                        status=JobStatus.failed.value, values={"error": reason, **common})
+        if recorded:
+            log.info("job %s: recorded %s", job_id, JobStatus.failed.value)
+        return recorded
+
+    def memory_stopped() -> str:
+        # The watchdog stopped the job for its memory and writes the failure; write it here if it could not.
+        if not guard.wait_recorded():
+            finish(JobStatus.failed.value, error=guard.reason or "the job went over its memory ceiling", **common)
+        return "failed"
+
+    guard = JobMemoryGuard(job_memory_ceiling(settings) if _in_pool_child() else 0, job_id=job_id,
+                           task_id=task.request.id, marks_dir=IDENTITY.memory_marks, on_trip=memory_tripped)
     try:
-        with hb:
-            recipe = Recipe.from_json(recipe_json)
-            # Through the store with a hash check: torch reads exactly the bytes that were submitted,
-            # and a row cannot point a worker at a file outside the store.
-            # The content key names the file's sha256; the row's model_sha256 is the reuse key, not a file hash.
-            local_weights = fetch_weights(settings, weights, sha256=None) if weights else None
-            local_ref = fetch_model_ref(settings, stored_ref) if stored_ref else None
-            result = optimize_model(
-                model_name=None if local_ref else model_name, model_ref=local_ref, stored_ref=stored_ref,
-                recipe=recipe, engine=engine, store=worker_dir(settings),
-                weights=local_weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
-                threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
-                log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
-                timing_lock_dir=settings.timing_lock_dir,
-            ).to_dict()
+        with hb, guard:
+            over: MemoryCeilingError | None = None
+            try:
+                recipe = Recipe.from_json(recipe_json)
+                # Through the store with a hash check: torch reads exactly the bytes that were submitted,
+                # and a row cannot point a worker at a file outside the store.
+                # The content key names the file's sha256; the row's model_sha256 is the reuse key, not a file hash.
+                local_weights = fetch_weights(settings, weights, sha256=None) if weights else None
+                local_ref = fetch_model_ref(settings, stored_ref) if stored_ref else None
+                result = optimize_model(
+                    model_name=None if local_ref else model_name, model_ref=local_ref, stored_ref=stored_ref,
+                    recipe=recipe, engine=engine, store=worker_dir(settings),
+                    weights=local_weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
+                    threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
+                    log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
+                    timing_lock_dir=settings.timing_lock_dir,
+                ).to_dict()
+            except Exception as e:  # noqa: BLE001 - sorted here only when it is the memory ceiling's doing
+                over = guard.explain(e)
+                if over is None:
+                    raise
+            # Raised outside the except: the failed job's frames (and the memory they hold) are freed first.
+            if over is not None:
+                raise over
+        if guard.tripped.is_set():
+            return memory_stopped()  # the job swallowed the stop and finished anyway: still failed
         if hb.lost.is_set():
             return abandoned()
         columns = result_columns(result)
@@ -225,6 +263,8 @@ def run_job(task: Task, job_id: str) -> str:
         columns["artifact_uri"] = publish_artifact(settings, result["artifact_path"],
                                                    rejected=result["status"] == "rejected")
     except UserInputError as e:
+        if isinstance(e, MemoryCeilingError) and e.recorded:
+            return memory_stopped()
         if hb.lost.is_set():
             return abandoned()  # whatever it says, this run no longer owns the job
         from modelpress.intake import name_staged_files  # store-key file names → "eval data (data.eval, …)"
@@ -232,6 +272,8 @@ def run_job(task: Task, job_id: str) -> str:
         finish(JobStatus.failed.value, error=name_staged_files(str(e), stored_ref), **common)
         return "failed"
     except SoftTimeLimitExceeded:
+        if guard.tripped.is_set():
+            return memory_stopped()  # the watchdog's stop arrived outside the job's body
         if hb.lost.is_set():
             return abandoned()
         soft = _soft_limit(task, settings)
@@ -308,12 +350,72 @@ def _backoff(task: Task) -> int:
     return min(300, 5 * 2 ** (task.request.retries or 0))
 
 
+def _in_pool_child() -> bool:
+    # The ceiling is a process-wide rlimit: in a solo or threads pool it would bind the worker's own consumer.
+    from billiard.process import current_process
+
+    return current_process().name != "MainProcess"
+
+
+class JobRequest(Request):
+    """Celery's request, in the worker's *parent*: a child lost near its job's memory ceiling fails the job.
+
+    With ``reject_on_worker_lost`` a lost child's message is redelivered: right for a ``kill -9`` or a host
+    hiccup, wrong for a job that needs more memory than its ceiling (each delivery kills another child, up to
+    ``MODELPRESS_MAX_ATTEMPTS``). The child leaves a mark once its job passes 90 % of the ceiling
+    (``workers.memory``); if the child dies with that mark, the row is failed here with the reason before
+    Celery requeues the message, which then finds the job finished and does nothing.
+
+    Example:
+        >>> app.task(name="x", base=JobTask).Request is JobRequest  # doctest: +SKIP
+        True
+    """
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # billiard wraps it in ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError) and self.worker_pid:
+            try:
+                _fail_lost_child_job(self, exc)
+            except Exception:  # noqa: BLE001 - redelivery (as before) is the fallback, never a crashed parent
+                log.warning("job %s: could not check its lost worker's memory mark", self.args, exc_info=True)
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+def _fail_lost_child_job(request: Request, exc: BaseException) -> None:
+    from modelpress.models_db.jobs import fail_job_of_task
+    from modelpress.workers.memory import clear_mark, lost_child_reason, near_mark
+
+    mark = near_mark(IDENTITY.memory_marks, request.worker_pid)
+    clear_mark(IDENTITY.memory_marks, request.worker_pid, os.getpid())
+    args = request.args or []
+    if not mark or not args or mark.get("task_id") != request.id or mark.get("job_id") != str(args[0]):
+        return  # lost far below its ceiling (or another job's leftover): a lost worker, redelivered
+    # "Worker exited prematurely: signal 9 (SIGKILL) Job: 0." → "signal 9 (SIGKILL)"
+    status = str(exc).partition("prematurely: ")[2].partition(" Job:")[0].rstrip(".") or "exited"
+    reason = lost_child_reason(mark, status)
+    settings: Settings = request.task.app.modelpress_settings  # type: ignore[attr-defined]
+    engine = make_engine(settings.effective_database_url, **settings.db_engine_options())
+    try:
+        with make_sessionmaker(engine)() as s:
+            done = fail_job_of_task(session=s, job_id=str(args[0]), task_id=request.id, error=reason)
+    finally:
+        engine.dispose()
+    if done:
+        log.warning("job %s: recorded failed: %s", args[0], reason)
+    else:
+        log.warning("job %s: its worker process was lost near its memory ceiling; the job was already finished "
+                    "(the child recorded it before it died)", args[0])
+
+
 class JobTask(Task):
     """Base of ``modelpress.optimize``: what must happen even when the task body never returns.
 
     Example:
         >>> app.task(name="x", base=JobTask)  # doctest: +SKIP
     """
+
+    Request = JobRequest  # the parent's side of the memory ceiling (a child lost near it)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         # A hard time limit kills the child; Celery then calls this in the *parent* (no torch there).

@@ -5,6 +5,8 @@ credentials, but ``/metrics`` (Prometheus) and ``/healthcheck`` stay open — he
 127.0.0.1, and a refusal to start without credentials unless the bind is local *and* the operator said
 ``--insecure-localhost``. Credentials reach Flower through ``FLOWER_BASIC_AUTH`` in this process's
 environment (Flower reads it at start), never through the command line (``ps`` shows argv) or a log line.
+A password still set to an example value (``.env.example``'s ``admin:change-me-flower``, the docs'
+``admin:s3cret``) is refused like a missing one, unless ``--allow-example-passwords`` says this is a demo.
 
 Example:
     >>> from modelpress.settings import Settings
@@ -49,6 +51,23 @@ def check_credentials(value: str) -> int:
             raise FlowerConfigError("MODELPRESS_FLOWER_BASIC_AUTH must be user:password (several: comma-separated), "
                                     "each with a non-empty user and password")
     return len(creds)
+
+
+def check_example_passwords(settings: Settings, *, allow: bool = False) -> None:
+    """``FlowerConfigError`` (one line naming the variable) when a secret is an example value and no demo flag.
+
+    Example:
+        >>> check_example_passwords(Settings(home="/tmp/mp-doc", flower_basic_auth="ops:Zq8-real-one"))
+        >>> check_example_passwords(Settings(home="/tmp/mp-doc", flower_basic_auth="admin:s3cret"))
+        Traceback (most recent call last):
+        ...
+        modelpress.workers.flower.FlowerConfigError: `modelpress flower` refuses to start: MODELPRESS_FLOWER_BASIC_AUTH ...
+    """
+    refusal = None if allow else settings.example_password_refusal("flower")
+    if refusal:
+        raise FlowerConfigError(refusal)
+    for warning in settings.placeholder_secrets():
+        print(f"warning: {warning} (allowed by --allow-example-passwords)", file=sys.stderr)
 
 
 def flower_command(settings: Settings, *, address: str, port: int,

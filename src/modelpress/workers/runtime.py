@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 
 from celery import bootsteps
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ class WorkerIdentity:
     host: str = socket.gethostname()
     arch: str = platform.machine()
     runtimes: dict[str, str | None] = field(default_factory=dict)  # name → None (usable) or why not
+    concurrency: int | None = None  # the pool's size, as Celery resolved it (workers.memory's auto ceiling)
+    memory_marks: str | None = None  # folder where a child's running job says how near its memory ceiling it is
 
 
 IDENTITY = WorkerIdentity()
@@ -46,6 +48,48 @@ def configure_worker(backend: str, threads: int) -> None:
     worker_ready.connect(_advertise_runtimes, weak=False, dispatch_uid="modelpress-advertise-runtimes")
     worker_process_init.connect(_init_child, weak=False)
     worker_ready.connect(_reconcile_on_ready, weak=False, dispatch_uid="modelpress-reconcile-on-ready")
+    # Before the pool forks: the children inherit what it sets (docs/faults.md, "Memory ceiling").
+    celeryd_after_setup.connect(_before_pool_starts, weak=False, dispatch_uid="modelpress-memory-setup")
+    worker_ready.connect(_log_memory_ceiling, weak=False, dispatch_uid="modelpress-log-memory-ceiling")
+
+
+def _before_pool_starts(sender: object = None, instance: object = None, **_: object) -> None:
+    concurrency = getattr(instance, "concurrency", None)
+    if isinstance(concurrency, int) and concurrency > 0:
+        IDENTITY.concurrency = concurrency
+    settings = getattr(getattr(instance, "app", None), "modelpress_settings", None)
+    if settings is not None:
+        from modelpress.workers.memory import prepare_marks_dir
+
+        IDENTITY.memory_marks = prepare_marks_dir(settings.home / "memory-marks")
+
+
+def job_memory_ceiling(settings: object) -> int:
+    """Bytes one job may allocate in this worker's children (0: no ceiling); see ``workers.memory``.
+
+    Example:
+        >>> from modelpress.settings import Settings
+        >>> job_memory_ceiling(Settings(home="/tmp/mp-doc", job_memory_limit="1.5GiB"))
+        1610612736
+    """
+    from modelpress.workers.memory import host_memory_bytes, resolve_ceiling
+
+    configured = getattr(settings, "job_memory_limit", None)
+    return resolve_ceiling(configured, concurrency=_concurrency(settings),
+                           host_bytes=None if configured is not None else host_memory_bytes())
+
+
+def _concurrency(settings: object) -> int:
+    return IDENTITY.concurrency or int(getattr(settings, "worker_concurrency", 1) or 1)
+
+
+def _log_memory_ceiling(sender: object = None, **_: object) -> None:
+    from modelpress.workers.memory import describe_ceiling, host_memory_bytes
+
+    settings = getattr(getattr(sender, "app", None), "modelpress_settings", None)
+    if settings is not None:
+        log.info("worker for %s: %s", IDENTITY.backend, describe_ceiling(
+            settings.job_memory_limit, concurrency=_concurrency(settings), host_bytes=host_memory_bytes()))
 
 
 def _advertise_runtimes(**_: object) -> None:

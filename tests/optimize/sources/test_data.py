@@ -16,21 +16,37 @@ from modelpress.optimize.sources.data import (
     read_images,
     read_jsonl,
     read_tensors,
-    split_for_calibration,
+    split_rows,
 )
 
 
-def test_the_calibration_split_is_seeded_disjoint_and_said_in_the_description() -> None:
-    keep, held = split_for_calibration(1000)
-    assert (keep, held) == split_for_calibration(1000)
-    assert not set(keep) & set(held) and len(keep) + len(held) == 1000 and len(held) == 250
+def test_eval_validation_and_calibration_rows_are_seeded_disjoint_and_said_in_the_description() -> None:
+    s = split_rows(1000, calibration_file=False)
+    assert s == split_rows(1000, calibration_file=False)
+    parts = [set(s.eval), set(s.validation), set(s.calibration)]
+    assert sum(map(len, parts)) == 1000 and len(set().union(*parts)) == 1000  # disjoint, nothing lost
+    assert len(s.validation) == len(s.calibration) == 200
     x = torch.arange(40.0).reshape(20, 2)
     td = make_task_data((x,), torch.arange(20) % 3, None, what="d.npz")
-    eval_rows = {tuple(r) for r in td.eval_inputs.tolist()}
-    calib_rows = {tuple(r) for r in td.calib_inputs.tolist()}
-    assert not eval_rows & calib_rows
-    assert torch.equal(td.val_inputs, td.calib_inputs)
-    assert "set aside for calibration and validation" in td.description and "seed 0" in td.description
+    rows = [{tuple(r) for r in t.tolist()} for t in (td.eval_inputs, td.val_inputs, td.calib_inputs)]
+    assert not rows[0] & rows[1] and not rows[0] & rows[2] and not rows[1] & rows[2]
+    assert td.val_labels is not None and len(td.val_labels) == len(td.val_inputs)
+    assert "validation rows for choices" in td.description and "seed 0" in td.description
+
+
+def test_with_a_calibration_file_validation_rows_are_still_apart_from_eval_and_calibration() -> None:
+    x = torch.arange(40.0).reshape(20, 2)
+    cal = (torch.full((5, 2), -1.0),)
+    td = make_task_data((x,), None, (cal, None), what="d.npz")
+    assert len(td.eval_inputs) + len(td.val_inputs) == 20 and len(td.calib_inputs) == 5
+    assert not {tuple(r) for r in td.eval_inputs.tolist()} & {tuple(r) for r in td.val_inputs.tolist()}
+    assert "5 rows of the calibration file" in td.description
+
+
+@pytest.mark.parametrize("n, calibration_file, need", [(5, False, "at least 6 rows"), (3, True, "at least 4 rows")])
+def test_data_too_small_to_split_is_refused_with_the_numbers_needed(n: int, calibration_file: bool, need: str) -> None:
+    with pytest.raises(DataError, match=need):
+        split_rows(n, calibration_file=calibration_file)
 
 
 def test_tensors_are_read_by_forward_argument_name_with_labels(tmp_path: Path) -> None:

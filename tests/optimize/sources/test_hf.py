@@ -75,4 +75,82 @@ def test_a_base_encoder_is_judged_by_cosine_of_mean_pooled_embeddings(hf_model, 
     assert r.metric_name == "cosine" and r.metric_before == pytest.approx(1.0, abs=1e-5)
     assert 0.8 < r.metric_after <= 1.0 + 1e-6
     assert r.latency_after[0]["input_shape"] == [[1, 16], [1, 16], [1, 16]]  # max_length from the ref
-    assert "10 of 40 eval rows" in r.eval_description  # no calibration file: a seeded quarter set aside
+    # No calibration file: seeded fifths set aside for validation and calibration, 24 rows reported.
+    assert "40 rows; 8 (seeded random" in r.eval_description and "another 8 of them" in r.eval_description
+    assert "reported on the other 24 rows" in r.eval_description
+
+
+def _tiny(tmp_path: Path, name: str, **config: object) -> Path:
+    from tests.bad_input.test_hostile_hf_folders import build_tiny_bert
+
+    folder = build_tiny_bert(tmp_path / name, shard_size="8KB")
+    if config:
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, **config}))
+    return folder
+
+
+def _tiny_ref(folder: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from modelpress.optimize.sources import parse_model_ref
+
+    texts = write_jsonl(tmp_path / f"{folder.name}.jsonl", [{"text": f"goal rain song {i}"} for i in range(20)])
+    return parse_model_ref(f"hf:{folder}", data={"eval": str(texts)})
+
+
+def test_a_shard_index_naming_another_file_by_absolute_path_is_refused_whatever_transformers_checks(
+        tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import hub
+
+    from modelpress.optimize.sources import get_source
+
+    folder = _tiny(tmp_path, "bert")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    last = sorted(set(index["weight_map"].values()))[-1]
+    theirs = {k: v.clone().fill_(7.0) for k, v in load_file(str(folder / last)).items()}
+    save_file(theirs, str(tmp_path / "other-team.safetensors"))
+    index["weight_map"] = {k: (str(tmp_path / "other-team.safetensors") if v == last else v)
+                           for k, v in index["weight_map"].items()}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / last).unlink()
+    # transformers 5.25 refuses such names itself (_check_shard_filenames_stay_in_model_dir); without that
+    # check (other releases) it joins them with os.path.join and reads the other team's tensors:
+    monkeypatch.setattr(hub, "_check_shard_filenames_stay_in_model_dir", lambda *a, **k: None)
+    leaked = dict(AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).named_parameters())
+    name = next(k for k in theirs if k in leaked)
+    assert bool((leaked[name] == 7.0).all())
+    # modelpress refuses the folder with its own rule, before transformers opens it.
+    with pytest.raises(ModelLoadError, match="maps tensor .* which is not a file name inside the folder"):
+        get_source("hf").load(_tiny_ref(folder, tmp_path))
+
+
+def test_the_attention_implementation_is_ours_and_a_hub_kernel_is_refused_on_the_worker(tmp_path):
+    from modelpress.optimize.sources import get_source
+
+    src = get_source("hf")
+    default = src._load_model(str(_tiny(tmp_path, "default")), classifier=True)
+    eager = src._load_model(str(_tiny(tmp_path, "eager", attn_implementation="eager")), classifier=True)
+    assert _attn(default) == "sdpa" and _attn(eager) == "eager"
+    for value in ("kernels-community/flash-attn", "flash_attention_2"):
+        hostile = _tiny(tmp_path, value.replace("/", "-"), attn_implementation=value)
+        with pytest.raises(ModelLoadError, match=f"sets attn_implementation to '{value}'; allowed: 'eager', 'sdpa'"):
+            src.load(_tiny_ref(hostile, tmp_path))
+
+
+def _attn(model) -> str:  # type: ignore[no-untyped-def]
+    configs = {m.config._attn_implementation for m in model.modules() if hasattr(m, "config")}
+    assert len(configs) == 1, configs
+    return configs.pop()
+
+
+def test_a_tokenizer_class_that_is_not_a_transformers_tokenizer_is_refused_on_the_worker(tmp_path):
+    from modelpress.optimize.sources import get_source
+
+    folder = _tiny(tmp_path, "bert")
+    tok = json.loads((folder / "tokenizer_config.json").read_text())
+    # A class name (so it passes the submit-time shape check), but AutoTokenizer would call
+    # AutoModel.from_pretrained on the folder with none of modelpress's arguments.
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tok, "tokenizer_class": "AutoModel"}))
+    with pytest.raises(ModelLoadError, match="tokenizer_class to 'AutoModel', which is not a tokenizer class built"):
+        get_source("hf").tokenizer(str(folder))

@@ -24,10 +24,11 @@ def test_static_int8_resnet18_is_smaller_and_faster_at_batch_32(resnet, tmp_path
     assert r.extra["reload_check"]["equal"] is True
 
 
-def test_without_a_calibration_folder_a_seeded_part_of_eval_is_set_aside(resnet, tmp_path: Path) -> None:
+def test_without_a_calibration_folder_seeded_parts_of_eval_are_set_aside_for_validation_and_calibration(resnet, tmp_path: Path) -> None:
     r = run(ref_of(resnet, data={"eval": str(resnet.eval)}, latency_batches=(1,)), "dynamic-int8", tmp_path,
             verify_reload=False)
-    assert "12 of 48 eval rows" in r.eval_description and "other 36 rows" in r.eval_description
+    assert "48 rows; 9 (seeded random" in r.eval_description and "another 9 of them" in r.eval_description
+    assert "other 30 rows" in r.eval_description
 
 
 def test_an_unknown_architecture_is_refused(resnet, tmp_path: Path) -> None:

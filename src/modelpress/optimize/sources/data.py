@@ -1,43 +1,56 @@
 """Readers for a user's data: tensor files, JSONL text, image folders; and the eval/calibration split.
 
-Every reader is bounded (file size, row count, image pixels) and raises ``DataError`` with a message
+Every reader is bounded (file size, row count, and what the data decodes to: ``optimize.limits``, checked
+from headers and counts before anything is decoded) and raises ``DataError`` with a message
 that names the problem: an input name that is not one of the forward's arguments, a label outside the
 class count, a file over the limit. Nothing here unpickles: ``.npz`` is read with ``allow_pickle=False``,
 ``.safetensors`` holds only tensors.
 
-Calibration without a calibration file: a seeded (seed 0) random quarter of the eval rows, at most
-256, is set aside for calibration *and* validation (every choice: calibration scales, fallback layers);
-the reported metric uses only the remaining rows (``split_for_calibration``). With a calibration file,
-calibration and validation use that file and every eval row is reported.
+Three kinds of rows, never the same rows (``split_rows``): **eval** rows give the reported metric;
+**validation** rows make every choice (SmoothQuant strength, layers kept float, weight granularity, the
+runtime); **calibration** rows set the int8 scales. A seeded (seed 0) random fifth of the eval file, at most
+256 rows, becomes the validation rows; without a calibration file another such fifth becomes the
+calibration rows. With a calibration file, calibration uses that file only. So the reported metric is
+measured on rows that neither calibrated nor chose anything. Data too small to split is refused with
+the numbers needed.
 
 Example:
-    >>> keep, held = split_for_calibration(100)
-    >>> len(keep), len(held), set(keep) & set(held)
-    (75, 25, set())
+    >>> s = split_rows(100, calibration_file=False)
+    >>> len(s.eval), len(s.validation), len(s.calibration)
+    (60, 20, 20)
+    >>> set(s.eval) & set(s.validation), set(s.validation) & set(s.calibration)
+    (set(), set())
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from modelpress.optimize.errors import DataError
+from modelpress.optimize.limits import (
+    DecodedLimits,
+    check_image_data,
+    check_image_size,
+    check_preprocess_sides,
+    current_limits,
+    pillow_guard,
+)
+from modelpress.optimize.sources.data_checks import MAX_ROWS, check_tensor_file, image_files
 from modelpress.optimize.zoo import TaskData
 
 MAX_TENSOR_FILE_BYTES = 2 * 1024**3
 MAX_TEXT_FILE_BYTES = 256 * 1024**2
-MAX_ROWS = 200_000
-MAX_IMAGES = 100_000
 MAX_IMAGE_BYTES = 64 * 1024**2
-MAX_IMAGE_PIXELS = 64_000_000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif")
 SPLIT_SEED = 0
-SPLIT_FRACTION = 0.25
+SPLIT_FRACTION = 0.2  # of the eval file, for validation; and, without a calibration file, for calibration
 SPLIT_MAX = 256
+SPLIT_MIN = 2  # rows each part needs at least: one row gives no spread to judge a choice by
 
 
 def _check_size(p: Path, limit: int, what: str) -> None:
@@ -49,15 +62,45 @@ def _check_size(p: Path, limit: int, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the split
-def split_for_calibration(n: int, *, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
-    """Row indices (reported, set aside) when no calibration file is given: disjoint, seeded, documented."""
-    if n < 2:
-        raise DataError(f"the eval data has {n} row(s); give at least 2 (or a separate calibration file)")
-    k = max(1, min(SPLIT_MAX, math.floor(n * SPLIT_FRACTION)))
+@dataclass(frozen=True)
+class RowSplit:
+    """Row indices of the eval file by use; ``calibration`` is empty when a calibration file is given."""
+
+    eval: list[int]
+    validation: list[int]
+    calibration: list[int]
+    seed: int
+
+    def describe(self, what: str, *, calibration_rows: int | None = None) -> str:
+        n = len(self.eval) + len(self.validation) + len(self.calibration)
+        calib = (f"{calibration_rows} rows of the calibration file" if calibration_rows is not None else
+                 f"another {len(self.calibration)} of them")
+        return (f"{what}: {n} rows; {len(self.validation)} (seeded random, seed {self.seed}) are validation rows for "
+                f"choices, calibration: {calib}; the metric is reported on the other {len(self.eval)} rows, which "
+                "neither calibrated nor chose anything")
+
+
+def split_rows(n: int, *, calibration_file: bool, seed: int = SPLIT_SEED) -> RowSplit:
+    """Split ``n`` eval-file rows into disjoint eval, validation and (without a calibration file)
+    calibration rows: seeded, documented, refused with the numbers when too small.
+
+    Example:
+        >>> split_rows(10, calibration_file=True).validation
+        [1, 4]
+    """
+    parts = 2 if calibration_file else 3
+    need = SPLIT_MIN * parts
+    if n < need:
+        raise DataError(
+            f"the eval data has {n} row(s), too few to keep reported rows apart from the rows that choose and "
+            f"calibrate: give at least {need} rows ({SPLIT_MIN} reported, {SPLIT_MIN} for validation"
+            + (")" if calibration_file else f", {SPLIT_MIN} for calibration), or a separate calibration file"))
+    k = max(SPLIT_MIN, min(SPLIT_MAX, math.floor(n * SPLIT_FRACTION)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = sorted(perm[:k])
-    keep = sorted(perm[k:])
-    return keep, held
+    val = perm[:k]
+    cal = [] if calibration_file else perm[k:2 * k]
+    rest = perm[k + len(cal):]
+    return RowSplit(eval=sorted(rest), validation=sorted(val), calibration=sorted(cal), seed=seed)
 
 
 def _take(x: tuple[torch.Tensor, ...], idx: Sequence[int]) -> tuple[torch.Tensor, ...]:
@@ -71,28 +114,28 @@ def _one(x: tuple[torch.Tensor, ...]) -> Any:
 
 def make_task_data(eval_inputs: tuple[torch.Tensor, ...], eval_labels: torch.Tensor | None,
                    calib: tuple[tuple[torch.Tensor, ...], torch.Tensor | None] | None, *, what: str) -> TaskData:
-    """Build ``TaskData`` from eval rows and optional calibration rows (else split eval, seeded).
+    """Build ``TaskData`` from the eval file's rows and optional calibration rows (``split_rows``).
 
     Example:
-        >>> td = make_task_data((torch.zeros(8, 3),), None, None, what="x.npz")
-        >>> td.eval_inputs.shape[0], td.calib_inputs.shape[0]
-        (6, 2)
+        >>> td = make_task_data((torch.zeros(10, 3),), None, None, what="x.npz")
+        >>> [t.shape[0] for t in (td.eval_inputs, td.val_inputs, td.calib_inputs)]
+        [6, 2, 2]
     """
     n = int(eval_inputs[0].shape[0])
+    split = split_rows(n, calibration_file=calib is not None)
+
+    def labels(idx: list[int]) -> torch.Tensor | None:
+        return eval_labels[idx] if eval_labels is not None else None
+
     if calib is not None:
-        cx, cy = calib
-        desc = (f"{what}: {n} eval rows, all reported; calibration and validation: "
-                f"{int(cx[0].shape[0])} rows of the calibration file")
-        return TaskData(eval_inputs=_one(eval_inputs), eval_labels=eval_labels, calib_inputs=_one(cx),
-                        val_inputs=_one(cx), val_labels=cy, description=desc)
-    keep, held = split_for_calibration(n)
-    ex, cx = _take(eval_inputs, keep), _take(eval_inputs, held)
-    ey = eval_labels[keep] if eval_labels is not None else None
-    cy = eval_labels[held] if eval_labels is not None else None
-    desc = (f"{what}: no calibration file, so {len(held)} of {n} eval rows (seeded random, seed {SPLIT_SEED}) are "
-            f"set aside for calibration and validation; the metric is reported on the other {len(keep)} rows")
-    return TaskData(eval_inputs=_one(ex), eval_labels=ey, calib_inputs=_one(cx), val_inputs=_one(cx),
-                    val_labels=cy, description=desc)
+        cx = calib[0]
+        desc = split.describe(what, calibration_rows=int(cx[0].shape[0]))
+    else:
+        cx = _take(eval_inputs, split.calibration)
+        desc = split.describe(what)
+    return TaskData(eval_inputs=_one(_take(eval_inputs, split.eval)), eval_labels=labels(split.eval),
+                    calib_inputs=_one(cx), val_inputs=_one(_take(eval_inputs, split.validation)),
+                    val_labels=labels(split.validation), description=desc)
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -113,6 +156,7 @@ def read_tensors(path: str | Path, names: Sequence[str], *, required: Sequence[s
     """
     p = Path(path)
     _check_size(p, max_bytes, "data file")
+    check_tensor_file(p)  # elements and rows from the headers, before a byte of data is read
     suffix = p.suffix.lower()
     try:
         if suffix == ".safetensors":
@@ -258,33 +302,35 @@ def label_indices(labels: list[Any], *, num_classes: int, label2id: dict[str, in
 
 
 # ----------------------------------------------------------------------------- images
-def image_files(root: str | Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
-    """Images under ``root``: class subfolders (sorted names → indices) or a flat folder (no labels)."""
-    r = Path(root)
-    if not r.is_dir():
-        raise DataError(f"image folder {r} does not exist or is not a folder")
-    subdirs = sorted(d for d in r.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files: list[tuple[Path, int | None]] = []
-    if subdirs:
-        for idx, d in enumerate(subdirs):
-            files += [(f, idx) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-        classes = [d.name for d in subdirs]
-    else:
-        files = [(f, None) for f in sorted(r.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-        classes = []
-    if not files:
-        raise DataError(f"image folder {r.name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    if len(files) > MAX_IMAGES:
-        raise DataError(f"image folder {r.name} holds {len(files)} images, over the limit of {MAX_IMAGES}")
-    return files, classes
+# ``image_files`` (the folder's layout, MAX_IMAGES) lives in the torch-free ``data_checks``: submit lists
+# images the same way the worker does.
 
 
-def preprocess_image(img: Any, pre: dict[str, Any]) -> torch.Tensor:
-    """PIL image → normalized CHW float tensor: resize shorter side, center crop, scale, mean/std."""
+def preprocess_image(img: Any, pre: dict[str, Any], *, name: str = "(in memory)",
+                     limits: DecodedLimits | None = None) -> torch.Tensor:
+    """PIL image → normalized CHW float tensor: resize shorter side, center crop, scale, mean/std.
+
+    ``img`` is an opened, not yet decoded, image: its header size, its size once resized and
+    ``resize``/``crop`` are checked against the decoded-size limits before ``convert`` decodes it.
+
+    Example:
+        >>> from PIL import Image
+        >>> pre = {"resize": 32, "crop": 28, "mean": [0, 0, 0], "std": [1, 1, 1]}
+        >>> tuple(preprocess_image(Image.new("RGB", (40, 30)), pre).shape)
+        (3, 28, 28)
+        >>> preprocess_image(Image.new("L", (4000, 2)), pre, name="pano.png")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        modelpress.optimize.errors.DataError: image pano.png is 4000x2 (aspect ratio 2,000), over the limit of 16: ...
+    """
     from PIL import Image
 
-    img = img.convert("RGB")
+    limits = limits or current_limits()
     resize, crop = int(pre["resize"]), int(pre["crop"])
+    check_preprocess_sides(resize, crop, limits)
+    check_image_size(*img.size, name, limits, resize=resize)
+    with pillow_guard(limits, f"image {name}"):
+        img = img.convert("RGB")
     w, h = img.size
     s = resize / min(w, h)
     img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
@@ -299,25 +345,43 @@ def preprocess_image(img: Any, pre: dict[str, Any]) -> torch.Tensor:
 
 
 def read_images(root: str | Path, pre: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-    """Read and preprocess an image folder; returns (images N×3×crop×crop, labels or None, class names)."""
+    """Read and preprocess an image folder; returns (images N×3×crop×crop, labels or None, class names).
+
+    Before the first image is decoded, the folder's decoded size (images × 3 × crop² × 4 bytes) is checked;
+    each image's header before it is decoded (``preprocess_image``), with Pillow's bomb check raising at
+    our pixel limit (it only warns below twice its own).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp()); Image.new("RGB", (9, 9)).save(d / "a.png")
+        >>> x, y, classes = read_images(d, {"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1]})
+        >>> tuple(x.shape), y, classes
+        ((1, 3, 8, 8), None, [])
+    """
     from PIL import Image
 
+    limits = current_limits()
     files, classes = image_files(root)
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # decompression bombs raise instead of filling memory
-    xs, ys = [], []
-    for f, y in files:
+    resize, crop = int(pre["resize"]), int(pre["crop"])
+    check_preprocess_sides(resize, crop, limits)
+    check_image_data(len(files), crop, f"image folder {Path(root).name}", limits)
+    # Filled in place: a list of tensors then torch.stack would hold the folder twice.
+    out = torch.empty(len(files), 3, crop, crop)
+    ys = []
+    for i, (f, y) in enumerate(files):
         _check_size(f, MAX_IMAGE_BYTES, "image")
         try:
-            with Image.open(f) as img:
-                xs.append(preprocess_image(img, pre))
+            with pillow_guard(limits, f"image {f.name}"), Image.open(f) as img:
+                out[i] = preprocess_image(img, pre, name=f.name, limits=limits)
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - a broken image names itself
             raise DataError(f"image {f.name} could not be read ({type(e).__name__}: {str(e)[:200]})") from None
         ys.append(y)
     labels = torch.tensor(ys, dtype=torch.long) if classes else None
-    return torch.stack(xs), labels, classes
+    return out, labels, classes
 
 
 __all__ = ["check_labels", "image_files", "label_indices", "make_task_data", "preprocess_image", "read_images",
-           "read_jsonl", "read_tensors", "split_for_calibration"]
+           "read_jsonl", "read_tensors", "RowSplit", "split_rows"]

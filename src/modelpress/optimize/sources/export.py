@@ -1,11 +1,13 @@
-"""A ``torch.export`` program (``.pt2``) and tensor data, loaded without ever unpickling.
+"""A ``torch.export`` program (``.pt2``) and tensor data, loaded without ever running the file's code.
 
-Safety: ``torch.export.load`` silently retries a failed ``weights_only`` load with ``weights_only=False``
-(torch/_export/serde/serialize.py) and loads "opaque" constants with plain ``pickle.loads``
-(torch/export/pt2_archive/_package.py). So, before torch sees the file, the archive's payload configs are
-read as JSON and any pickled payload (``use_pickle``, custom/opaque objects, legacy ``.pt`` weight files)
-is refused; the load itself then runs with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``, which overrides even an
-explicit ``weights_only=False`` inside torch.
+Safety (issue 20; the rules and their reasons are in ``pt2_archive`` and docs/faults.md): torch never sees
+the user's file. ``load_program`` checks it torch-free (allow-listed archive members, operators, fields),
+writes a new archive of exactly the checked members into a private temporary folder (``rebuild_archive``:
+no sample inputs, which torch would unpickle with a ``weights_only=False`` retry; no ``guards_code``,
+which ``module()`` would ``exec``; the verifier chosen by modelpress, not by the file), and loads *that*
+with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``. The loaded program is then checked again (``check_loaded``):
+its nodes against the same operator allow-list, its signature for mutations, and torch's default
+functional verifier on its functional form.
 
 Quantizing it: ``program.module()`` is an unlifted ``GraphModule`` of ATen calls (``aten.linear``,
 ``aten.conv2d``, ``aten.batch_norm``) on parameters kept in plain container modules. ``torch.ao``'s
@@ -26,25 +28,29 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import operator
 import os
-import zipfile
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
 
-from modelpress.optimize.errors import ModelLoadError
+from modelpress.optimize.errors import ModelLoadError, is_task_control
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import check_labels, make_task_data, read_tensors
+from modelpress.optimize.sources.pt2_archive import (
+    MAX_PT2_BYTES,
+    check_archive,
+    rebuild_archive,
+    short_op,
+    target_allowed,
+)
 from modelpress.optimize.sources.ref import ModelRef
 from modelpress.optimize.zoo import ModelSpec
-
-MAX_PT2_BYTES = 4 * 1024**3
-MAX_CONFIG_BYTES = 64 * 1024**2
 
 
 @contextlib.contextmanager
@@ -60,68 +66,96 @@ def _weights_only_everywhere() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
-def scan_archive(path: str | Path) -> None:
-    """Refuse a .pt2 whose payloads would be unpickled (read as zip + JSON only; no torch).
+def scan_archive(path: str | Path, *, max_bytes: int = MAX_PT2_BYTES) -> None:
+    """Refuse a .pt2 that holds anything but a plain CPU program (zip + JSON only; ``pt2_archive``).
 
     Example:
         >>> scan_archive("ranker.pt2")  # doctest: +SKIP
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"exported program {p} does not exist")
-    size = p.stat().st_size
-    if size > MAX_PT2_BYTES:
-        raise ModelLoadError(f"exported program {p.name} is {size} bytes, over the limit of {MAX_PT2_BYTES}")
-    if not zipfile.is_zipfile(p):
-        raise ModelLoadError(f"{p.name} is not a .pt2 archive (write it with torch.export.save)")
-    try:
-        with zipfile.ZipFile(p) as zf:
-            infos = zf.infolist()
-            unpacked = sum(i.file_size for i in infos)
-            if unpacked > MAX_PT2_BYTES:
-                raise ModelLoadError(f"{p.name} unpacks to {unpacked} bytes, over the limit of {MAX_PT2_BYTES}")
-            names = [i.filename for i in infos]
-            if not any("/models/" in n and n.endswith(".json") for n in names):
-                raise ModelLoadError(f"{p.name} holds no exported program (models/*.json); "
-                                     "write it with torch.export.save")
-            for i in infos:
-                n = i.filename
-                in_payload_dir = "/data/weights/" in n or "/data/constants/" in n
-                if in_payload_dir and n.endswith(".pt"):
-                    raise ModelLoadError(f"{p.name}: {n} is a pickled (legacy-format) payload, which is never loaded; "
-                                         "re-export with torch.export.save from a current torch")
-                if in_payload_dir and n.endswith(".json"):
-                    if i.file_size > MAX_CONFIG_BYTES:
-                        raise ModelLoadError(f"{p.name}: {n} is too large")
-                    cfg = json.loads(zf.read(n))
-                    for fqn, meta in (cfg.get("config") or {}).items():
-                        path_name = str(meta.get("path_name", ""))
-                        if meta.get("use_pickle") or path_name.startswith(("custom_obj", "opaque_obj")):
-                            raise ModelLoadError(
-                                f"{p.name}: {fqn!r} is stored as a pickled object, which modelpress never unpickles "
-                                "(only plain tensors are accepted in an exported program)")
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ModelLoadError(f"{p.name} is not a readable .pt2 archive ({type(e).__name__}: {e})") from None
+    check_archive(path, max_bytes=max_bytes)
 
 
-def load_program(path: str | Path) -> Any:
-    """``torch.export.load`` after ``scan_archive``, with weights-only loading forced.
+def serialized_target(target: Any) -> str:
+    """A loaded node's target spelled as the graph JSON spells it (``torch.ops.aten.relu.default``).
+
+    Example:
+        >>> serialized_target(torch.ops.aten.relu.default), serialized_target(operator.getitem)
+        ('torch.ops.aten.relu.default', '_operator.getitem')
+    """
+    if isinstance(target, torch._ops.OpOverload):
+        return f"torch.ops.{target.namespace}.{target._opname}.{target._overloadname}"
+    if target in (math.ceil, math.floor, math.trunc):
+        return f"math.{target.__name__}"
+    if getattr(target, "__module__", None) == "_operator":
+        return f"_operator.{target.__name__}"
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__name__', repr(target))}"
+
+
+_USER_OUTPUT, _INPUT_KINDS = "USER_OUTPUT", {"USER_INPUT", "PARAMETER", "BUFFER", "CONSTANT_TENSOR"}
+
+
+def _check_graph(program: Any, name: str) -> None:
+    for node in program.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        target = serialized_target(node.target) if node.op == "call_function" else f"{node.op} {node.target}"
+        if node.op != "call_function" or not target_allowed(target):
+            raise ModelLoadError(f"exported program {name}: node {node.name!r} calls {short_op(target)}, which is not "
+                                 "one of the pure tensor operators modelpress runs")
+    sig = program.graph_signature
+    for spec in sig.input_specs:
+        if spec.kind.name not in _INPUT_KINDS:
+            raise ModelLoadError(f"exported program {name}: an input of kind {spec.kind.name} is not accepted")
+    for spec in sig.output_specs:
+        if spec.kind.name != _USER_OUTPUT:
+            raise ModelLoadError(f"exported program {name}: output {spec.kind.name} ({spec.target or spec.arg}) "
+                                 "changes an input, weight or buffer; modelpress only runs programs that leave "
+                                 "them unchanged")
+
+
+def check_loaded(program: Any, name: str) -> None:
+    """The second gate, on what torch built: allow-listed nodes, no mutation, torch's functional verifier.
+
+    A program with allow-listed in-place nodes (loaded under torch's TRAINING dialect) is functionalized
+    (``run_decompositions({})``) first, so the default verifier and the mutation check see what its
+    in-place nodes really do.
+
+    Example:
+        >>> check_loaded(torch.export.load("rebuilt.pt2"), "ranker.pt2")  # doctest: +SKIP
+    """
+    from torch._export.verifier import Verifier
+
+    _check_graph(program, name)
+    functional = program
+    if program.verifier.dialect != "ATEN":
+        functional = program.run_decompositions({})
+        _check_graph(functional, name)
+    Verifier().check(functional)
+
+
+def load_program(path: str | Path, *, max_bytes: int = MAX_PT2_BYTES) -> Any:
+    """The user's ``.pt2`` as an ``ExportedProgram``, loaded from a checked copy (see the module docstring).
 
     Example:
         >>> input_names(load_program("ranker.pt2"))  # doctest: +SKIP
         ['features']
     """
-    scan_archive(path)
-    try:
-        with _weights_only_everywhere():
-            return torch.export.load(str(path))
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a load failure is the file's fault
-        if type(e).__module__.startswith(("billiard", "celery")):
+    name = Path(path).name
+    with tempfile.TemporaryDirectory(prefix="modelpress-pt2-") as tmp:  # mkdtemp: mode 0700, this user only
+        rebuilt = Path(tmp) / "program.pt2"
+        rebuild_archive(path, rebuilt, max_bytes=max_bytes, label=name)
+        try:
+            with _weights_only_everywhere():
+                program = torch.export.load(str(rebuilt))
+            check_loaded(program, name)
+        except ModelLoadError:
             raise
-        raise ModelLoadError(f"exported program {Path(path).name} could not be loaded safely "
-                             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})") from None
+        except Exception as e:  # noqa: BLE001 - a load or verifier failure is the file's fault
+            if is_task_control(e):
+                raise
+            raise ModelLoadError(f"exported program {name} could not be loaded safely "
+                                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})") from None
+    return program
 
 
 def input_names(program: Any) -> list[str]:
@@ -254,7 +288,7 @@ class ExportSource(ModelSource):
         problems = super().check(ref)
         if not problems:
             try:
-                scan_archive(ref.path or "")
+                check_archive(ref.path or "")
             except ModelLoadError as e:
                 problems.append(str(e))
         return problems
@@ -293,4 +327,5 @@ class ExportSource(ModelSource):
         return LoadedModel(model, spec)
 
 
-__all__ = ["ExportSource", "input_names", "load_program", "modularize", "scan_archive"]
+__all__ = ["ExportSource", "check_loaded", "input_names", "load_program", "modularize", "scan_archive",
+           "serialized_target"]

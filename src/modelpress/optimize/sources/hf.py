@@ -1,8 +1,11 @@
 """A transformers model from a local folder (``save_pretrained`` output) and JSONL text data.
 
-Loading is offline and code-free: ``local_files_only=True``, never ``trust_remote_code``, a
-``config.json`` with ``auto_map`` (custom code) is refused, and weights must be ``model.safetensors``
-(a ``pytorch_model.bin`` is a pickle). ``*ForSequenceClassification`` → logits, judged by accuracy when
+Loading is offline (forced, ``hf_env``) and code-free: ``local_files_only=True``, never
+``trust_remote_code``, and before transformers opens the folder it must pass ``hf_files.check_folder``
+(the rules intake applies at submit: no ``auto_map`` or hub kernels in config.json, shard indexes that
+name only files beside them, no tokenizer code); the attention implementation is ours, never the
+file's; weights must be ``model.safetensors`` or its shards (a ``pytorch_model.bin`` is a pickle).
+``*ForSequenceClassification`` → logits, judged by accuracy when
 the JSONL has labels, else by top-1 agreement with the float model; any other architecture → its base
 encoder's mean-pooled, L2-normalised embedding, judged by cosine similarity to the float model.
 
@@ -19,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,10 @@ from modelpress.optimize.errors import DataError, ModelLoadError
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import label_indices, make_task_data, read_jsonl
+from modelpress.optimize.sources.hf_files import ATTN_IMPLEMENTATIONS, check_folder, read_json_object
 from modelpress.optimize.sources.ref import ModelRef
 from modelpress.optimize.zoo import ModelSpec
 
-MAX_CONFIG_BYTES = 1024**2
 DEFAULT_MAX_LENGTH_CAP = 512
 
 
@@ -45,28 +47,64 @@ def _offline() -> None:
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
-    """``config.json`` as JSON (no transformers), size-bounded; refuses ``auto_map``.
+    """``config.json`` as JSON (no transformers), once the folder passed every rule of ``hf_files``.
+
+    The same rules as at submit (``intake``), run again here because a row can reach a worker past
+    submit: config entries that make transformers run or fetch code, shard indexes naming files outside
+    the folder, tokenizer code. Every load path calls this before transformers opens the folder.
 
     Example:
         >>> read_config("models/intent-classifier")["architectures"]  # doctest: +SKIP
         ['BertForSequenceClassification']
     """
-    p = Path(folder) / "config.json"
-    if not p.is_file():
-        raise ModelLoadError(f"HF folder {folder} has no config.json (save the model with save_pretrained)")
-    if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelLoadError(f"{p} is over {MAX_CONFIG_BYTES} bytes")
+    found = check_folder(folder)
+    if found.problems or found.config is None:
+        raise ModelLoadError("; ".join(found.problems) or f"HF model folder {folder} has no readable config.json")
+    return found.config
+
+
+def _attention(raw: dict[str, Any], cfg: Any) -> str:
+    """The attention implementation to build with: one of ``ATTN_IMPLEMENTATIONS``, never the file's string.
+
+    ``read_config`` has refused any other value in config.json. With none given: ``sdpa`` when the model
+    class has it (transformers' own default), else ``eager`` (asking for ``sdpa`` explicitly raises on a
+    model without it instead of falling back).
+    """
+    wanted = raw.get("attn_implementation")
+    if wanted in ATTN_IMPLEMENTATIONS:
+        return ATTN_IMPLEMENTATIONS[ATTN_IMPLEMENTATIONS.index(wanted)]
+    from transformers.models.auto import auto_factory, modeling_auto
+
+    mapping = (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if is_classifier(raw)
+               else modeling_auto.MODEL_MAPPING)
     try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{p} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ModelLoadError(f"{p} is not a JSON object")
-    if "auto_map" in cfg:
-        raise ModelLoadError(f"HF folder {folder}: config.json has 'auto_map', i.e. it needs custom Python code "
-                             "from the folder (trust_remote_code); modelpress never runs a model's own code — "
-                             "use a model class that ships with transformers")
-    return cfg
+        model_cls = auto_factory._get_model_class(cfg, mapping)
+    except Exception:  # noqa: BLE001 - an unknown pairing fails later, at load, with transformers' message
+        return "eager"
+    return "sdpa" if getattr(model_cls, "_supports_sdpa", False) else "eager"
+
+
+def _check_tokenizer_class(folder: str | Path, raw: dict[str, Any]) -> None:
+    """Refuse a ``tokenizer_class`` that is not one of transformers' built-in tokenizers.
+
+    AutoTokenizer resolves the name among transformers' own modules and, failing that, takes any
+    attribute of the ``transformers`` package by that name (``AutoModel`` would do), whose
+    ``from_pretrained`` it then calls: an allow-list of the tokenizer classes it maps model types to.
+    """
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    known = {n for n in TOKENIZER_MAPPING_NAMES.values() if isinstance(n, str)}
+    known |= {"PreTrainedTokenizerFast", "PythonBackend", "TokenizersBackend"}
+    known |= {n.removesuffix("Fast") for n in known} | {n.removesuffix("Fast") + "Fast" for n in known}
+    tok_cfg = Path(folder) / "tokenizer_config.json"
+    named = [("config.json", raw.get("tokenizer_class"))]
+    if tok_cfg.is_file():
+        named.append(("tokenizer_config.json", read_json_object(tok_cfg).get("tokenizer_class")))
+    for where, name in named:
+        if name is not None and name not in known:
+            raise ModelLoadError(f"HF model folder {folder}: {where} sets tokenizer_class to {str(name)[:100]!r}, "
+                                 "which is not a tokenizer class built into transformers; save a built-in "
+                                 "tokenizer with tokenizer.save_pretrained")
 
 
 def is_classifier(cfg: dict[str, Any]) -> bool:
@@ -130,26 +168,23 @@ class HFSource(ModelSource):
         problems = super().check(ref)
         if problems:
             return problems
-        try:
-            read_config(ref.path or "")
-        except ModelLoadError as e:
-            return [str(e)]
-        if not (Path(ref.path or "") / "model.safetensors").is_file() and not any(
-                Path(ref.path or "").glob("model-*.safetensors")):
-            problems.append(f"HF folder {ref.path} has no model.safetensors (pickled pytorch_model.bin files are "
-                            "not loaded: save with save_pretrained(..., safe_serialization=True))")
-        return problems
+        return check_folder(ref.path or "").problems
 
     def _config(self, folder: str) -> Any:
-        read_config(folder)  # refuses auto_map before transformers sees the folder
+        """The transformers config, with an attention implementation of ours (``_attention``)."""
+        raw = read_config(folder)  # every folder rule, before transformers sees the folder
         _offline()
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+            cfg = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         except Exception as e:  # noqa: BLE001 - transformers' errors are many; the message is what matters
             raise ModelLoadError(f"HF folder {folder}: config could not be read ({type(e).__name__}: "
                                  f"{str(e)[:300]})") from None
+        # Set on the config (the setter reaches every sub-config), so from_config in build() and
+        # from_pretrained in _load_model construct the same attention, whatever config.json said.
+        cfg._attn_implementation = _attention(raw, cfg)
+        return cfg
 
     def build(self, ref: ModelRef) -> nn.Module:
         """The wrapped architecture from ``config.json`` alone, weights uninitialised-but-seeded."""
@@ -168,20 +203,41 @@ class HFSource(ModelSource):
         return as_graph(eager, self._max_length(ref, tok, cfg), len(self._input_names(tok)))[0]
 
     def _max_length(self, ref: ModelRef, tok: Any, cfg: Any) -> int:
-        return ref.max_length or min(int(getattr(tok, "model_max_length", 512) or 512), DEFAULT_MAX_LENGTH_CAP,
-                                     int(getattr(cfg, "max_position_embeddings", 512) or 512))
+        """Tokens per row: the ref's ``max_length``, else the tokenizer's capped at 512 and at the model's
+        positions. Refused above the model's positions (a longer row cannot run) or ``max_text_length``
+        (every row is padded to it).
+
+        Example:
+            >>> HFSource("hf")._max_length(ref, tok, cfg)  # doctest: +SKIP
+            64
+        """
+        from modelpress.optimize.limits import check_text_length, current_limits
+
+        positions = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
+        length = ref.max_length or min(int(getattr(tok, "model_max_length", 512) or 512), DEFAULT_MAX_LENGTH_CAP,
+                                       positions or 512)
+        try:
+            check_text_length(length, current_limits(), positions=positions)
+        except DataError as e:
+            raise DataError(str(e) if str(e).startswith("max_length") else f"max_length: {e}") from None
+        return length
 
     def _input_names(self, tok: Any) -> list[str]:
         enc = tok(["a"], padding="max_length", max_length=4, truncation=True)
         return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
 
     def _load_model(self, folder: str, classifier: bool) -> nn.Module:
+        cfg = self._config(folder)  # checks the folder again; attention chosen by us
         _offline()
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         cls = AutoModelForSequenceClassification if classifier else AutoModel
         try:
-            m = cls.from_pretrained(folder, local_files_only=True, trust_remote_code=False, use_safetensors=True)
+            # config= : transformers does not read config.json again; attn_implementation= : ours, from the
+            # allow-list; use_kernels=False : no layer swapped for a hub kernel after loading.
+            m = cls.from_pretrained(folder, config=cfg, local_files_only=True, trust_remote_code=False,
+                                    use_safetensors=True, attn_implementation=cfg._attn_implementation,
+                                    use_kernels=False)
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"HF folder {folder}: model could not be loaded ({type(e).__name__}: "
                                  f"{(str(e).splitlines() or [''])[0][:300]})") from None
@@ -189,9 +245,11 @@ class HFSource(ModelSource):
         return (SequenceClassifier(m) if classifier else MeanPooledEncoder(m)).eval()
 
     def tokenizer(self, folder: str) -> Any:
+        raw = read_config(folder)  # tokenizer_config.json's auto_map and *_file entries, among the rest
         _offline()
         from transformers import AutoTokenizer
 
+        _check_tokenizer_class(folder, raw)
         try:
             return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         except Exception as e:  # noqa: BLE001
@@ -200,10 +258,24 @@ class HFSource(ModelSource):
 
     def _encode(self, tok: Any, path: str, max_length: int, label2id: dict[str, int] | None,
                 num_labels: int | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        from modelpress.optimize.limits import check_text_tokens, current_limits
+
         texts, pairs, labels = read_jsonl(path)
-        enc = tok(texts, pairs, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
-        x = tuple(enc[n] for n in names)
+        # Every row becomes max_length tokens whatever its text: bounded before the tokenizer runs.
+        check_text_tokens(len(texts), max_length, Path(path).name, current_limits())
+        # In chunks, into tensors made once: the tokenizer's Python lists for a whole file cost many times
+        # the tensors' size.
+        chunk = 1024
+        x: tuple[torch.Tensor, ...] = ()
+        names: list[str] = []
+        for i in range(0, len(texts), chunk):
+            enc = tok(texts[i:i + chunk], pairs[i:i + chunk] if pairs else None, padding="max_length",
+                      truncation=True, max_length=max_length, return_tensors="pt")
+            if not x:
+                names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
+                x = tuple(torch.empty(len(texts), enc[n].shape[1], dtype=enc[n].dtype) for n in names)
+            for t, n in zip(x, names):
+                t[i:i + chunk] = enc[n]
         y = None
         if labels is not None:
             if num_labels is None:

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.optimize.errors import DataError, UserInputError
+from modelpress.optimize.limits import check_latency_batches, check_text_length, current_limits
 
 REF_VERSION = 1
 SourceKind = Literal["registered", "hf", "torchvision", "timm", "export"]
@@ -58,15 +59,32 @@ class ModelRef(BaseModel):
     data: DataRef | None = None
     preprocess: dict[str, Any] | None = None
     metric: Literal["accuracy", "top1_agreement", "cosine"] | None = None
-    max_length: int | None = Field(default=None, gt=0, le=65536)
+    max_length: int | None = Field(default=None, gt=0)
     latency_batches: tuple[int, ...] = (1, 32)
     content_sha256: str | None = None
 
+    # Both are decoded-size limits (``optimize.limits``, settings): every text row is padded to max_length,
+    # and each latency batch is that many rows repeated from the data. Checked wherever a ref is made,
+    # so at submit and again on the worker, which rebuilds the ref from the job row.
     @field_validator("latency_batches")
     @classmethod
     def _batches(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(b < 1 or b > 4096 for b in v):
-            raise ValueError("must be one or more batch sizes between 1 and 4096")
+        if not v:
+            raise ValueError("must be one or more batch sizes")
+        try:
+            check_latency_batches(v, current_limits())
+        except DataError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length(cls, v: int | None) -> int | None:
+        if v is not None:
+            try:
+                check_text_length(v, current_limits())
+            except DataError as e:
+                raise ValueError(str(e)) from None
         return v
 
     def model_post_init(self, _ctx: Any) -> None:

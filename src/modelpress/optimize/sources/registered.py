@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from modelpress.optimize.builtin_weights import builtin_content_id
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.ref import ModelRef
 from modelpress.optimize.zoo import ModelSpec, materialize, resolve_model
@@ -29,9 +30,22 @@ class RegisteredSource(ModelSource):
 
     def materialize(self, name: str, *, weights: str | None, allowlist: tuple[str, ...] = (),
                     max_bytes: int = 2 * 1024**3, cache_dir: Path | None = None) -> tuple[nn.Module, ModelSpec, str]:
-        """(float model in eval mode, spec, content id): the built-in weights or ``weights``."""
+        """(float model in eval mode, spec, content id): the built-in weights or ``weights``.
+
+        For the built-in weights the content id is the producer's ``builtin_content_id(name)`` (package
+        version, factory code, shipped weights' sha256): the one the job row was submitted under, so the
+        artifact key names the very weights this worker loaded (issue 20 item 12).
+
+        Example:
+            >>> _, _, content = get_source("registered").materialize("digits_cnn", weights=None)  # doctest: +SKIP
+            >>> content == builtin_content_id("digits_cnn")  # doctest: +SKIP
+            True
+        """
         spec = self.resolve(name, allowlist=allowlist)
         model, content = materialize(spec, weights=weights, max_bytes=max_bytes, cache_dir=cache_dir)
+        if weights is None:
+            # No owning distribution (no producer id either): keep the spec's own built-in id.
+            content = builtin_content_id(name) or content
         return model, spec, content
 
     def load(self, ref: ModelRef, *, allowlist: tuple[str, ...] = (), max_bytes: int = 2 * 1024**3,

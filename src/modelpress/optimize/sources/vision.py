@@ -22,13 +22,20 @@ import torch
 from torch import nn
 
 from modelpress.optimize.errors import DataError, ModelLoadError, UnknownModelError
+from modelpress.optimize.limits import (
+    check_batch_bytes,
+    check_image_data,
+    check_preprocess_sides,
+    current_limits,
+    image_row_bytes,
+)
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
-from modelpress.optimize.sources.data import check_labels, make_task_data, read_images
+from modelpress.optimize.sources.data import check_labels, image_files, make_task_data, read_images
+from modelpress.optimize.sources.data_checks import IMAGENET
 from modelpress.optimize.sources.ref import ModelRef
 from modelpress.optimize.zoo import ModelSpec, load_weights, read_state_dict
 
-IMAGENET = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 MAX_WEIGHTS_BYTES = 4 * 1024**3
 
 
@@ -116,6 +123,13 @@ class VisionSource(ModelSource):
         return self._create(ref.name, num_classes_of(sd, ref.weights)).eval()
 
     def preprocess(self, ref: ModelRef) -> dict[str, Any]:
+        """``{resize, crop, mean, std}``: the ref's, over timm's pretrained config or ImageNet's; sides within
+        ``max_image_side`` (a crop of 4096 makes every image 200 MB of floats).
+
+        Example:
+            >>> VisionSource("torchvision").preprocess(ref)["crop"]  # doctest: +SKIP
+            224
+        """
         pre = dict(IMAGENET)
         if self.kind == "timm":
             import timm
@@ -135,18 +149,40 @@ class VisionSource(ModelSource):
         for k in ("mean", "std"):
             if not (isinstance(pre[k], (list, tuple)) and len(pre[k]) == 3):
                 raise DataError(f"preprocess.{k} must be 3 numbers (R, G, B)")
-        if int(pre["crop"]) > int(pre["resize"]) or int(pre["crop"]) < 1 or int(pre["resize"]) > 4096:
-            raise DataError("preprocess: need 1 <= crop <= resize <= 4096")
+        try:
+            resize, crop = int(pre["resize"]), int(pre["crop"])
+        except (TypeError, ValueError):
+            raise DataError("preprocess: resize and crop must be whole numbers of pixels") from None
+        check_preprocess_sides(resize, crop, current_limits())
+        if crop > resize or crop < 1:
+            raise DataError(f"preprocess: need 1 <= crop <= resize (got crop {crop}, resize {resize})")
         return pre
+
+    def check_decoded_size(self, ref: ModelRef, pre: dict[str, Any]) -> None:
+        """Refuse image folders and latency batches too large once decoded: counts × crop only, nothing read.
+
+        Example:
+            >>> VisionSource("torchvision").check_decoded_size(ref, {"resize": 256, "crop": 224})  # doctest: +SKIP
+        """
+        assert ref.data
+        limits = current_limits()
+        crop = int(pre["crop"])
+        for folder in (ref.data.eval, ref.data.calibration):
+            if folder:
+                files, _ = image_files(folder)
+                check_image_data(len(files), crop, f"image folder {folder}", limits)
+        check_batch_bytes(max(ref.latency_batches), image_row_bytes(crop), "the largest latency batch", limits)
 
     def load(self, ref: ModelRef) -> LoadedModel:
         assert ref.weights and ref.data
+        # The data's decoded size first: header arithmetic, before weights or images take any memory.
+        pre = self.preprocess(ref)
+        self.check_decoded_size(ref, pre)
         sd = read_state_dict(ref.weights, max_bytes=MAX_WEIGHTS_BYTES)
         classes = num_classes_of(sd, ref.weights)
         model = self._create(ref.name, classes)
         load_weights(model, sd)
         model.eval()
-        pre = self.preprocess(ref)
         x, y, names = read_images(ref.data.eval, pre)
         check_labels(y, classes, f"image folder {ref.data.eval}")
         calib = None
