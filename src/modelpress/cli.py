@@ -168,15 +168,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         reqs += [producer.validate(model=DEMO_MODELS[0], recipe=DEMO_RECIPES[0], backend=b) for b in backends[1:]]
         ids = producer.submit_many(reqs, batch_name="demo")
         producer.close()
-        print(f"submitted {len(ids)} jobs; waiting for the workers (the first job trains the digits CNN)")
+        print(f"submitted {len(ids)} jobs; waiting for the workers")
         rows = wait_for(settings, ids, timeout=args.timeout)
     finally:
         for p in procs:
             stop_worker_process(p)
     print(jobs_table(rows))
     print("\nsizes are bytes of the saved artifact files; latency is the median of "
-          f"{settings.latency_runs} timed runs after {settings.latency_warmup} warm-up runs, "
-          f"{settings.worker_threads} thread(s); `modelpress show JOB` has p90, batch 1 and every other number.")
+          f"{settings.latency_runs} timed runs after {settings.latency_warmup} warm-up runs, float and result timed "
+          f"in alternating rounds once the result was chosen, {settings.worker_threads} thread(s); `modelpress show JOB` has p90, batch 1 and every other number.")
     print("rejected = the result broke its recipe's accuracy budget (built-in recipes allow a 1 % drop unless they "
           "say otherwise); its artifact is kept under rejected/, never promoted, and the reason is in the notes.")
     return 0 if all(r["status"] in ("succeeded", "rejected") for r in rows) else 1

@@ -37,10 +37,10 @@ import os
 import struct
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelpress.optimize.builtin_weights import module_source_file, module_source_sha256
 from modelpress.optimize.errors import ModelLoadError, UserInputError
 
 if TYPE_CHECKING:
@@ -477,38 +477,6 @@ def source_version(kind: str) -> str:
         except PackageNotFoundError:
             h.update(f"\n{pkg}: not installed".encode())
     return h.hexdigest()
-
-
-def module_source_file(module: str) -> Path | None:
-    """The ``.py`` file of a dotted module, found without importing it (only its top package's spec).
-
-    Example:
-        >>> module_source_file("modelpress.optimize.zoo").name
-        'zoo.py'
-    """
-    top, *rest = module.split(".")
-    try:
-        spec = find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if not rest:
-        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
-    for loc in spec.submodule_search_locations or []:
-        base = Path(loc).joinpath(*rest[:-1])
-        for candidate in (base / f"{rest[-1]}.py", base / rest[-1] / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def module_source_sha256(module: str) -> str | None:
-    """sha256 of a module's source file (``module_source_file``), or None when there is none."""
-    path = module_source_file(module)
-    if path is None:
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- the worker side

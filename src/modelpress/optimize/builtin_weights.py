@@ -103,10 +103,13 @@ def _factory(name: str) -> tuple[str | None, str]:
     return None, name
 
 
-def _module_source_sha256(module: str) -> str | None:
-    # Read, never imported (an import would pull in torch). Finds the file as
-    # modelpress.intake.module_source_file does: only the top package's spec is looked up. Kept here
-    # because optimize/ must not depend on the producer's modules.
+def module_source_file(module: str) -> Path | None:
+    """The ``.py`` file of a dotted module, found without importing it (only its top package's spec).
+
+    Example:
+        >>> module_source_file("modelpress.optimize.zoo").name
+        'zoo.py'
+    """
     top, *rest = module.split(".")
     try:
         spec = find_spec(top)
@@ -114,17 +117,22 @@ def _module_source_sha256(module: str) -> str | None:
         return None
     if spec is None:
         return None
-    candidates: list[Path] = []
     if not rest:
-        candidates = [Path(spec.origin)] if spec.origin and spec.origin.endswith(".py") else []
-    else:
-        for loc in spec.submodule_search_locations or []:
-            base = Path(loc).joinpath(*rest[:-1])
-            candidates += [base / f"{rest[-1]}.py", base / rest[-1] / "__init__.py"]
-    for path in candidates:
-        if path.is_file():
-            return hashlib.sha256(path.read_bytes()).hexdigest()
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for loc in spec.submodule_search_locations or []:
+        base = Path(loc).joinpath(*rest[:-1])
+        for candidate in (base / f"{rest[-1]}.py", base / rest[-1] / "__init__.py"):
+            if candidate.is_file():
+                return candidate
     return None
+
+
+def module_source_sha256(module: str) -> str | None:
+    """sha256 of a module's source file (``module_source_file``), or None when there is none."""
+    path = module_source_file(module)
+    if path is None:
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def builtin_content_id(name: str) -> str | None:
@@ -150,7 +158,7 @@ def builtin_content_id(name: str) -> str | None:
         dist_version = version(dist_name)
     except PackageNotFoundError:
         return None
-    code = _module_source_sha256(factory.partition(":")[0]) or "unknown"
+    code = module_source_sha256(factory.partition(":")[0]) or "unknown"
     text = f"builtin:{name}:{dist_name}=={dist_version}:code={code}"
     if factory in SHIPPED_WEIGHTS:
         weights = shipped_weights_sha256(SHIPPED_WEIGHTS[factory])
@@ -160,5 +168,6 @@ def builtin_content_id(name: str) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-__all__ = ["SHIPPED_WEIGHTS", "WEIGHTS_VERSION", "builtin_content_id", "data_dir", "shipped_weights_file",
+__all__ = ["SHIPPED_WEIGHTS", "WEIGHTS_VERSION", "builtin_content_id", "data_dir", "module_source_file",
+           "module_source_sha256", "shipped_weights_file",
            "shipped_weights_name", "shipped_weights_sha256"]

@@ -22,11 +22,9 @@ versus central headers), so the worker never hands the user's file to torch: ``r
 a new archive from the members ``zipfile`` read and checked, and checks that file again.
 
 Example:
-    >>> from modelpress.optimize.sources.pt2_archive import check_expr, target_allowed
-    >>> target_allowed("torch.ops.aten.linear.default"), target_allowed("torch.ops.aten.from_file.default")
-    (True, False)
-    >>> check_expr("Mul(Integer(4), Symbol('s77', positive=True, integer=True))") is None
-    True
+    >>> from modelpress.optimize.sources.pt2_archive import member_kind
+    >>> member_kind("models/model.json"), member_kind("data/aotinductor/model/x.wrapper.so")
+    ('program', None)
 """
 
 from __future__ import annotations
