@@ -78,9 +78,10 @@ class SlowToTrace(Tiny):
         return super().forward(x)
 
 
-def _spec(factory: str, behave, build=Tiny) -> ModelSpec:  # type: ignore[no-untyped-def]
-    # The spec's name is how artifacts are reloaded later: the full allow-listed factory path.
-    name = f"{__name__}:{factory}"
+def _spec(factory: str, behave, build=Tiny, module: str = __name__) -> ModelSpec:  # type: ignore[no-untyped-def]
+    # The spec's name is how artifacts are reloaded later: the full allow-listed factory path (``module`` is
+    # the module that defines the factory, e.g. tests.faults.memory_models).
+    name = f"{module}:{factory}"
 
     def pretrained(model: nn.Module, cache_dir: Path | None) -> None:
         record("start")
