@@ -54,7 +54,7 @@ TRAINING_STEPS = {"qat", "finetune", "distill"}
 
 
 # ------------------------------------------------------------------------------- model resolution
-MINILM = "minilm_l6_v2"  # the zoo's name (optimize/zoo_text.py); "minilm" is accepted as an alias
+MINILM = "minilm_l6_v2"  # the zoo's name (zoo/text.py); "minilm" is accepted as an alias
 
 
 def canonical(name: str) -> str:
@@ -63,20 +63,20 @@ def canonical(name: str) -> str:
 
 def resolve(name: str) -> tuple[Any, tuple[str, ...], str]:
     """(spec, allow-list needed to resolve it again, where it came from)."""
-    from modelpress.optimize.zoo import resolve_model
+    from modelpress.optimize.sources.registered import resolve_model
 
     return resolve_model(canonical(name)), (), "zoo"
 
 
 def default_models() -> list[str]:
-    from modelpress.optimize.zoo import registered_models
+    from modelpress.optimize.sources.registered import registered_models
 
     return registered_models()
 
 
 def pick_recipes(arg: str, n_params: int, train_max_params: int) -> tuple[list[str], list[tuple[str, str]]]:
     """Recipe names to run and (name, reason) of those left out."""
-    import modelpress.optimize.steps  # noqa: F401 - technique modules register their built-in recipes on import
+    import modelpress.optimize.techniques  # noqa: F401 - technique modules register their built-in recipes on import
     from modelpress.optimize.recipes import BUILTIN_RECIPES, resolve_recipe
 
     if arg != "auto":
@@ -227,9 +227,9 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
 
     from modelpress.optimize.artifacts import load_artifact, save_artifact
     from modelpress.optimize.measure import compute_metric, count_params, file_size, predict
-    from modelpress.optimize.pipeline import optimize_model
+    from modelpress.optimize.job import optimize_model
     from modelpress.optimize.recipes import resolve_recipe
-    from modelpress.optimize.zoo import materialize
+    from modelpress.optimize.sources.registered import materialize
 
     t_model = time.monotonic()
     spec, allow, source = resolve(name)

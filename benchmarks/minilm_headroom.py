@@ -84,7 +84,7 @@ def main() -> int:
     import openvino as ov
     import torch
 
-    from modelpress.optimize.zoo import materialize
+    from modelpress.optimize.sources.registered import materialize
 
     torch.set_num_threads(1)
     spec, _, _ = CMP.resolve("minilm")

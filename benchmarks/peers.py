@@ -152,9 +152,9 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
 
     import modelpress
     from modelpress.optimize.measure import compute_metric, file_size, predict
-    from modelpress.optimize.pipeline import optimize_model
+    from modelpress.optimize.job import optimize_model
     from modelpress.optimize.recipes import Budget, resolve_recipe
-    from modelpress.optimize.zoo import materialize
+    from modelpress.optimize.sources.registered import materialize
 
     t_model = time.monotonic()
     spec, allow, source = CMP.resolve(name)

@@ -38,9 +38,9 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
 
     from modelpress.optimize.artifacts import load_artifact
     from modelpress.optimize.measure import measure_latency
-    from modelpress.optimize.pipeline import optimize_model
+    from modelpress.optimize.job import optimize_model
     from modelpress.optimize.recipes import resolve_recipe
-    from modelpress.optimize.zoo import materialize
+    from modelpress.optimize.sources.registered import materialize
 
     from compression import resolve  # same model names (and the "minilm" alias) as compression.py
 

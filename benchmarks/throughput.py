@@ -130,7 +130,7 @@ def bench_recipe(base: str, tag: str) -> Any:
 
 # ------------------------------------------------------------------------------- in-process
 def inprocess(a: argparse.Namespace, store: Path, runs: int, tag: str) -> dict[str, Any]:
-    from modelpress.optimize.pipeline import optimize_model
+    from modelpress.optimize.job import optimize_model
 
     def one(i: int | str) -> float:
         t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def plain_child(a: argparse.Namespace) -> int:
 
     import torch
 
-    from modelpress.optimize.pipeline import optimize_model
+    from modelpress.optimize.job import optimize_model
 
     torch.set_num_threads(1)
     store, go = Path(a.plain_store), Path(a.plain_go)
@@ -215,7 +215,7 @@ def plain_parallel(a: argparse.Namespace, runs: int, root: Path, tag: str, procs
 
 def calibrate(a: argparse.Namespace, store: Path) -> dict[str, Any]:
     """Latency runs per job so that one in-process job takes about ``--job-seconds``."""
-    from modelpress.optimize.pipeline import optimize_model
+    from modelpress.optimize.job import optimize_model
 
     def one(runs: int, i: str) -> float:
         t0 = time.perf_counter()

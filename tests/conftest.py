@@ -190,3 +190,27 @@ def settings_from_env(env: dict[str, str]):  # type: ignore[no-untyped-def]
 
 def hostname() -> str:
     return socket.gethostname()
+
+
+# ----------------------------------------------------------------------------- torch-layer tests
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a test module; tests/optimize and tests/zoo turn it on for every module.
+
+    Module scope: it must be in force before the module-scoped fixtures that train or load models
+    (two OpenMP threads on two shared cores ran training several times slower).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The cache_dir handed to materialize, shared by every test file of the session. Nothing is trained or
+    # written here any more: built-ins load weights shipped as package data (digits_cnn, seq_lstm, seq_gru) or
+    # draw them from a seed (mlp) (tests/zoo/test_builtin_weights.py checks that nothing lands in a cache dir).
+    return tmp_path_factory.getbasetemp() / "builtin-cache"

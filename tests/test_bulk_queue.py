@@ -13,7 +13,7 @@ import torch
 from modelpress.api import Producer
 from modelpress.cli import wait_for
 from modelpress.models_db import list_jobs, make_engine, make_sessionmaker
-from modelpress.optimize.zoo import SeedMLP
+from modelpress.zoo.models import SeedMLP
 from modelpress.store import ArtifactStore
 from tests.conftest import settings_from_env
 

@@ -1,6 +1,7 @@
-"""Submit-time intake of own models (issue 9): torch-free checks, staging, the reuse key, CLI/manifest fields.
+"""Submit-time intake of own models (issue 9): staging, the reuse key, CLI/manifest fields, no torch on the way.
 
-Tiny files written here stand in for real models: these checks read headers and configs, never weights.
+Tiny files (``tests.tiny_model_files``) stand in for real models: submit reads headers and configs, never
+weights. Each source's own checks are tested beside it (``tests/optimize/sources/test_submit_*.py``).
 """
 
 from __future__ import annotations
@@ -8,52 +9,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from modelpress.api import Producer, builtin_content_id, weights_content_id
-from modelpress.intake import (
-    IntakeError,
-    check_ref,
-    content_id,
-    localize_ref,
-    module_source_sha256,
-    resolve_paths,
-    stage_ref,
-)
-from modelpress.manifest import ManifestError, parse_manifest
+from modelpress.api import weights_content_id
+from modelpress.intake import content_id, localize_ref, resolve_paths, stage_ref
+from modelpress.manifest import parse_manifest
+from modelpress.manifest_yaml import ManifestError
 from modelpress.optimize.sources import parse_model_ref
 from modelpress.settings import Settings
 from modelpress.store import ArtifactStore
+from modelpress.zoo.builtin_weights import builtin_content_id, module_source_sha256
+from tests.tiny_model_files import hf_folder, pt2_file, safetensors_file
 
 MB = 1 << 20
-
-
-def _safetensors(path: Path, tensors: dict[str, list[int]]) -> Path:
-    """A valid safetensors file of zero-filled float32 tensors with these shapes (no torch needed)."""
-    header, offset = {}, 0
-    for name, shape in tensors.items():
-        n = 4
-        for d in shape:
-            n *= d
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * offset)
-    return path
-
-
-def _hf_folder(root: Path, **config: object) -> Path:
-    folder = root / "bert"
-    folder.mkdir()
-    cfg = {"model_type": "bert", "architectures": ["BertForSequenceClassification"],
-           "id2label": {"0": "sports", "1": "weather", "2": "music"}, **config}
-    (folder / "config.json").write_text(json.dumps(cfg))
-    _safetensors(folder / "model.safetensors", {"classifier.weight": [3, 4]})
-    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\ngoal\n")
-    return folder
 
 
 @pytest.fixture
@@ -61,98 +31,8 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
 
 
-def test_an_hf_folder_whose_config_asks_for_remote_code_is_refused_naming_auto_map(tmp_path):
-    folder = _hf_folder(tmp_path, auto_map={"AutoModel": "modeling_x.X"})
-    (tmp_path / "eval.jsonl").write_text('{"text": "goal", "label": "sports"}\n')
-    ref = parse_model_ref(f"hf:{folder}", data={"eval": str(tmp_path / "eval.jsonl")})
-    problems = check_ref(ref, max_bytes=MB)
-    assert [loc for loc, _ in problems] == [("model",)]
-    assert "auto_map" in problems[0][1] and "trust_remote_code" in problems[0][1]
-
-
-def test_jsonl_labels_outside_the_class_count_or_not_a_label_name_are_refused_with_their_line(tmp_path):
-    folder = _hf_folder(tmp_path)
-    data = tmp_path / "eval.jsonl"
-    data.write_text('{"text": "goal", "label": 0}\n\n{"text": "rain", "label": 3}\n{"text": "x", "label": "jazz"}\n'
-                    '{"label": 1}\nnot json\n')
-    ref = parse_model_ref(f"hf:{folder}", data={"eval": str(data)})
-    messages = [m for loc, m in check_ref(ref, max_bytes=MB) if loc == ("data", "eval")]
-    assert "line 3: label 3 is outside the model's 3 classes" in messages[0]
-    assert "line 4: label 'jazz' is not one of the model's classes" in messages[1]
-    assert "line 5" in messages[2] and "text" in messages[2]
-    assert "line 6: not valid JSON" in messages[3]
-
-
-def test_an_unknown_torchvision_name_is_refused_with_close_names_and_missing_files_are_named(tmp_path):
-    ref = parse_model_ref("torchvision:resnet81", weights=str(tmp_path / "w.safetensors"),
-                          data={"eval": str(tmp_path / "imgs")})
-    problems = dict(check_ref(ref, max_bytes=MB))
-    assert "unknown torchvision model 'resnet81'; did you mean resnet18" in problems[("model",)]
-    assert "does not exist" in problems[("weights",)] and "does not exist" in problems[("data", "eval")]
-
-
-def test_an_image_folder_with_more_classes_than_the_weights_classifier_is_refused(tmp_path):
-    weights = _safetensors(tmp_path / "w.safetensors", {"fc.weight": [4, 8], "fc.bias": [4]})
-    for c in range(5):
-        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
-        (tmp_path / "imgs" / f"c{c}" / "a.png").write_bytes(b"not decoded at submit")
-    ref = parse_model_ref("timm:resnet18", weights=str(weights), data={"eval": str(tmp_path / "imgs")})
-    assert check_ref(ref, max_bytes=MB) == [
-        (("data", "eval"), f"data folder {tmp_path / 'imgs'} has 5 class subfolders but the weights' classifier "
-                           "has 4 outputs")]
-
-
-def _pt2(path: Path, *, use_pickle: bool = False, inputs: tuple[str, ...] = ("features",)) -> Path:
-    """The layout torch.export.save writes (one weight, no nodes), reduced to what the submit check reads."""
-    program = {"graph_module": {"graph": {"nodes": []}, "signature": {"input_specs": [
-        {"parameter": {"arg": {"name": "p_w"}, "parameter_name": "w"}},
-        *({"user_input": {"arg": {"as_tensor": {"name": n}}}} for n in inputs)], "output_specs": []}}}
-    meta = {"device": {"type": "cpu"}, "layout": 7, "sizes": [{"as_int": 4}], "strides": [{"as_int": 1}],
-            "storage_offset": {"as_int": 0}}
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("m/archive_version", "0")
-        zf.writestr("m/models/model.json", json.dumps(program))
-        zf.writestr("m/data/weights/model_weights_config.json", json.dumps(
-            {"config": {"w": {"path_name": "weight_0", "use_pickle": use_pickle, "tensor_meta": meta}}}))
-        zf.writestr("m/data/constants/model_constants_config.json", json.dumps({"config": {}}))
-        zf.writestr("m/data/weights/weight_0", b"\0" * 16)
-    return path
-
-
-def test_a_pt2_with_pickled_weights_is_refused_before_anything_loads_it(tmp_path):
-    data = _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
-    ref = parse_model_ref(f"export:{_pt2(tmp_path / 'm.pt2', use_pickle=True)}", data={"eval": str(data)})
-    ((loc, message),) = check_ref(ref, max_bytes=MB)
-    assert loc == ("model",) and "weight 'w' (m/data/weights/model_weights_config.json) is stored as a pickled" \
-        in message
-
-
-def test_tensor_names_that_are_not_the_programs_inputs_are_refused_naming_both(tmp_path):
-    data = _safetensors(tmp_path / "eval.safetensors", {"feats": [2, 4], "labels": [2]})
-    ref = parse_model_ref(f"export:{_pt2(tmp_path / 'm.pt2')}", data={"eval": str(data)})
-    ((loc, message),) = check_ref(ref, max_bytes=MB)
-    assert loc == ("data", "eval")
-    assert "holds tensors feats but the program's inputs are features (missing: features)" in message
-    good = _safetensors(tmp_path / "good.safetensors", {"features": [2, 4], "labels": [2]})
-    assert check_ref(ref.with_paths(data={"eval": str(good)}), max_bytes=MB) == []
-
-
-def test_steps_an_exported_graph_cannot_take_are_refused_at_submit_naming_the_recipe(tmp_path, settings):
-    data = _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
-    producer = Producer(settings)
-    try:
-        with pytest.raises(IntakeError, match="recipe 'prune50-finetune': step 'prune_structured'"):
-            producer.validate(model=f"export:{_pt2(tmp_path / 'm.pt2')}", data=str(data), recipe="prune50-finetune",
-                              backend="fbgemm")
-        req = producer.validate(model="export:m.pt2", data={"eval": "eval.safetensors"}, recipe="static-int8",
-                                backend="fbgemm", base_dir=tmp_path)
-    finally:
-        producer.close()
-    assert req.model == "export:m.pt2" and req.ref is not None and req.ref.path == str(tmp_path / "m.pt2")
-
-
 def test_staging_stores_each_file_once_and_a_worker_gets_the_same_folder_back(tmp_path):
-    folder = _hf_folder(tmp_path)
+    folder = hf_folder(tmp_path)
     (folder / ".git").mkdir()
     (folder / ".git" / "HEAD").write_text("not staged")
     data = tmp_path / "eval.jsonl"
@@ -176,7 +56,7 @@ def test_staging_stores_each_file_once_and_a_worker_gets_the_same_folder_back(tm
 def test_a_stored_folder_whose_file_changed_in_the_store_fails_its_hash_check(tmp_path):
     from modelpress.store import IntegrityError
 
-    folder = _hf_folder(tmp_path)
+    folder = hf_folder(tmp_path)
     store = ArtifactStore(tmp_path / "store")
     tree = store.put_tree(folder, prefix="inputs")
     victim = store.read_tree(tree.key)["config.json"]
@@ -216,13 +96,13 @@ def test_two_factories_loading_the_same_weights_never_share_a_reuse_key():
     assert weights_content_id("mlp", w) != weights_content_id("digits_cnn", w)
     assert weights_content_id("mlp", w) != w
     # The factory's code is part of the key: its module file's bytes, read without importing it.
-    assert module_source_sha256("modelpress.optimize.zoo") is not None
+    assert module_source_sha256("modelpress.zoo.models") is not None
     assert builtin_content_id("mlp") != builtin_content_id("digits_cnn")
 
 
 def test_a_manifest_points_at_the_line_of_each_bad_own_model_field(tmp_path, settings):
-    _pt2(tmp_path / "ranker.pt2")
-    _safetensors(tmp_path / "wrong.safetensors", {"feats": [2, 4]})
+    pt2_file(tmp_path / "ranker.pt2")
+    safetensors_file(tmp_path / "wrong.safetensors", {"feats": [2, 4]})
     text = (
         "defaults: {recipes: [dynamic-int8], backends: [fbgemm]}\n"
         "models:\n"
@@ -266,14 +146,15 @@ def test_the_cli_takes_an_own_model_with_its_data_and_refuses_a_bad_data_option(
 
 
 def test_checking_and_staging_own_models_never_imports_torch_or_transformers(tmp_path):
-    folder = _hf_folder(tmp_path)
+    folder = hf_folder(tmp_path)
     (tmp_path / "eval.jsonl").write_text('{"text": "goal", "label": "sports"}\n')
-    _pt2(tmp_path / "m.pt2")
-    _safetensors(tmp_path / "eval.safetensors", {"features": [2, 4]})
+    pt2_file(tmp_path / "m.pt2")
+    safetensors_file(tmp_path / "eval.safetensors", {"features": [2, 4]})
     code = f"""
 import sys
 from pathlib import Path
-from modelpress.intake import check_ref, resolve_paths, stage_ref
+from modelpress.intake import resolve_paths, stage_ref
+from modelpress.optimize.sources.submit import check_ref
 from modelpress.optimize.sources import parse_model_ref
 from modelpress.store import ArtifactStore
 root = Path({str(tmp_path)!r})

@@ -16,6 +16,6 @@ def test_cli_api_and_worker_modules_import_without_torch():
 
 def test_every_built_in_recipe_is_known_to_a_producer_that_never_imports_torch():
     code = ("import sys; from modelpress.optimize.recipes import BUILTIN_RECIPES as B; before = sorted(B); "
-            "assert 'torch' not in sys.modules; import modelpress.optimize.steps; print(before == sorted(B))")
+            "assert 'torch' not in sys.modules; import modelpress.optimize.techniques; print(before == sorted(B))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "True"

@@ -9,11 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from modelpress.api import Producer, builtin_content_id, installed_torch_version, weights_content_id
-from modelpress.manifest import ManifestError, load_manifest, parse_manifest
+from modelpress.api import Producer, installed_torch_version, weights_content_id
+from modelpress.manifest import load_manifest, parse_manifest
+from modelpress.manifest_yaml import ManifestError
 from modelpress.models_db import claim_job, fail_job, finish_job, list_jobs, migrate
 from modelpress.models_db.jobs import list_batches
 from modelpress.settings import Settings
+from modelpress.zoo.builtin_weights import builtin_content_id
 from tests.faults.record import record
 
 GOOD = """\
@@ -161,7 +163,7 @@ def test_a_manifest_file_that_does_not_exist_is_a_clear_error(settings, tmp_path
 def test_the_content_id_of_a_built_in_model_is_known_without_torch_and_changes_with_the_package_version():
     from importlib.metadata import version
 
-    from modelpress.optimize import zoo
+    from modelpress.zoo import models as zoo
 
     code = hashlib.sha256(Path(zoo.__file__).read_bytes()).hexdigest()
     expected = hashlib.sha256(f"builtin:mlp:modelpress=={version('modelpress')}:code={code}".encode()).hexdigest()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from modelpress.manifest import ManifestError, parse_manifest
+from modelpress.manifest import parse_manifest
+from modelpress.manifest_yaml import ManifestError
 from modelpress.settings import Settings
 
 

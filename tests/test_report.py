@@ -131,7 +131,7 @@ def test_the_text_table_lists_reasons_and_regressions_as_notes():
 
 
 def test_zoo_rows_render_like_job_rows():
-    from modelpress.optimize.zoo_report import ReportRow
+    from modelpress.zoo.report import ReportRow
 
     zoo = [ReportRow(model="mlp", recipe="dynamic-int8", engine="fbgemm", status="succeeded",
                      size_before_bytes=2_513_821, size_after_bytes=654_143, metric_name="top1_agreement",

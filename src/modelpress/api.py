@@ -1,8 +1,10 @@
-"""The producer API: validate, write the job row, then publish a message carrying only the job id.
+"""The producer API: validate, stage the files, write the job row, then publish a message carrying only the job id.
 
-Everything that can be known at submit time is checked here, before any row exists: the model is
-registered (or allow-listed), the recipe parses, the backend has a queue, the weights file exists and
-is under the size limit. No torch import: submitting is cheap.
+Everything that can be known at submit time is checked before any row exists: here, that the model is
+registered (or allow-listed), the recipe parses, the backend has a queue and a registered model's weights
+file is sound (``optimize.sources.weights_file``); a model given by its files is checked by its own
+source (``optimize.sources.submit``) and staged into the store by ``intake``. No torch import:
+submitting is cheap.
 
 Example:
     >>> from modelpress.settings import Settings
@@ -14,20 +16,19 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import struct
-import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from modelpress.errors import ModelLoadError, UnknownModelError, UserInputError
 from modelpress.models_db import create_job, make_engine, make_sessionmaker
-from modelpress.optimize.errors import ModelLoadError, UnknownModelError, UserInputError
 from modelpress.optimize.recipes import Recipe, resolve_recipe
+from modelpress.optimize.sources.weights_file import weights_file_problems
 from modelpress.settings import Settings
 from modelpress.workers.routing import OPTIMIZE_TASK, route_for
+from modelpress.zoo.builtin_weights import builtin_content_id
 
 if TYPE_CHECKING:
     from modelpress.optimize.sources import ModelRef
@@ -58,7 +59,7 @@ def check_model_name(name: str, allowlist: tuple[str, ...], *, registered: froze
         >>> check_model_name("pkg.models:../../x", ("pkg",))
         Traceback (most recent call last):
         ...
-        modelpress.optimize.errors.UnknownModelError: model factory 'pkg.models:../../x' is not a dotted module path and a function name (package.module:function)
+        modelpress.errors.UnknownModelError: model factory 'pkg.models:../../x' is not a dotted module path and a function name (package.module:function)
     """
     if not isinstance(name, str) or not name or len(name) > 300:
         raise UnknownModelError(f"model name {str(name)[:80]!r} is not allowed: 1 to 300 characters")
@@ -78,29 +79,6 @@ def check_model_name(name: str, allowlist: tuple[str, ...], *, registered: froze
     raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(sorted(names))}")
 
 
-def builtin_content_id(name: str) -> str | None:
-    """The dedupe content id of a model used without a weights file, computed without importing torch.
-
-    ``sha256("builtin:<name>:<distribution>==<version>:code=<sha256 of the factory's module file>")``
-    where the distribution is the installed package that registers the entry point (or, for
-    ``module:function``, owns the module). The spec's own ``version`` lives behind a torch import, so the
-    package version and the factory module's bytes (read, never imported) stand in for it: a release, or
-    an edited factory in an editable install, changes the id (a re-run, never a stale reuse; issue 10
-    item 6). For a built-in whose trained weights ship as package data (``digits_cnn``, ``seq_lstm``,
-    ``seq_gru``), ``:weights=<sha256 of that file>`` is appended: one id never covers two sets of weights
-    (issue 20 item 12). ``None`` (no dedupe) for a module no installed distribution owns.
-
-    The worker computes the same id for the model it loaded (``optimize.builtin_weights``, one function).
-
-    Example:
-        >>> builtin_content_id("mlp") != builtin_content_id("digits_cnn")
-        True
-    """
-    from modelpress.optimize.builtin_weights import builtin_content_id as shared_builtin_content_id
-
-    return shared_builtin_content_id(name)
-
-
 def weights_content_id(name: str, weights_sha256: str) -> str:
     """The dedupe content id of a registered model loaded with a weights file.
 
@@ -114,77 +92,6 @@ def weights_content_id(name: str, weights_sha256: str) -> str:
     """
     factory = builtin_content_id(name) or f"unowned:{name}"
     return hashlib.sha256(f"weights:{weights_sha256}:factory:{factory}".encode()).hexdigest()
-
-
-def check_weights_file(path: Path, *, max_bytes: int) -> None:
-    """Refuse, without torch, a weights file whose structure is broken (truncated, corrupt, not weights).
-
-    ``.safetensors``: the header must parse and its tensors must end exactly at the end of the file.
-    Otherwise a ``torch.save`` zip: its directory must be readable, every member's CRC must match, it must
-    hold a ``data.pkl``, and it must not unpack to more than ``max_bytes``. A legacy (pre-zip) ``torch.save``
-    pickle is passed on: the worker reads it with ``weights_only=True``, which refuses code.
-
-    Example:
-        >>> import tempfile; p = Path(tempfile.mktemp(suffix=".safetensors")); _ = p.write_bytes(b"\x05")
-        >>> check_weights_file(p, max_bytes=1 << 20)
-        Traceback (most recent call last):
-        ...
-        modelpress.optimize.errors.ModelLoadError: weights file ... is not a valid safetensors file: shorter than its 8-byte header length
-    """
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelLoadError(f"weights file {path.name} is empty")
-    with path.open("rb") as f:
-        head = f.read(8)
-        if path.suffix.lower() == ".safetensors":
-            _check_safetensors(path, f, head, size)
-            return
-    if head[:2] == b"PK":
-        _check_torch_zip(path, max_bytes)
-    elif head[:1] != b"\x80":  # pickle protocol 2+ opcode: a legacy torch.save file
-        raise ModelLoadError(f"weights file {path.name} is neither a safetensors file nor a torch.save file; "
-                             "save it with safetensors or torch.save(model.state_dict())")
-
-
-def _check_safetensors(path: Path, f: Any, head: bytes, size: int) -> None:
-    def bad(why: str) -> ModelLoadError:
-        return ModelLoadError(f"weights file {path.name} is not a valid safetensors file: {why}")
-
-    if len(head) < 8:
-        raise bad("shorter than its 8-byte header length")
-    (n,) = struct.unpack("<Q", head)
-    if n > min(size - 8, 100 * 1024 * 1024):
-        raise bad(f"its header claims {n} bytes, but the file has {size - 8} (truncated?)")
-    try:
-        header = json.loads(f.read(n))
-    except (ValueError, UnicodeDecodeError):
-        raise bad("its header is not JSON (corrupt or truncated)") from None
-    if not isinstance(header, dict):
-        raise bad("its header is not a mapping")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
-    if len(ends) != len([k for k in header if k != "__metadata__"]):
-        raise bad("a tensor entry has no data_offsets")
-    if (max(ends) if ends else 0) != size - 8 - n:
-        raise bad(f"its tensors need {max(ends) if ends else 0} data bytes, the file has {size - 8 - n} (truncated?)")
-
-
-def _check_torch_zip(path: Path, max_bytes: int) -> None:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            if not any(i.filename.endswith("data.pkl") for i in infos):
-                raise ModelLoadError(f"weights file {path.name} is a zip without data.pkl, not a torch.save file")
-            unpacked = sum(i.file_size for i in infos)
-            if unpacked > max_bytes:
-                raise ModelLoadError(f"weights file {path.name} unpacks to {unpacked} bytes, over the limit of "
-                                     f"{max_bytes} bytes (MODELPRESS_MAX_WEIGHTS_BYTES)")
-            broken = zf.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
-        raise ModelLoadError(f"weights file {path.name} is corrupt or truncated ({type(e).__name__}: {e}); "
-                             "save it again with torch.save(model.state_dict()) or safetensors") from None
-    if broken is not None:
-        raise ModelLoadError(f"weights file {path.name} is corrupt: {broken} fails its checksum")
 
 
 #: Packages a job's result can depend on (the runtimes' own ``versions()`` name these distributions).
@@ -269,11 +176,11 @@ class Producer:
         ``model`` is a registered name (or allow-listed ``module:function``) or a source reference
         ``hf:PATH``, ``torchvision:NAME``, ``timm:NAME``, ``export:PATH.pt2`` (issue 9); those need
         ``data`` (``{"eval": ..., "calibration": ...}``, or just the eval path), and torchvision/timm a
-        ``weights`` file. Relative paths are taken from ``base_dir``. Every file is checked cheaply here
-        (``intake.check_ref``); ``ref`` passes a reference already resolved and checked (the manifest
-        does that once per model), leaving only the recipe and backend to check. ``registered`` is the
-        entry-point names, read once by a caller validating many requests. ``runtime`` (torch |
-        onnxruntime | openvino | auto) overrides the recipe's own runtime.
+        ``weights`` file. Relative paths are taken from ``base_dir``. Every file is checked cheaply by its
+        source (``optimize.sources.submit.check_ref``); ``ref`` passes a reference already resolved and
+        checked (the manifest does that once per model), leaving only the recipe and backend to check.
+        ``registered`` is the entry-point names, read once by a caller validating many requests.
+        ``runtime`` (torch | onnxruntime | openvino | auto) overrides the recipe's own runtime.
 
         Example:
             >>> producer.validate(model="hf:models/intent", data={"eval": "intent-eval.jsonl"},
@@ -294,7 +201,8 @@ class Producer:
             ref = self.model_ref(model=model, weights=weights, data=data, preprocess=preprocess, metric=metric,
                                  max_length=max_length, latency_batches=latency_batches, base_dir=base_dir)
         if ref is not None:
-            from modelpress.intake import IntakeError, step_problems
+            from modelpress.intake import IntakeError
+            from modelpress.optimize.sources.submit import step_problems
 
             if ref.kind == "registered":
                 check_model_name(ref.name, self.settings.factory_allowlist, registered=registered)
@@ -306,14 +214,10 @@ class Producer:
         check_model_name(model, self.settings.factory_allowlist, registered=registered)
         self._check_time_limit(rec)
         if weights is not None:
-            p = Path(weights)
-            if not p.is_file():
-                raise ModelLoadError(f"weights file {weights!r} does not exist")
-            size = p.stat().st_size
-            if size > self.settings.max_weights_bytes:
-                raise ModelLoadError(f"weights file {p.name} is {size} bytes, over the limit of "
-                                     f"{self.settings.max_weights_bytes} bytes (MODELPRESS_MAX_WEIGHTS_BYTES)")
-            check_weights_file(p, max_bytes=self.settings.max_weights_bytes)
+            # The same checks as a source's weights at submit (missing, over the limit, broken structure).
+            problems = weights_file_problems(Path(weights), max_bytes=self.settings.max_weights_bytes)
+            if problems:
+                raise ModelLoadError(problems[0])
         return JobRequest(model=model, recipe=rec, backend=backend, weights=weights)
 
     def _check_time_limit(self, rec: Recipe) -> None:
@@ -334,8 +238,9 @@ class Producer:
             >>> producer.model_ref(model="export:ranker.pt2", data="ranker-eval.safetensors").kind  # doctest: +SKIP
             'export'
         """
-        from modelpress.intake import IntakeError, check_ref, resolve_paths
+        from modelpress.intake import IntakeError, resolve_paths
         from modelpress.optimize.sources import parse_model_ref
+        from modelpress.optimize.sources.submit import check_ref
 
         if isinstance(data, str):
             data = {"eval": data}

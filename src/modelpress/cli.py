@@ -183,7 +183,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from modelpress.optimize.errors import UserInputError
+    from modelpress.errors import UserInputError
 
     producer = _producer(settings)
     try:
@@ -216,7 +216,7 @@ def parse_data_option(text: str) -> dict[str, str]:
         >>> parse_data_option("val-images/")
         {'eval': 'val-images/'}
     """
-    from modelpress.optimize.errors import UserInputError
+    from modelpress.errors import UserInputError
 
     if "=" not in text:
         return {"eval": text}
@@ -233,7 +233,7 @@ def parse_data_option(text: str) -> dict[str, str]:
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:
     """The own-model options of ``modelpress submit`` (issue 9) as ``Producer.submit`` keywords."""
-    from modelpress.optimize.errors import UserInputError
+    from modelpress.errors import UserInputError
 
     out: dict[str, Any] = {}
     if args.data is not None:
@@ -260,7 +260,7 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from modelpress.optimize.timing_lock import prepare_lock_dir
     from modelpress.workers.runtime import configure_worker, install_reconnect_reconcile
-    from modelpress.workers.worker import make_worker_app
+    from modelpress.tasks.registry import make_worker_app
 
     refused = refuse_or_warn(settings, "worker", embedded=args.embedded,
                              allow_example_passwords=args.allow_example_passwords)

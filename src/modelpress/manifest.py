@@ -45,6 +45,9 @@ Their files are checked without torch (missing files, remote-code configs, unkno
 names, unreadable data, labels outside the class count, steps the source cannot take), each problem
 at its line, then staged into the artifact store when the batch is submitted.
 
+The YAML itself is read by ``manifest_yaml`` (bounded against alias bombs, with the line of every field);
+this module holds the schema and turns the entries into job requests.
+
 Example:
     >>> from modelpress.settings import Settings
     >>> plan = parse_manifest("models: [mlp]\\ndefaults: {recipes: [dynamic-int8], backends: [fbgemm, qnnpack]}",
@@ -62,7 +65,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
+from modelpress.manifest_yaml import Issue, Loc, ManifestError, YamlLines, format_loc, load_yaml
 from modelpress.optimize.recipes import BUILTIN_RECIPES, Budget, Recipe, RecipeError, resolve_recipe
 
 if TYPE_CHECKING:
@@ -70,7 +74,6 @@ if TYPE_CHECKING:
     from modelpress.settings import Settings
 
 MANIFEST_VERSION = 1
-Loc = tuple[str | int, ...]
 
 
 # ----------------------------------------------------------------------------- the schema
@@ -171,159 +174,7 @@ def _allowed_fields(loc: Loc) -> tuple[str, ...]:
     return ()
 
 
-# ----------------------------------------------------------------------------- errors with lines
-@dataclass(frozen=True)
-class Issue:
-    """One problem: where (line, field path) and what."""
-
-    line: int | None
-    loc: Loc
-    message: str
-
-    def format(self, filename: str) -> str:
-        where = f"{filename}:{self.line}" if self.line else filename
-        return f"{where}: {format_loc(self.loc)}: {self.message}" if self.loc else f"{where}: {self.message}"
-
-
-class ManifestError(UserInputError):
-    """The manifest has problems; ``issues`` lists each with its line number and field."""
-
-    def __init__(self, filename: str, issues: list[Issue]) -> None:
-        self.filename, self.issues = filename, issues
-        n = len(issues)
-        lines = [f"{filename} is invalid ({n} problem{'s' if n != 1 else ''}); nothing was submitted:"]
-        lines += [f"  {i.format(filename)}" for i in issues]
-        super().__init__("\n".join(lines))
-
-
-def format_loc(loc: Loc) -> str:
-    """``("models", 2, "budget")`` → ``models[2].budget``."""
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-# Hostile YAML is bounded before anything expands it: aliases let a 1 kB file name billions of nodes
-# ("billion laughs") or itself (``a: &a [*a]``), and both the line walk below and pydantic would expand them.
-MAX_EXPANDED_NODES = 1_000_000
-
-
-def _check_alias_expansion(root: Any, filename: str, *, limit: int = MAX_EXPANDED_NODES) -> None:
-    """Refuse a node graph that refers to itself or expands to more than ``limit`` nodes.
-
-    Counts each node's expanded size once (memoized by identity), so the check is linear in the
-    *composed* document however many times aliases repeat it.
-
-    Example:
-        >>> import yaml
-        >>> _check_alias_expansion(yaml.compose("a: &a [1, 2]\\nb: *a"), "m.yaml")
-        >>> try:
-        ...     _check_alias_expansion(yaml.compose("a: &a [*a]"), "m.yaml")
-        ... except ManifestError as e:
-        ...     print(e.issues[0].line)
-        1
-    """
-    import yaml
-
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-    mapping = yaml.MappingNode
-
-    def size(node: Any) -> int:
-        value = node.value
-        if isinstance(value, str):
-            return 1  # a scalar
-        nid = id(node)
-        known = sizes.get(nid)
-        if known is not None:
-            return known
-        if nid in active:
-            raise ManifestError(filename, [Issue(node.start_mark.line + 1, (),
-                "a YAML alias refers to the node that contains it (a self-referencing alias); "
-                "manifests must be finite trees")])
-        active.add(nid)
-        if isinstance(node, mapping):
-            total = 1 + sum(size(k) + size(v) for k, v in value)
-        else:
-            total = 1 + sum(size(c) for c in value)
-        active.discard(nid)
-        if total > limit:
-            raise ManifestError(filename, [Issue(node.start_mark.line + 1, (),
-                f"the YAML aliases here expand to more than {limit} nodes; write the manifest out "
-                "instead of nesting aliases")])
-        sizes[nid] = total
-        return total
-
-    try:
-        size(root)
-    except RecursionError:
-        raise ManifestError(filename, [Issue(None, (), "the YAML is nested too deeply")]) from None
-
-
-class _Lines:
-    """Line numbers of every key and value in a YAML document, by path (from yaml's node marks)."""
-
-    def __init__(self) -> None:
-        self.values: dict[Loc, int] = {}
-        self.keys: dict[Loc, int] = {}
-        self.duplicates: list[Issue] = []
-
-    def walk(self, node: Any, loc: Loc = ()) -> None:
-        import yaml
-
-        self.values[loc] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            seen: set[Any] = set()
-            for k, v in node.value:
-                key = k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)
-                if key in seen:
-                    # yaml.safe_load silently keeps the last one; a manifest author meant one of them.
-                    self.duplicates.append(Issue(k.start_mark.line + 1, loc + (key,), "duplicate key"))
-                seen.add(key)
-                self.keys[loc + (key,)] = k.start_mark.line + 1
-                self.walk(v, loc + (key,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                self.walk(v, loc + (i,))
-
-    def line(self, loc: Loc) -> int | None:
-        if loc in self.keys:
-            return self.keys[loc]
-        for n in range(len(loc), -1, -1):  # the nearest enclosing node that exists in the file
-            if loc[:n] in self.values:
-                return self.values[loc[:n]]
-        return None
-
-
-def _load_yaml(text: str, filename: str, *, max_nodes: int = MAX_EXPANDED_NODES) -> tuple[Any, _Lines]:
-    import yaml
-
-    lines = _Lines()
-    # libyaml's parser when present: the pure-Python one takes minutes on a manifest of 32,768 entries.
-    loader = (yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader)(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ManifestError(filename, [Issue(1, (), "the file is empty; it needs at least a `models` list")])
-        _check_alias_expansion(node, filename, limit=max_nodes)
-        try:
-            lines.walk(node)
-        except RecursionError:
-            raise ManifestError(filename, [Issue(None, (), "the YAML is nested too deeply")]) from None
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise ManifestError(filename, [Issue(mark.line + 1 if mark else None, (),
-                                             f"not valid YAML: {e.problem or e}")]) from None
-    except yaml.YAMLError as e:
-        raise ManifestError(filename, [Issue(None, (), f"not valid YAML: {e}")]) from None
-    finally:
-        loader.dispose()
-    return data, lines
-
-
-def _pydantic_issues(err: ValidationError, lines: _Lines) -> list[Issue]:
+def _pydantic_issues(err: ValidationError, lines: YamlLines) -> list[Issue]:
     issues = []
     for e in err.errors():
         loc: Loc = tuple(p for p in e["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "lax-")))
@@ -407,7 +258,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
     """
     from modelpress.api import Producer, check_model_name, model_has_source_prefix
     from modelpress.intake import IntakeError
-    from modelpress.optimize.errors import ModelLoadError
+    from modelpress.errors import ModelLoadError
     from modelpress.workers.routing import route_for
 
     base = Path(base_dir).resolve()
@@ -416,7 +267,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
         raise ManifestError(filename, [Issue(None, (), f"the manifest is {size} bytes, over the limit of "
                                        f"{settings.max_manifest_bytes} bytes (MODELPRESS_MAX_MANIFEST_BYTES); "
                                        "split it into several batches")])
-    data, lines = _load_yaml(text, filename, max_nodes=settings.max_manifest_nodes)
+    data, lines = load_yaml(text, filename, max_nodes=settings.max_manifest_nodes)
     issues: list[Issue] = list(lines.duplicates)
     if not isinstance(data, dict):
         issues.append(Issue(1, (), f"the manifest must be a mapping with a `models` list, not {type(data).__name__}"))
@@ -611,5 +462,5 @@ def submit_manifest(producer: "Producer", path: str | Path, *, force: bool = Fal
     return 0
 
 
-__all__ = ["DataEntry", "Defaults", "Issue", "ManifestError", "ManifestFile", "ManifestPlan", "ModelEntry", "load_manifest",
-           "parse_manifest", "submit_manifest"]
+__all__ = ["DataEntry", "Defaults", "ManifestFile", "ManifestPlan", "ModelEntry", "load_manifest", "parse_manifest",
+           "submit_manifest"]

@@ -267,7 +267,7 @@ def register(app: Any) -> None:
     """Register ``modelpress.nightly`` on ``app`` and the comparison hook on its workers.
 
     Example:
-        >>> from modelpress.workers.worker import make_worker_app
+        >>> from modelpress.tasks.registry import make_worker_app
         >>> NIGHTLY_TASK in make_worker_app(Settings(home="/tmp/mp-doc")).tasks
         True
     """

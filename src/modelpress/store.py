@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from modelpress.errors import UserInputError
 from modelpress.filemodes import DIR_MODE, make_private_dirs, make_private_file
-from modelpress.optimize.errors import UserInputError
 
 if TYPE_CHECKING:
     from modelpress.settings import Settings

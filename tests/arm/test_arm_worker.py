@@ -142,7 +142,7 @@ def _build_own_export(root: Path) -> dict:
 
 def _probe_inputs(model: str, own: dict) -> torch.Tensor:
     """Held-out rows, as the metric uses."""
-    from modelpress.optimize.zoo import resolve_model
+    from modelpress.optimize.sources.registered import resolve_model
     from safetensors.torch import load_file
 
     if model == "export":

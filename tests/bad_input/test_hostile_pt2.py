@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from modelpress.optimize.errors import ModelLoadError
+from modelpress.errors import ModelLoadError
 from tests.faults.record import record
 from tests.optimize.sources.test_pt2_archive import export_small, hostile_archives, small_data
 

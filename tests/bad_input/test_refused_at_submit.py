@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 from tests.bad_input.conftest import PRODUCER_MAX_WEIGHTS
 from tests.faults.models import Tiny
 from tests.faults.record import record

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from modelpress.optimize.zoo import ModelSpec
+from modelpress.optimize.spec import ModelSpec
 from tests.faults.models import _spec as fault_spec
 from tests.faults.models import record
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modelpress.optimize.zoo import ModelSpec, TaskData
+from modelpress.optimize.spec import ModelSpec, TaskData
 
 
 def _current_job_id() -> str:

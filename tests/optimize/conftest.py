@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Module scope: it must be in force before the module-scoped fixtures that train or load models
-    # (two OpenMP threads on two shared cores ran training several times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The cache_dir handed to materialize, shared by every test file of the session. Nothing is trained or
-    # written here any more: built-ins load weights shipped as package data (digits_cnn, seq_lstm, seq_gru) or
-    # draw them from a seed (mlp) (test_builtin_weights checks that nothing lands in a cache dir).
-    return tmp_path_factory.getbasetemp() / "builtin-cache"
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test module here runs torch on one thread (``one_torch_thread``, tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
 def digits():
     """(spec, data, model): a DigitsCNN trained 3 epochs (≈97 % held out): real weights in seconds."""
-    from modelpress.optimize.zoo import DigitsCNN, digits_cnn_spec, train_classifier
+    from modelpress.zoo.models import DigitsCNN, digits_cnn_spec, train_classifier
 
     spec = digits_cnn_spec()
     data = spec.data()
@@ -41,7 +26,7 @@ def digits():
 @pytest.fixture(scope="module")
 def mlp():
     """(spec, data, model): the seed MLP with its built-in (seeded) weights."""
-    from modelpress.optimize.zoo import mlp_spec
+    from modelpress.zoo.models import mlp_spec
 
     spec = mlp_spec()
     model = spec.build()

@@ -10,10 +10,11 @@ import torch
 
 import modelpress
 from modelpress.optimize.artifacts import atomic_write_bytes
-from modelpress.optimize.errors import ModelLoadError
-from modelpress.optimize.pipeline import optimize_model
+from modelpress.errors import ModelLoadError
+from modelpress.optimize.job import optimize_model
 from modelpress.optimize.recipes import Recipe, resolve_recipe
-from modelpress.optimize.zoo import SeedMLP, read_state_dict
+from modelpress.optimize.weights import read_state_dict
+from modelpress.zoo.models import SeedMLP
 
 
 # dynamic-int8 without its default budget: every layer int8, whatever the MLP's agreement (0.973 < 0.99).

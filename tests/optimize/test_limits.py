@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modelpress.optimize.errors import DataError
+from modelpress.errors import DataError
 from modelpress.optimize.limits import DecodedLimits, current_limits, pillow_guard
 from modelpress.optimize.sources import parse_model_ref
 from modelpress.optimize.sources.common import tiled_input

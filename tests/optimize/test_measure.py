@@ -15,7 +15,7 @@ from modelpress.optimize.measure import (
     interleaved_latency,
     measure_latency,
 )
-from modelpress.optimize.zoo import SeedMLP
+from modelpress.zoo.models import SeedMLP
 
 
 def test_latency_reports_median_and_p90_over_the_requested_runs_with_shape_and_threads():
@@ -109,7 +109,7 @@ def test_the_host_timing_lock_makes_another_process_wait_and_records_the_wait_an
 
 _OPTIMIZE = """
 import json, sys
-from modelpress.optimize.pipeline import optimize_model
+from modelpress.optimize.job import optimize_model
 from modelpress.optimize.recipes import Recipe
 recipe = Recipe.from_dict({"name": "all-int8", "steps": [{"type": "quantize_dynamic"}]})
 r = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=sys.argv[1], timing_lock_dir=sys.argv[2],

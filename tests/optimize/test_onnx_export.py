@@ -11,9 +11,9 @@ from torch import nn
 
 from modelpress.optimize.backends import get_backend
 from modelpress.optimize.onnx_export import OnnxExportError, export_and_check, export_onnx, run_onnx
-from modelpress.optimize.pipeline import optimize_model
+from modelpress.optimize.job import optimize_model
 from modelpress.optimize.recipes import Recipe
-from modelpress.optimize.zoo import materialize, resolve_model
+from modelpress.optimize.sources.registered import materialize, resolve_model
 
 
 @pytest.fixture(scope="module")

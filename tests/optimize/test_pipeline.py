@@ -14,11 +14,12 @@ from torch import nn
 
 import modelpress
 from modelpress.optimize.backends import is_quantized_module, quantized_engine
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 from modelpress.optimize.measure import compute_metric, predict
-from modelpress.optimize.pipeline import OptimizeResult, optimize_model
+from modelpress.optimize.job import optimize_model
+from modelpress.optimize.result import OptimizeResult
 from modelpress.optimize.recipes import Recipe
-from modelpress.optimize.zoo import ModelSpec, TaskData
+from modelpress.optimize.spec import ModelSpec, TaskData
 
 FAST = {"warmup": 1, "runs": 3}
 
@@ -74,7 +75,7 @@ ALLOW = (__name__,)
 
 def _reloaded_metric(result: OptimizeResult, allowlist: tuple[str, ...] = ()) -> float:
     """The metric of the artifact as a user reloads it, on the held-out data the worker measured."""
-    from modelpress.optimize.zoo import resolve_model
+    from modelpress.optimize.sources.registered import resolve_model
 
     spec = resolve_model(result.model_name if not allowlist else OUTLIER, allowlist=allowlist)
     data = spec.data()
@@ -204,8 +205,6 @@ def test_a_changed_builder_or_cpu_never_answers_from_the_old_artifact(store, mon
 
 
 def test_onnx_export_of_an_int8_result_is_refused_before_any_work(store, monkeypatch):
-    import modelpress.optimize.pipeline as pipeline
-
     import modelpress.optimize.sources.resolve as resolve
 
     def boom(*a, **k):  # the refusal must come before the model is even built
@@ -233,8 +232,9 @@ def outlier_val_spec() -> ModelSpec:
 
 
 def test_the_fallback_chooses_on_validation_rows_and_never_predicts_on_the_eval_rows_while_choosing(store, monkeypatch):
-    import modelpress.optimize.pipeline as pipeline
-    import modelpress.optimize.sensitivity as sensitivity
+    import modelpress.optimize.choose as choose
+    import modelpress.optimize.runtimes.torch_recipe as torch_recipe
+    import modelpress.optimize.techniques.sensitivity as sensitivity
 
     choosing = {"on": False}
     seen: list[tuple[bool, bool]] = []  # (while choosing, on the eval rows) for every prediction
@@ -245,7 +245,7 @@ def test_the_fallback_chooses_on_validation_rows_and_never_predicts_on_the_eval_
             return real(model, inputs, **kw)
         return predict
 
-    real_of, real_fallback = pipeline._ChoiceRows.of, pipeline._fallback
+    real_of, real_fallback = choose.Selection.of, torch_recipe.keep_sensitive_float
 
     def of(*a, **k):
         choosing["on"] = True  # from the first look at the budget ...
@@ -257,10 +257,11 @@ def test_the_fallback_chooses_on_validation_rows_and_never_predicts_on_the_eval_
         finally:
             choosing["on"] = False  # ... until the trial is chosen
 
-    monkeypatch.setattr(pipeline, "predict", spy(pipeline.predict))
+    monkeypatch.setattr(torch_recipe, "predict", spy(torch_recipe.predict))
+    monkeypatch.setattr(choose, "predict", spy(choose.predict))
     monkeypatch.setattr(sensitivity, "predict", spy(sensitivity.predict))
-    monkeypatch.setattr(pipeline._ChoiceRows, "of", staticmethod(of))
-    monkeypatch.setattr(pipeline, "_fallback", fallback)
+    monkeypatch.setattr(choose.Selection, "of", staticmethod(of))
+    monkeypatch.setattr(torch_recipe, "keep_sensitive_float", fallback)
     recipe = Recipe.from_dict({"name": "dyn-val", "budget": {"max_drop": 0.02},
                                "steps": [{"type": "quantize_dynamic", "per_channel": False}]})
     r = optimize_model(model_name=f"{__name__}:outlier_val_spec", allowlist=ALLOW, recipe=recipe, engine="fbgemm",
@@ -292,7 +293,7 @@ def _reloaded_metric_of(r: OptimizeResult, x: torch.Tensor) -> float:
 
 
 def test_zoo_specs_hold_validation_rows_apart_from_their_eval_rows():
-    from modelpress.optimize.zoo import resolve_model
+    from modelpress.optimize.sources.registered import resolve_model
 
     for name in ("mlp", "digits_cnn", "seq_lstm", "seq_gru", "minilm_l6_v2"):
         data = resolve_model(name).data()
@@ -310,7 +311,7 @@ def test_the_row_records_the_eval_batch_and_the_metric_one_row_at_a_time(store):
     recipe = Recipe.from_dict({"name": "b1", "steps": [{"type": "quantize_dynamic"}]})  # no budget: plain figures
     r = optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=store, reuse=False, **FAST)
     assert r.metric_eval_batch_size == 256 and r.metric_b1_rows == 512
-    from modelpress.optimize.zoo import resolve_model
+    from modelpress.optimize.sources.registered import resolve_model
 
     x = resolve_model("mlp").data().eval_inputs[:512]
     loaded, float_model = modelpress.load(r.artifact_path), modelpress.load(r.float_artifact_path)
@@ -327,7 +328,7 @@ def test_the_row_records_the_eval_batch_and_the_metric_one_row_at_a_time(store):
 # ----------------------------------------------------------------- honest latency (issue 20, item 10)
 def test_before_and_after_latency_are_timed_together_on_the_reloaded_artifact_after_the_choice(store, monkeypatch):
     import modelpress.optimize.measure as measure
-    import modelpress.optimize.pipeline as pl
+    import modelpress.optimize.plan as pl
 
     timed: list[tuple[str, object]] = []
     reloaded: list[object] = []

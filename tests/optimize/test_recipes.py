@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpress.optimize.errors import RecipeError, UserInputError
+from modelpress.errors import RecipeError, UserInputError
 from modelpress.optimize.recipes import BUILTIN_RECIPES, Recipe, parse_step, resolve_recipe, step_types
-from modelpress.optimize.steps import handlers
+from modelpress.optimize.techniques.registry import handlers
 
 
 def _sample(schema: dict[str, Any], prop: dict[str, Any]) -> Any:
@@ -132,7 +132,7 @@ def test_every_builtin_recipe_carries_a_budget_one_percent_unless_it_says_otherw
 
 
 def test_the_mlp_after_prune50_dynamic_int8_is_rejected_with_its_reason(tmp_path):
-    from modelpress.optimize.pipeline import optimize_model
+    from modelpress.optimize.job import optimize_model
 
     r = optimize_model(model_name="mlp", recipe=resolve_recipe("prune50-dynamic-int8"), engine="fbgemm",
                        store=tmp_path, warmup=1, runs=3)

@@ -7,8 +7,8 @@ import torch
 
 from modelpress.api import Producer
 from modelpress.cli import wait_for
-from modelpress.optimize.errors import ModelLoadError
-from modelpress.optimize.zoo import SeedMLP
+from modelpress.errors import ModelLoadError
+from modelpress.zoo.models import SeedMLP
 from tests.conftest import settings_from_env
 
 

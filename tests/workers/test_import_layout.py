@@ -10,7 +10,8 @@ import modelpress
 PACKAGE = Path(modelpress.__file__).resolve().parent
 # The modules the layout rule names: the app finds tasks by name, task modules never import the app back.
 LAYERED = ("modelpress.workers.app", "modelpress.tasks.optimize_job", "modelpress.nightly", "modelpress.reconcile",
-           "modelpress.workers.beat", "modelpress.workers.routing", "modelpress.workers.schedule")
+           "modelpress.workers.beat", "modelpress.workers.routing", "modelpress.workers.schedule",
+           "modelpress.workers.job_request", "modelpress.tasks.registry")
 
 
 def _module_name(path: Path) -> str:
@@ -74,7 +75,7 @@ def test_the_cycle_finder_reports_a_circle_when_there_is_one():
 
 def test_the_celery_app_routing_and_the_task_modules_import_each_other_in_no_circle():
     graph = import_graph()
-    assert "modelpress.reconcile" in graph["modelpress.workers.worker"]  # the graph does see imports
+    assert "modelpress.reconcile" in graph["modelpress.tasks.registry"]  # the graph does see imports
     circles = {m: cycles_through(graph, m)[:3] for m in LAYERED}
     assert not any(circles.values()), {m: c for m, c in circles.items() if c}
 
@@ -82,7 +83,7 @@ def test_the_celery_app_routing_and_the_task_modules_import_each_other_in_no_cir
 def test_the_app_module_imports_no_task_module_and_the_worker_entry_point_registers_them_all(tmp_path):
     from modelpress.settings import Settings
     from modelpress.workers.app import make_app
-    from modelpress.workers.worker import make_worker_app
+    from modelpress.tasks.registry import make_worker_app
 
     graph = import_graph()
     assert not graph["modelpress.workers.app"] & {"modelpress.tasks.optimize_job", "modelpress.nightly",
@@ -91,3 +92,12 @@ def test_the_app_module_imports_no_task_module_and_the_worker_entry_point_regist
     assert "modelpress.optimize" not in make_app(settings).tasks  # a publisher: sends by name only
     names = {n for n in make_worker_app(settings).tasks if n.startswith("modelpress.")}
     assert names == {"modelpress.optimize", "modelpress.reconcile", "modelpress.nightly"}
+
+
+def test_task_modules_import_workers_and_no_workers_module_imports_a_task_module_back():
+    # The direction both packages' docstrings state: tasks → workers, never back (inside functions too).
+    graph = import_graph()
+    back = {m: sorted(t for t in deps if t == "modelpress.tasks" or t.startswith("modelpress.tasks."))
+            for m, deps in graph.items() if m == "modelpress.workers" or m.startswith("modelpress.workers.")}
+    assert {m: t for m, t in back.items() if t} == {}
+    assert "modelpress.workers.job_request" in graph["modelpress.tasks.optimize_job"]  # the scan sees this direction

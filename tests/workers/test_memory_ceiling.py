@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from modelpress.optimize.errors import ModelLoadError, UserInputError
+from modelpress.errors import ModelLoadError, UserInputError
 from modelpress.settings import Settings
 from modelpress.workers.memory import (
     JobMemoryGuard,

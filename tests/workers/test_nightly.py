@@ -100,7 +100,7 @@ def test_two_submitters_racing_on_one_night_queue_each_job_once(settings):
 
 
 def test_an_unknown_model_in_the_nightly_settings_is_refused_before_any_row(settings):
-    from modelpress.optimize.errors import UserInputError
+    from modelpress.errors import UserInputError
 
     bad = settings.model_copy(update={"nightly_models": ("mlp", "no_such_model")})
     with pytest.raises(UserInputError, match="no_such_model"):

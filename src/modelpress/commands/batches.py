@@ -244,7 +244,7 @@ def cmd_report(args: argparse.Namespace, settings: "Settings") -> int:
 
 def _report_zoo(args: argparse.Namespace, settings: "Settings") -> int:
     from modelpress.api import check_model_name
-    from modelpress.optimize.errors import UserInputError
+    from modelpress.errors import UserInputError
     from modelpress.optimize.recipes import resolve_recipe
     from modelpress.settings import native_backend
     from modelpress.worker_store import worker_dir
@@ -260,8 +260,8 @@ def _report_zoo(args: argparse.Namespace, settings: "Settings") -> int:
     engine = args.engine or native_backend()
 
     # torch only now, and only for --zoo: it runs the pipeline in this process.
-    from modelpress.optimize.zoo_report import DEFAULT_REPORT_RECIPES, format_report, run_zoo_report
     from modelpress.report import rows_from_zoo
+    from modelpress.zoo.report import DEFAULT_REPORT_RECIPES, format_report, run_zoo_report
 
     def log(msg: str) -> None:
         if msg.startswith("report:"):
@@ -274,7 +274,7 @@ def _report_zoo(args: argparse.Namespace, settings: "Settings") -> int:
     if args.distill_seeds > 0 and "digits_cnn" in (models or ["digits_cnn"]):
         # Distillation is judged against the same student trained alone, over several seeds: one seed
         # on a 360-image test set cannot tell a real gain from noise.
-        from modelpress.optimize.distillation import compare_distillation
+        from modelpress.zoo.distill_compare import compare_distillation
 
         print("report: distilled vs alone over seeds", file=sys.stderr, flush=True)
         comparisons.append(compare_distillation("digits_cnn", seeds=tuple(range(args.distill_seeds)),

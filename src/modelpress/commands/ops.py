@@ -20,7 +20,7 @@ from modelpress.settings import Settings
 def _check_plan(settings: Settings) -> str | None:
     """The reason tonight's plan is invalid (unknown model, broken recipe), or None."""
     from modelpress.nightly import night_plan
-    from modelpress.optimize.errors import UserInputError
+    from modelpress.errors import UserInputError
 
     try:
         night_plan(settings)
@@ -50,7 +50,7 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ops_worker(args: argparse.Namespace, settings: Settings) -> int:
     from modelpress.commands.common import ensure_db, refuse_or_warn
     from modelpress.workers.routing import OPS_QUEUE
-    from modelpress.workers.worker import make_worker_app
+    from modelpress.tasks.registry import make_worker_app
 
     refused = refuse_or_warn(settings, "ops-worker", embedded=args.embedded,
                              allow_example_passwords=args.allow_example_passwords)

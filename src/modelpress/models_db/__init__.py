@@ -1,5 +1,12 @@
 """Schema and data functions for the job table (SQLAlchemy 2.x). No torch, no Celery.
 
+What lives here: ``schema`` (the ``Job`` and ``Batch`` tables, ``JobStatus``), ``engine`` (engines and
+sessions for SQLite and PostgreSQL), ``jobs`` (keyword-only data functions, each a conditional UPDATE),
+``clock`` (the database server's clock as SQL expressions) and ``migrate`` (Alembic upgrades).
+
+What it may import: SQLAlchemy, Alembic and its own modules. No other ``modelpress`` module: it is the
+bottom layer that the API, the tasks, the reconciler and the CLI all build on.
+
 Example:
     >>> from modelpress.models_db import make_engine, create_all
     >>> create_all(make_engine("sqlite://"))

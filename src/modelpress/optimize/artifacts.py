@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from modelpress.filemodes import make_private_dirs, make_private_file
-from modelpress.optimize.errors import ModelLoadError, is_task_control
+from modelpress.errors import ModelLoadError, is_task_control
 from modelpress.optimize.buildinfo import build_fingerprint
 from modelpress.optimize.hostcpu import cpu_flags
 
@@ -115,7 +115,7 @@ def save_artifact(path: Path, model: nn.Module, manifest: dict[str, Any]) -> int
 _SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _publish_object(tmp: Path, folder: Path, suffix: str) -> tuple[Path, str, int]:
+def publish_object(tmp: Path, folder: Path, suffix: str) -> tuple[Path, str, int]:
     """Move a finished temp file to ``folder/<sha256><suffix>``; never overwrite good bytes.
 
     An object already there with the right hash is kept (same bytes: nothing to do). One whose bytes
@@ -151,7 +151,7 @@ def save_artifact_object(folder: Path, model: nn.Module, manifest: dict[str, Any
     tmp = Path(tmp_name)
     try:
         save_artifact(tmp, model, manifest)
-        return _publish_object(tmp, folder, ".mpz")
+        return publish_object(tmp, folder, ".mpz")
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -174,7 +174,7 @@ def put_json_object(folder: Path, data: Any) -> tuple[Path, str]:
             f.write(json.dumps(data, indent=1, sort_keys=True).encode())
             f.flush()
             os.fsync(f.fileno())
-        path, digest, _ = _publish_object(tmp, folder, ".json")
+        path, digest, _ = publish_object(tmp, folder, ".json")
         return path, digest
     finally:
         if tmp.exists():
@@ -238,7 +238,7 @@ def load_artifact(path: str | os.PathLike[str], *, allowlist: tuple[str, ...] = 
     """
     from modelpress.optimize.backends import quantized_engine
     from modelpress.optimize.recipes import parse_step
-    from modelpress.optimize.steps import rebuild_step
+    from modelpress.optimize.techniques.registry import rebuild_step
 
     verify_object(path)  # a content-addressed artifact must hold the bytes its name says
     manifest, state_dict = read_manifest(path)
@@ -254,7 +254,7 @@ def load_artifact(path: str | os.PathLike[str], *, allowlist: tuple[str, ...] = 
 
 
 def _build_architecture(m: dict[str, Any], *, allowlist: tuple[str, ...], resolve_ref: Any) -> nn.Module:
-    from modelpress.optimize.zoo import resolve_model
+    from modelpress.optimize.sources.registered import resolve_model
 
     if "ref" not in m:
         return resolve_model(m["name"], allowlist=allowlist).build().eval()

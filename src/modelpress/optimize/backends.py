@@ -27,7 +27,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 from torch import nn
 
-from modelpress.optimize.errors import RecipeError, UserInputError, is_task_control
+from modelpress.errors import RecipeError, UserInputError, is_task_control
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,8 @@ class PortableDynamicGRU(_PortableRNNMixin, torch.ao.nn.quantized.dynamic.GRU):
     """``torch.ao.nn.quantized.dynamic.GRU`` with a weights-only-loadable state dict."""
 
 
-def _make_portable(model: nn.Module, *, full_range_linear: bool) -> None:
+def make_portable(model: nn.Module, *, full_range_linear: bool) -> None:
+    """Swap dynamic int8 LSTM/GRU (and, if asked, Linear) modules in place for their portable subclasses."""
     import torch.ao.nn.quantized.dynamic as nnqd
 
     for m in model.modules():
@@ -352,7 +353,7 @@ class TorchAOQuantization:
                 spec[name] = float_qparams_weight_only_qconfig
         with quantized_engine(engine):
             q = quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
-            _make_portable(q, full_range_linear=full_range)
+            make_portable(q, full_range_linear=full_range)
         return q
 
     # ------------------------------------------------------------------ FX static / QAT

@@ -9,7 +9,7 @@ and the variable that raises it.
 
 ``optimize`` never imports ``modelpress.settings``, so ``DecodedLimits`` reads the environment itself;
 ``modelpress.settings.Settings.decoded_limits`` exposes the same object, so there is still one typed
-settings surface. Torch-free: submit (``modelpress.intake``) checks the same limits the worker does.
+settings surface. Torch-free: submit (``sources.submit``) checks the same limits the worker does.
 
 Example:
     >>> lim = DecodedLimits(max_image_pixels=100)
@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelpress.optimize.errors import DataError
+from modelpress.errors import DataError
 
 ENV_PREFIX = "MODELPRESS_"
 CHANNELS = 3  # images are decoded to RGB
@@ -91,7 +91,7 @@ class DecodedLimits(BaseSettings):
             ...                                         fix="shorten it")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
-            modelpress.optimize.errors.DataError: max_length 65, over the limit of 64 tokens: shorten it, or raise ...
+            modelpress.errors.DataError: max_length 65, over the limit of 64 tokens: shorten it, or raise ...
         """
         if value > getattr(self, name):
             raise DataError(self.refusal(name, what, unit=unit, fix=fix))
@@ -119,7 +119,7 @@ def check_image_size(width: int, height: int, name: str, limits: DecodedLimits, 
         >>> check_image_size(100_000, 1, "pano.png", DecodedLimits(), resize=256)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        modelpress.optimize.errors.DataError: image pano.png is 100000x1 (aspect ratio 100,000), over the limit of 16: ...
+        modelpress.errors.DataError: image pano.png is 100000x1 (aspect ratio 100,000), over the limit of 16: ...
     """
     w, h = max(1, int(width)), max(1, int(height))
     limits.check("max_image_pixels", w * h, f"image {name} is {w}x{h} = {w * h:,} pixels", unit="pixels",
@@ -207,7 +207,7 @@ def check_text_length(max_length: int, limits: DecodedLimits, *, positions: int 
         >>> check_text_length(128, DecodedLimits(), positions=64)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        modelpress.optimize.errors.DataError: max_length 128 is more than the model's 64 positions ...
+        modelpress.errors.DataError: max_length 128 is more than the model's 64 positions ...
     """
     if positions and max_length > positions:
         raise DataError(f"max_length {max_length} is more than the model's {positions} positions "
@@ -240,7 +240,7 @@ def check_tensor_elements(shapes: dict[str, Sequence[int]], where: str, limits: 
         >>> check_tensor_elements({"x": [10**6, 10**6]}, "d.safetensors", DecodedLimits())  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        modelpress.optimize.errors.DataError: data file d.safetensors declares 1,000,000,000,000 tensor elements ...
+        modelpress.errors.DataError: data file d.safetensors declares 1,000,000,000,000 tensor elements ...
     """
     counts = {name: _prod(shape) for name, shape in shapes.items()}
     total = sum(counts.values())

@@ -34,7 +34,7 @@ from modelpress.optimize.timing_lock import (
     default_timing_lock_dir,
     host_timing_lock,
 )
-from modelpress.optimize.zoo import Inputs, Metric
+from modelpress.optimize.spec import Inputs, Metric
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ FINAL_ROUNDS = 5
 def before_after_latency(before: Callable[..., torch.Tensor], after: Callable[..., torch.Tensor], spec: Any, *,
                          lock_dir: str | os.PathLike[str] | None, warmup: int, runs: int, threads: int,
                          timings: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The reported latencies (``spec``: a ``zoo.ModelSpec``): a fresh timing of the float model and the chosen artifact, after every choice.
+    """The reported latencies (``spec``: a ``spec.ModelSpec``): a fresh timing of the float model and the chosen artifact, after every choice.
 
     Figures that chose an artifact (a candidate's first timing, a run-off) are its evidence, kept in the
     record; reporting them would report the winner of a noisy contest at its luckiest. So once the choice
@@ -183,7 +183,7 @@ def before_after_latency(before: Callable[..., torch.Tensor], after: Callable[..
 
     Example:
         >>> import torch
-        >>> from modelpress.optimize.zoo import ModelSpec
+        >>> from modelpress.optimize.spec import ModelSpec
         >>> spec = ModelSpec(name="x", version=1, build=lambda: None, data=lambda: None, metric="cosine",
         ...                  make_input=lambda b: torch.randn(b, 4), latency_batches=(1, 8))
         >>> b, a = before_after_latency(torch.nn.Linear(4, 4).eval(), torch.nn.Linear(4, 2).eval(), spec,
@@ -281,3 +281,13 @@ def count_flops(model: nn.Module, inputs: Inputs) -> int:
     with FlopCounterMode(display=False) as fc, torch.inference_mode():
         model(*as_tuple(inputs))
     return int(fc.get_total_flops())
+
+
+def global_sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero entries over all float weight tensors named ``*weight``."""
+    zeros = total = 0
+    for k, v in model.state_dict().items():
+        if k.endswith("weight") and isinstance(v, torch.Tensor) and v.is_floating_point():
+            zeros += int((v == 0).sum())
+            total += v.numel()
+    return zeros / total if total else 0.0

@@ -33,9 +33,9 @@ from torch import nn
 
 from modelpress.optimize.artifacts import atomic_write_bytes
 from modelpress.optimize.backends import is_quantized_module
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 from modelpress.optimize.measure import as_tuple
-from modelpress.optimize.zoo import Inputs
+from modelpress.optimize.spec import Inputs
 
 
 class OnnxExportError(UserInputError):

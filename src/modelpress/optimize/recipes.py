@@ -1,7 +1,7 @@
 """Recipes are data: a frozen, versioned list of step configs that round-trips through JSON and YAML.
 
 Each step type is a pydantic model registered under a ``type`` name; its handler (what it does to a
-model) is registered separately in ``optimize.steps``. Adding a technique = one config class here
+model) is registered separately in ``optimize.techniques``. Adding a technique = one config class here
 (or in its own module) + one handler, nothing else edited. The canonical JSON of a recipe is what the
 job row and the Celery message carry, and its sha256 is part of the artifact key.
 
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelpress.optimize.errors import RecipeError
+from modelpress.errors import RecipeError
 
 RECIPE_SCHEMA_VERSION = 1
 

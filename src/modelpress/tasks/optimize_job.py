@@ -9,9 +9,13 @@ Errors are sorted once, here:
 
 A message for a job that is finished, or running elsewhere with a live heartbeat, does nothing;
 one claimed through a stale heartbeat (its worker died) takes over. A run whose heartbeat is refused
-(taken over meanwhile) abandons itself; a hard time limit is recorded by ``JobTask.on_failure`` in the
-Celery parent (docs/faults.md). Torch is imported only here, in
-the worker child, never in the Celery parent.
+(taken over meanwhile) abandons itself. Torch is imported only here, in the worker child, never in the
+Celery parent.
+
+What runs around the job is worker plumbing, in ``workers.job_request``: the task's base ``JobTask`` (a hard
+time limit is recorded by its ``on_failure`` in the Celery parent), its request class ``JobRequest`` (a child
+lost near its memory ceiling fails the job) and ``job_memory_guard`` (docs/faults.md). This module imports
+``workers`` modules; no ``workers`` module imports it (``tasks.registry`` registers it on the worker's app).
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import uuid
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded, WorkerLostError
-from celery.worker.request import Request
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from modelpress import __version__
+from modelpress.errors import MemoryCeilingError
 from modelpress.models_db import (
     claim_job,
     fail_job,
@@ -34,17 +38,14 @@ from modelpress.models_db import (
     get_job,
     heartbeat,
     is_finished,
-    make_engine,
-    make_sessionmaker,
     requeue_job,
 )
 from modelpress.models_db.jobs import fail_exhausted_job
 from modelpress.models_db.schema import JobStatus
-from modelpress.optimize.errors import MemoryCeilingError
 from modelpress.settings import Settings
+from modelpress.workers.job_request import JobTask, job_memory_guard
 from modelpress.workers.routing import OPTIMIZE_TASK, job_message_options
-from modelpress.workers.memory import JobMemoryGuard
-from modelpress.workers.runtime import IDENTITY, job_memory_ceiling
+from modelpress.workers.runtime import IDENTITY
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,7 @@ def run_job(task: Task, job_id: str) -> str:
             finish(JobStatus.failed.value, error=guard.reason or "the job went over its memory ceiling", **common)
         return "failed"
 
-    guard = JobMemoryGuard(job_memory_ceiling(settings) if _in_pool_child() else 0, job_id=job_id,
-                           task_id=task.request.id, marks_dir=IDENTITY.memory_marks, on_trip=memory_tripped)
+    guard = job_memory_guard(settings, job_id=job_id, task_id=task.request.id, on_trip=memory_tripped)
     try:
         with hb, guard:
             over: MemoryCeilingError | None = None
@@ -348,101 +348,6 @@ def _soft_limit(task: Task, settings: Settings) -> int:
 
 def _backoff(task: Task) -> int:
     return min(300, 5 * 2 ** (task.request.retries or 0))
-
-
-def _in_pool_child() -> bool:
-    # The ceiling is a process-wide rlimit: in a solo or threads pool it would bind the worker's own consumer.
-    from billiard.process import current_process
-
-    return current_process().name != "MainProcess"
-
-
-class JobRequest(Request):
-    """Celery's request, in the worker's *parent*: a child lost near its job's memory ceiling fails the job.
-
-    With ``reject_on_worker_lost`` a lost child's message is redelivered: right for a ``kill -9`` or a host
-    hiccup, wrong for a job that needs more memory than its ceiling (each delivery kills another child, up to
-    ``MODELPRESS_MAX_ATTEMPTS``). The child leaves a mark once its job passes 90 % of the ceiling
-    (``workers.memory``); if the child dies with that mark, the row is failed here with the reason before
-    Celery requeues the message, which then finds the job finished and does nothing.
-
-    Example:
-        >>> app.task(name="x", base=JobTask).Request is JobRequest  # doctest: +SKIP
-        True
-    """
-
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
-        exc = getattr(exc_info, "exception", None)
-        exc = getattr(exc, "exc", exc)  # billiard wraps it in ExceptionWithTraceback
-        if isinstance(exc, WorkerLostError) and self.worker_pid:
-            try:
-                _fail_lost_child_job(self, exc)
-            except Exception:  # noqa: BLE001 - redelivery (as before) is the fallback, never a crashed parent
-                log.warning("job %s: could not check its lost worker's memory mark", self.args, exc_info=True)
-        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-
-
-def _fail_lost_child_job(request: Request, exc: BaseException) -> None:
-    from modelpress.models_db.jobs import fail_job_of_task
-    from modelpress.workers.memory import clear_mark, lost_child_reason, near_mark
-
-    mark = near_mark(IDENTITY.memory_marks, request.worker_pid)
-    clear_mark(IDENTITY.memory_marks, request.worker_pid, os.getpid())
-    args = request.args or []
-    if not mark or not args or mark.get("task_id") != request.id or mark.get("job_id") != str(args[0]):
-        return  # lost far below its ceiling (or another job's leftover): a lost worker, redelivered
-    # "Worker exited prematurely: signal 9 (SIGKILL) Job: 0." → "signal 9 (SIGKILL)"
-    status = str(exc).partition("prematurely: ")[2].partition(" Job:")[0].rstrip(".") or "exited"
-    reason = lost_child_reason(mark, status)
-    settings: Settings = request.task.app.modelpress_settings  # type: ignore[attr-defined]
-    engine = make_engine(settings.effective_database_url, **settings.db_engine_options())
-    try:
-        with make_sessionmaker(engine)() as s:
-            done = fail_job_of_task(session=s, job_id=str(args[0]), task_id=request.id, error=reason)
-    finally:
-        engine.dispose()
-    if done:
-        log.warning("job %s: recorded failed: %s", args[0], reason)
-    else:
-        log.warning("job %s: its worker process was lost near its memory ceiling; the job was already finished "
-                    "(the child recorded it before it died)", args[0])
-
-
-class JobTask(Task):
-    """Base of ``modelpress.optimize``: what must happen even when the task body never returns.
-
-    Example:
-        >>> app.task(name="x", base=JobTask)  # doctest: +SKIP
-    """
-
-    Request = JobRequest  # the parent's side of the memory ceiling (a child lost near it)
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # A hard time limit kills the child; Celery then calls this in the *parent* (no torch there).
-        # The message is acknowledged (a retry would hit the limit again), so the row is failed here
-        # with the reason, instead of waiting for the reconciler to spend the remaining attempts on it.
-        from celery.exceptions import TimeLimitExceeded
-
-        if not isinstance(exc, TimeLimitExceeded) or not args:
-            return
-        from modelpress.models_db.jobs import fail_job_of_task
-
-        settings: Settings = self.app.modelpress_settings  # type: ignore[attr-defined]
-        hard = f"{exc.args[0]:g}" if exc.args and isinstance(exc.args[0], (int, float)) else settings.task_time_limit
-        # Disposed at once: the parent forks later. With the timeouts: a hung database must not stall the parent.
-        engine = make_engine(settings.effective_database_url, **settings.db_engine_options())
-        try:
-            with make_sessionmaker(engine)() as s:
-                done = fail_job_of_task(
-                    session=s, job_id=str(args[0]), task_id=task_id,
-                    error=f"the job exceeded its hard time limit of {hard} s and its process was killed (it did not "
-                          "stop at the soft limit); raise the recipe's time_limit_s or use a lighter recipe")
-            log.warning("job %s: hard time limit of %s s; %s", args[0], hard,
-                        "recorded failed" if done else "the job was no longer held by this task")
-        except Exception:  # noqa: BLE001 - the reconciler finds the stale row and ends it
-            log.warning("job %s: could not record its hard time limit", args[0], exc_info=True)
-        finally:
-            engine.dispose()
 
 
 def register(app: Celery) -> None:

@@ -73,7 +73,7 @@ def make_app(settings: Settings) -> Celery:
     """A Celery app for ``settings``: queues, routes, limits and the beat schedule, no task bodies.
 
     Publishers (producer, beat, reconciler, Flower) send tasks by name and need nothing more; a worker
-    process registers the task bodies with ``workers.worker.make_worker_app``. So this module imports
+    process registers the task bodies with ``tasks.registry.make_worker_app``. So this module imports
     no task module, and no task module needs to import it back (no import circles).
     """
     if settings.is_embedded_broker:

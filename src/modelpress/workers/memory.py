@@ -21,7 +21,7 @@ the kernel, and acks-late + ``reject_on_worker_lost`` redeliver it: one memory b
    fails) leaves a mark: a small file per child saying how close its job came, updated once the job
    passes ``NEAR_FRACTION`` of its ceiling (``near_mark``). The worker's parent reads it when Celery
    reports the child lost and fails the job with the reason instead of letting it be redelivered
-   (``tasks.optimize_job.JobRequest``). A child killed far below its ceiling (``kill -9`` by hand) is a
+   (``workers.job_request.JobRequest``). A child killed far below its ceiling (``kill -9`` by hand) is a
    lost worker as before: redelivered.
 
 The module reads ``/proc`` and never imports torch or the database.
@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable
 
-from modelpress.optimize.errors import MemoryCeilingError
+from modelpress.errors import MemoryCeilingError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from modelpress.optimize.recipes import Recipe
-from modelpress.optimize.runtime_pipeline import (BATCH_CONSISTENCY_MIN, BatchDependentOutputsError,
-                                                  batch_consistency, optimize_in_runtime)
+from modelpress.optimize.candidates import BATCH_CONSISTENCY_MIN, BatchDependentOutputsError, batch_consistency
+from modelpress.optimize.job import run_model
 from modelpress.optimize.runtimes.registry import get_runtime
 from tests.optimize.runtimes.test_tuning import TinyEncoder, _tiny_spec
 
@@ -66,13 +66,13 @@ def test_openvino_static_int8_whose_rows_depend_on_their_batch_fails_with_a_mess
     assert raw["min_row_cosine"] < BATCH_CONSISTENCY_MIN, f"OpenVINO no longer mixes rows here: {raw}"
 
     with pytest.raises(BatchDependentOutputsError) as e:
-        optimize_in_runtime(model_name="mean_pooled", spec=spec, recipe=_static(), engine="fbgemm",
+        run_model(model_name="mean_pooled", spec=spec, recipe=_static(), engine="fbgemm",
                             store=tmp_path / "s1", float_model=model, content="m" * 64, threads=1, warmup=1, runs=3)
     msg = str(e.value)
     assert "depending on the other rows in its batch" in msg and "keep_float" in msg and "openvino" in msg
 
     # What the message suggests works: the head kept out of int8 activations answers each row alone.
-    r = optimize_in_runtime(model_name="mean_pooled", spec=spec, recipe=_static(["head"]), engine="fbgemm",
+    r = run_model(model_name="mean_pooled", spec=spec, recipe=_static(["head"]), engine="fbgemm",
                             store=tmp_path / "s2", float_model=model, content="m" * 64, threads=1, warmup=1, runs=3)
     cand = r.extra["candidates"][0]
     assert r.runtime == "openvino" and cand["float_layers"] == ["head"]
@@ -84,7 +84,7 @@ def test_auto_skips_the_batch_dependent_candidate_with_its_reason_and_keeps_anot
     spec, data, model = mean_pooled
     recipe = Recipe.from_dict({"name": "t-auto-static", "runtime": "auto",
                                "steps": [{"type": "quantize_static", "calibration_batch_size": 16}]})
-    r = optimize_in_runtime(model_name="mean_pooled", spec=spec, recipe=recipe, engine="fbgemm",
+    r = run_model(model_name="mean_pooled", spec=spec, recipe=recipe, engine="fbgemm",
                             store=tmp_path, float_model=model, content="a" * 64, threads=1, warmup=1, runs=3)
     by = {c["runtime"]: c for c in r.extra["candidates"]}
     assert by["openvino"]["status"] == "skipped"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 from modelpress.optimize.measure import compute_metric, predict
 from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig
 from modelpress.optimize.runtimes.onnxruntime_rt import OnnxRuntime

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelpress.optimize.errors import ModelLoadError, RecipeError
+from modelpress.errors import ModelLoadError, RecipeError
 from modelpress.optimize.measure import compute_metric, predict
 from modelpress.optimize.recipes import DynamicQuantConfig, StaticQuantConfig
 from modelpress.optimize.runtimes.openvino_rt import OpenVinoRuntime, layer_of, read_ovz

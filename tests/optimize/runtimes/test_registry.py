@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from modelpress.optimize.errors import RecipeError, UserInputError
+from modelpress.errors import RecipeError, UserInputError
 from modelpress.optimize.recipes import Recipe, resolve_recipe, with_runtime
 from modelpress.optimize.runtimes.base import Runtime, RuntimeUnavailableError
 from modelpress.optimize.runtimes.registry import (

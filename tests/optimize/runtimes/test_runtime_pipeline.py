@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import modelpress
-from modelpress.optimize.pipeline import optimize_model
+from modelpress.optimize.job import optimize_model
 from modelpress.optimize.recipes import Recipe
-from modelpress.optimize.runtime_pipeline import NoCandidateError, choose, optimize_in_runtime
+from modelpress.optimize.choose import NoCandidateError, choose
+from modelpress.optimize.job import run_model
 from modelpress.optimize.runtimes.registry import get_runtime
 
 FAST = dict(threads=1, warmup=2, runs=5)
@@ -66,7 +67,7 @@ def test_the_fallback_chooses_layers_on_validation_or_calibration_rows_never_on_
     runs = []
     half = len(data.eval_inputs) // 2
     for i, ev in enumerate([slice(0, half), slice(half, None)]):
-        r = optimize_in_runtime(model_name="mlp", spec=_with_eval(spec, data, ev), recipe=recipe,
+        r = run_model(model_name="mlp", spec=_with_eval(spec, data, ev), recipe=recipe,
                                 engine="fbgemm", store=tmp_path / str(i), float_model=model, content="c" * 64,
                                 **FAST)
         runs.append(r)
@@ -87,7 +88,7 @@ def test_validation_rows_are_used_for_choices_when_the_data_has_them(mlp, tmp_pa
     spec, data, model = mlp
     data_v = dataclasses.replace(data, val_inputs=data.calib_inputs[:128])
     spec_v = dataclasses.replace(spec, data=lambda: data_v)
-    r = optimize_in_runtime(model_name="mlp", spec=spec_v, recipe=_recipe("onnxruntime", [{"type": "quantize_dynamic"}]),
+    r = run_model(model_name="mlp", spec=spec_v, recipe=_recipe("onnxruntime", [{"type": "quantize_dynamic"}]),
                             engine="fbgemm", store=tmp_path, float_model=model, content="d" * 64, **FAST)
     assert r.extra["selection"]["rows"] == "validation" and r.extra["selection"]["samples"] == 128
 
@@ -95,7 +96,7 @@ def test_validation_rows_are_used_for_choices_when_the_data_has_them(mlp, tmp_pa
 def _loose_dynamic_job(mlp, store: Path, runtime: str, objective: str, content: str):
     """A dynamic int8 job on the MLP whose 20 % budget every candidate keeps: the objective alone decides."""
     spec, _, model = mlp
-    return optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
+    return run_model(model_name="mlp", spec=spec, recipe=_recipe(
         runtime, [{"type": "quantize_dynamic"}], objective=objective, budget={"max_drop": 0.2}),
         engine="fbgemm", store=store / objective, float_model=model, content=content * 64, **FAST)
 
@@ -157,7 +158,7 @@ def test_a_runtime_builds_each_variant_the_step_leaves_open_and_keeps_the_best_a
         assert [c.get("chosen", False) for c in cands] == [c is best for c in cands]
         assert r.size_after_bytes == best["bytes"] and r.steps_meta[-1]["per_channel"] == best["variant"]["per_channel"]
     # A step that pins the granularity builds that one only.
-    pinned = optimize_in_runtime(model_name="mlp", spec=spec, recipe=_recipe(
+    pinned = run_model(model_name="mlp", spec=spec, recipe=_recipe(
         "onnxruntime", [{"type": "quantize_dynamic", "per_channel": False}]),
         engine="fbgemm", store=tmp_path / "pinned", float_model=model, content="v" * 64, **FAST)
     (only,) = pinned.extra["candidates"]
@@ -166,7 +167,7 @@ def test_a_runtime_builds_each_variant_the_step_leaves_open_and_keeps_the_best_a
 
 def test_a_single_runtime_job_fails_with_its_own_error_only_when_no_variant_can_be_built(
         mlp, tmp_path: Path, monkeypatch) -> None:
-    from modelpress.optimize.errors import UserInputError
+    from modelpress.errors import UserInputError
 
     spec, data, model = mlp
     ort_rt = type(get_runtime("onnxruntime"))
@@ -179,7 +180,7 @@ def test_a_single_runtime_job_fails_with_its_own_error_only_when_no_variant_can_
 
     monkeypatch.setattr(ort_rt, "quantize", per_tensor_breaks)
     recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic"}], budget={"max_drop": 0.2})
-    r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "a",
+    r = run_model(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "a",
                             float_model=model, content="w" * 64, **FAST)
     assert [c["status"] for c in r.extra["candidates"]] == ["built", "skipped"]
     assert "per-tensor is broken here" in r.extra["candidates"][1]["reason"]
@@ -190,7 +191,7 @@ def test_a_single_runtime_job_fails_with_its_own_error_only_when_no_variant_can_
 
     monkeypatch.setattr(ort_rt, "quantize", all_break)
     with pytest.raises(UserInputError, match="per_channel=True is broken here"):
-        optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "b",
+        run_model(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "b",
                             float_model=model, content="w" * 64, **FAST)
 
 
@@ -199,7 +200,7 @@ def test_auto_skips_a_candidate_that_cannot_be_built_and_fails_only_when_none_ca
     ov = type(get_runtime("openvino"))
     monkeypatch.setattr(ov, "is_available", lambda self: "openvino is not installed")
     recipe = _recipe("auto", [{"type": "quantize_dynamic"}])
-    r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "a",
+    r = run_model(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "a",
                             float_model=model, content="f" * 64, **FAST)
     skipped = [c for c in r.extra["candidates"] if c["status"] == "skipped"]
     assert {c["runtime"] for c in skipped} == {"openvino"} and "openvino is not installed" in skipped[0]["reason"]
@@ -207,7 +208,7 @@ def test_auto_skips_a_candidate_that_cannot_be_built_and_fails_only_when_none_ca
     for name in ("torch", "onnxruntime"):
         monkeypatch.setattr(type(get_runtime(name)), "is_available", lambda self, n=name: f"{n} is broken here")
     with pytest.raises(NoCandidateError, match="no runtime could build.*torch: .*torch is broken here"):
-        optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "b",
+        run_model(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path / "b",
                             float_model=model, content="f" * 64, **FAST)
 
 
@@ -222,13 +223,13 @@ def test_the_winner_keeps_the_budget_before_it_is_fast() -> None:
 
 def test_a_fallback_estimated_to_take_too_long_is_skipped_with_the_estimate_and_the_job_is_rejected(
         mlp, tmp_path, monkeypatch) -> None:
-    import modelpress.optimize.runtime_pipeline as rp
+    import modelpress.optimize.candidates as candidates
 
     spec, data, model = mlp
-    monkeypatch.setattr(rp, "FALLBACK_MAX_SECONDS", 0)
+    monkeypatch.setattr(candidates, "FALLBACK_MAX_SECONDS", 0)
     recipe = _recipe("onnxruntime", [{"type": "quantize_dynamic", "per_channel": True}],
                      budget={"max_drop": 0.0, "max_float_layers": 1, "sensitivity_samples": 256})
-    r = optimize_in_runtime(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path,
+    r = run_model(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp_path,
                             float_model=model, content="g" * 64, **FAST)
     (cand,) = r.extra["candidates"]
     assert cand["fallback"]["skipped"].startswith("estimated") and "> 0 s" in cand["fallback"]["skipped"]
@@ -239,7 +240,7 @@ def test_near_tied_candidates_are_timed_again_side_by_side_and_the_run_off_decid
     import time
     from types import SimpleNamespace
 
-    import modelpress.optimize.runtime_pipeline as rp
+    import modelpress.optimize.choose as rp
 
     # What the first, separate timings said: "flattered" looked 2 % faster at batch 4, but is in fact slower.
     truth = {"flattered": 0.004, "honest": 0.002, "far": 0.002}
@@ -255,7 +256,7 @@ def test_near_tied_candidates_are_timed_again_side_by_side_and_the_run_off_decid
     job = SimpleNamespace(load=load, runs=10, warmup=5, threads=1, lock_dir=tmp_path, timings=[], log=lambda m: None,
                           spec=SimpleNamespace(make_input=lambda b: torch.randn(b, 3)))
     cands = [cand("flattered", 3.92), cand("honest", 4.0), cand("far", 9.0), cand("honest", 1.0, ok=False)]
-    rec = rp._runoff(job, cands, "latency_bN", margin=0.10)
+    rec = rp.runoff(job, cands, "latency_bN", margin=0.10)
     # Only the budget-keeping candidates within 10 % of the best go in; the others keep their first numbers.
     assert rec["batch_size"] == 4 and rec["contenders"] == ["0: torch", "1: torch"]
     assert (rec["rounds"], rec["runs_per_round"], rec["warmup_per_round"]) == (5, 3, 1)
@@ -267,12 +268,12 @@ def test_near_tied_candidates_are_timed_again_side_by_side_and_the_run_off_decid
     assert rp.choose(cands, "latency_bN") is cands[1]
     assert [t["phase"] for t in job.timings] == ["runoff"]
     # No run-off for size, with no margin, or with fewer than two near-tied candidates.
-    assert rp._runoff(job, cands, "size") is None and rp._runoff(job, cands, "latency_bN", margin=0) is None
-    assert rp._runoff(job, [cand("honest", 4.0), cand("far", 9.0)], "latency_bN", margin=0.10) is None
+    assert rp.runoff(job, cands, "size") is None and rp.runoff(job, cands, "latency_bN", margin=0) is None
+    assert rp.runoff(job, [cand("honest", 4.0), cand("far", 9.0)], "latency_bN", margin=0.10) is None
 
 
 def test_a_real_job_runs_off_its_near_tied_variants_and_records_it(mlp, tmp_path: Path, monkeypatch) -> None:
-    import modelpress.optimize.runtime_pipeline as rp
+    import modelpress.optimize.choose as rp
 
     monkeypatch.setattr(rp, "RUNOFF_MARGIN", 100.0)  # every budget-keeping candidate counts as near-tied
     r = _loose_dynamic_job(mlp, tmp_path, "onnxruntime", "latency_bN", "r")

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from modelpress.optimize.recipes import DynamicQuantConfig, Recipe, StaticQuantConfig
-from modelpress.optimize.runtime_pipeline import optimize_in_runtime
+from modelpress.optimize.job import run_model
 from modelpress.optimize.runtimes.openvino_rt import SMOOTH_QUANT_ALPHAS, read_ovz
 from modelpress.optimize.runtimes.registry import get_runtime
-from modelpress.optimize.zoo import ModelSpec, TaskData
+from modelpress.optimize.spec import ModelSpec, TaskData
 
 VOCAB, SEQ, DIM = 64, 12, 32
 
@@ -119,7 +119,7 @@ def test_the_tuning_is_chosen_on_validation_rows_whatever_the_eval_rows_and_reco
     spec, data, model = tiny
     recipe = Recipe.from_dict({"name": "t-ov-static", "runtime": "openvino",
                                "steps": [{"type": "quantize_static", "calibration_batch_size": 16}]})
-    runs = [optimize_in_runtime(model_name="tiny", spec=_with_eval(spec, data, ev), recipe=recipe, engine="fbgemm",
+    runs = [run_model(model_name="tiny", spec=_with_eval(spec, data, ev), recipe=recipe, engine="fbgemm",
                                 store=tmp_path / str(i), float_model=model, content=str(i) * 64, threads=1,
                                 warmup=1, runs=3)
             for i, ev in enumerate([slice(0, 40), slice(40, 80)])]

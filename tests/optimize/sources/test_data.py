@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelpress.optimize.errors import DataError, UserInputError
+from modelpress.errors import DataError, UserInputError
 from modelpress.optimize.sources.data import (
     check_labels,
     label_indices,

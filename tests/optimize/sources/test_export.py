@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelpress.optimize.errors import DataError, ModelLoadError, UserInputError
+from modelpress.errors import DataError, ModelLoadError, UserInputError
 from tests.optimize.sources.conftest import ref_of, run
 from tests.own_models_fixtures import ACCURACY_FLOOR
 

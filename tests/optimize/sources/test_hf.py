@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelpress.optimize.errors import DataError, ModelLoadError
+from modelpress.errors import DataError, ModelLoadError
 from tests.optimize.sources.conftest import ref_of, run
 from tests.own_models_fixtures import ACCURACY_FLOOR, write_jsonl
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.optimize.errors import ModelLoadError
+from modelpress.errors import ModelLoadError
 from modelpress.optimize.sources.pt2_archive import check_archive, check_program, read_archive, rebuild_archive
 from modelpress.optimize.sources.pt2_ops import INPLACE_OPS, PURE_OPS, SYM_OPS, VIEW_OPS, check_expr
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 from tests.optimize.sources.conftest import ref_of, run
 from tests.own_models_fixtures import ACCURACY_FLOOR
 

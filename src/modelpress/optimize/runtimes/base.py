@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 
 if TYPE_CHECKING:  # the package imports no torch: a producer or a worker's start-up check can list runtimes
     import torch
@@ -113,6 +113,10 @@ class Runtime(Protocol):
     def save(self, exported: Exported, path: Path) -> int:
         """Write ONE file holding everything a deployment needs (atomically); return its byte size."""
         ...
+
+    # Optional: ``build_recipe(plan, extra) -> candidate record``. A runtime that can run every step of a
+    # recipe itself, in any order (torch), builds a recipe naming it as one candidate this way instead of
+    # export → quantize (``candidates.whole_recipe_builder``). Not part of the Protocol: the others lack it.
 
     def load(self, path: Path, threads: int) -> Callable[..., torch.Tensor]:
         """A callable with the model's forward signature (tensors in, one float tensor out), threads pinned.

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 from modelpress.optimize.recipes import per_channel_weights
 from modelpress.optimize.runtimes.base import Exported, RuntimeUnavailableError
 

@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from modelpress.optimize.errors import ModelLoadError, RecipeError
+from modelpress.errors import ModelLoadError, RecipeError
 from modelpress.optimize.runtimes.base import Exported, RuntimeUnavailableError
 
 FORMAT = "modelpress-openvino-ir/1"

@@ -9,7 +9,7 @@ Example:
     >>> get_runtime("tensorrt")
     Traceback (most recent call last):
     ...
-    modelpress.optimize.errors.RecipeError: unknown runtime 'tensorrt'; known runtimes: onnxruntime, openvino, torch
+    modelpress.errors.RecipeError: unknown runtime 'tensorrt'; known runtimes: onnxruntime, openvino, torch
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelpress.optimize.errors import RecipeError
+from modelpress.errors import RecipeError
 
 if TYPE_CHECKING:
     from modelpress.optimize.runtimes.base import Runtime

@@ -1,10 +1,11 @@
-"""The torch runtime: today's torch.ao path behind the runtime interface; the artifact stays a ``.mpz``.
+"""The torch runtime: the torch.ao path behind the runtime interface; the artifact stays a ``.mpz``.
 
 ``export`` keeps the (float, eval-mode) module itself; ``quantize`` applies the recipe's quantization step
-through its registered step handler (torch.ao dynamic / FX static / QAT), exactly as ``optimize_model``
-does; ``save`` writes the usual ``.mpz`` (state dict + manifest, rebuilt from the registered factory when
-loaded). A torch artifact therefore needs modelpress and the model factory on the serving host — unlike the
-ONNX and OpenVINO ones.
+through its registered step handler (torch.ao dynamic / FX static / QAT), as in every other torch build;
+``build_recipe`` builds a recipe that names torch whole (every step in the recipe's order, with the
+budget's measured-sensitivity fallback: ``torch_recipe``); ``save`` writes the usual ``.mpz`` (state dict
++ manifest, rebuilt from the registered factory when loaded). A torch artifact therefore needs modelpress
+and the model factory on the serving host — unlike the ONNX and OpenVINO ones.
 
 Example:
     >>> TorchRuntime().is_available() is None
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,21 +23,7 @@ import torch
 from torch import nn
 
 from modelpress.optimize.runtimes.base import Exported
-
-
-@dataclass
-class TorchHandle:
-    """A torch model plus what its ``.mpz`` needs to be rebuilt: prior steps, their metas, the base manifest.
-
-    ``context`` is the pipeline's ``StepContext`` (spec, data, engine) for the quantization step handler; a
-    caller without one gets a minimal context built from the calibration batches.
-    """
-
-    module: nn.Module
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    steps_meta: list[dict[str, Any]] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
-    context: Any = None
+from modelpress.optimize.runtimes.torch_handle import TorchHandle
 
 
 class TorchRuntime:
@@ -49,6 +35,16 @@ class TorchRuntime:
     def is_available(self) -> str | None:
         return None  # modelpress cannot run without torch
 
+    def build_recipe(self, plan: Any, extra: dict[str, Any]) -> dict[str, Any]:
+        """Build a recipe naming torch whole: every step on torch, in the recipe's order (``torch_recipe``).
+
+        ONNX Runtime and OpenVINO quantize an exported float model, so their quantization step must come
+        last; torch runs every step itself, so a recipe naming it is one candidate built here.
+        """
+        from modelpress.optimize.runtimes.torch_recipe import build_torch_recipe
+
+        return build_torch_recipe(plan, extra)
+
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
@@ -59,7 +55,7 @@ class TorchRuntime:
 
     def quantize(self, exported: Exported, qcfg: Any, calib: Sequence[tuple[torch.Tensor, ...]],
                  keep_float: Sequence[str], workdir: Path, tuning: Mapping[str, Any] | None = None) -> Exported:
-        from modelpress.optimize.steps import apply_step
+        from modelpress.optimize.techniques.registry import apply_step
 
         h: TorchHandle = exported.handle
         cfg = qcfg.model_copy(update={"keep_float": tuple(keep_float)}) if hasattr(qcfg, "keep_float") else qcfg
@@ -112,8 +108,8 @@ def _stack(calib: Sequence[tuple[torch.Tensor, ...]]) -> Any:
 
 def _minimal_context(model: nn.Module, calib: Sequence[tuple[torch.Tensor, ...]]) -> Any:
     # For callers outside the pipeline (tests, benchmarks): a spec-less context whose only data is calibration.
-    from modelpress.optimize.steps import StepContext
-    from modelpress.optimize.zoo import ModelSpec, TaskData
+    from modelpress.optimize.techniques.registry import StepContext
+    from modelpress.optimize.spec import ModelSpec, TaskData
 
     x = _stack(calib)
     data = TaskData(eval_inputs=x, eval_labels=None, calib_inputs=x, description="calibration only")

@@ -1,7 +1,7 @@
 """The one interface every model source implements, and what loading gives back.
 
 A source turns a ``ModelRef`` whose paths are local files into a ``LoadedModel``: the float model in
-eval mode and a ``ModelSpec`` (today's zoo type) whose ``build`` re-creates the same architecture
+eval mode and a ``ModelSpec`` (``optimize.spec``) whose ``build`` re-creates the same architecture
 without weights (``artifacts.load_artifact`` rebuilds from it) and whose ``data`` reads the ref's data
 files. ``check`` runs cheap checks first (files exist, no ``auto_map``...), ``supports`` says why a step
 cannot run on this kind (torch-free, from ``ref.unsupported_reason``).
@@ -24,7 +24,8 @@ from pathlib import Path
 from torch import nn
 
 from modelpress.optimize.sources.ref import ModelRef, unsupported_reason
-from modelpress.optimize.zoo import ModelSpec, file_sha256
+from modelpress.optimize.spec import ModelSpec
+from modelpress.store import file_sha256
 
 # Bumped when a source's loading code changes what a model computes: part of the content id, so results
 # made by older code are not reused (issue 10 item 6).
@@ -104,7 +105,7 @@ def _walk(p: Path) -> list[tuple[str, Path]]:
 
 def check_problems(source: ModelSource, ref: ModelRef) -> None:
     """Raise a ``ModelLoadError`` listing every problem ``source.check`` finds."""
-    from modelpress.optimize.errors import ModelLoadError
+    from modelpress.errors import ModelLoadError
 
     problems = source.check(ref)
     if problems:

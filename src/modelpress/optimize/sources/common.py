@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from modelpress.optimize.limits import check_batch_bytes, check_latency_batches, current_limits
-from modelpress.optimize.zoo import Inputs
+from modelpress.optimize.spec import Inputs
 
 
 def tiled_input(rows: Inputs) -> Callable[[int], Inputs]:
@@ -29,7 +29,7 @@ def tiled_input(rows: Inputs) -> Callable[[int], Inputs]:
         >>> make(1024)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        modelpress.optimize.errors.DataError: latency batch: 1,024 rows x 4,194,304 bytes per row = ...
+        modelpress.errors.DataError: latency batch: 1,024 rows x 4,194,304 bytes per row = ...
     """
     t = rows if isinstance(rows, tuple) else (rows,)
     n = int(t[0].shape[0])

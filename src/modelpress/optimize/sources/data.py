@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import torch
 
-from modelpress.optimize.errors import DataError
+from modelpress.errors import DataError
 from modelpress.optimize.limits import (
     DecodedLimits,
     check_image_data,
@@ -42,7 +42,7 @@ from modelpress.optimize.limits import (
     pillow_guard,
 )
 from modelpress.optimize.sources.data_checks import MAX_ROWS, check_tensor_file, image_files
-from modelpress.optimize.zoo import TaskData
+from modelpress.optimize.spec import TaskData
 
 MAX_TENSOR_FILE_BYTES = 2 * 1024**3
 MAX_TEXT_FILE_BYTES = 256 * 1024**2
@@ -321,7 +321,7 @@ def preprocess_image(img: Any, pre: dict[str, Any], *, name: str = "(in memory)"
         >>> preprocess_image(Image.new("L", (4000, 2)), pre, name="pano.png")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        modelpress.optimize.errors.DataError: image pano.png is 4000x2 (aspect ratio 2,000), over the limit of 16: ...
+        modelpress.errors.DataError: image pano.png is 4000x2 (aspect ratio 2,000), over the limit of 16: ...
     """
     from PIL import Image
 

@@ -1,6 +1,6 @@
 """Decoded-size checks of a user's data from headers and counts alone: torch-free, shared by submit and worker.
 
-Submit (``modelpress.intake``) runs them so that a file that would decode huge is refused before a row
+Submit (``sources.submit``) runs them so that a file that would decode huge is refused before a row
 exists; the worker's readers (``sources.data``) run the same ones again before decoding, since a file can
 reach the store without passing submit. Nothing here decodes data: image sizes come from the header
 (``PIL.Image.open`` is lazy), tensor shapes from the safetensors JSON header and each ``.npy`` member's
@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelpress.optimize.errors import DataError
+from modelpress.errors import DataError
 from modelpress.optimize.limits import (
     DecodedLimits,
     check_batch_bytes,

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
-from modelpress.optimize.errors import ModelLoadError, is_task_control
+from modelpress.errors import ModelLoadError, is_task_control
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import check_labels, make_task_data, read_tensors
@@ -50,7 +50,7 @@ from modelpress.optimize.sources.pt2_archive import (
     target_allowed,
 )
 from modelpress.optimize.sources.ref import ModelRef
-from modelpress.optimize.zoo import ModelSpec
+from modelpress.optimize.spec import ModelSpec
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Loading is offline (forced, ``hf_env``) and code-free: ``local_files_only=True``, never
 ``trust_remote_code``, and before transformers opens the folder it must pass ``hf_files.check_folder``
-(the rules intake applies at submit: no ``auto_map`` or hub kernels in config.json, shard indexes that
+(the rules ``submit_hf`` applies at submit: no ``auto_map`` or hub kernels in config.json, shard indexes that
 name only files beside them, no tokenizer code); the attention implementation is ours, never the
 file's; weights must be ``model.safetensors`` or its shards (a ``pytorch_model.bin`` is a pickle).
 ``*ForSequenceClassification`` → logits, judged by accuracy when
@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelpress.optimize.errors import DataError, ModelLoadError
+from modelpress.errors import DataError, ModelLoadError
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import label_indices, make_task_data, read_jsonl
 from modelpress.optimize.sources.hf_files import ATTN_IMPLEMENTATIONS, check_folder, read_json_object
 from modelpress.optimize.sources.ref import ModelRef
-from modelpress.optimize.zoo import ModelSpec
+from modelpress.optimize.spec import ModelSpec
 
 DEFAULT_MAX_LENGTH_CAP = 512
 
@@ -49,7 +49,7 @@ def _offline() -> None:
 def read_config(folder: str | Path) -> dict[str, Any]:
     """``config.json`` as JSON (no transformers), once the folder passed every rule of ``hf_files``.
 
-    The same rules as at submit (``intake``), run again here because a row can reach a worker past
+    The same rules as at submit (``submit_hf``), run again here because a row can reach a worker past
     submit: config entries that make transformers run or fetch code, shard indexes naming files outside
     the folder, tokenizer code. Every load path calls this before transformers opens the folder.
 

@@ -1,6 +1,6 @@
 """The files of an ``hf:`` model folder, checked without torch or transformers: one set of rules for both sides.
 
-``intake`` runs ``check_folder`` at submit; ``sources.hf`` runs it again on the worker, on the folder rebuilt
+``submit_hf`` runs ``check_folder`` at submit; ``sources.hf`` runs it again on the worker, on the folder rebuilt
 from the store, before transformers opens any file of it. Every rule below closes a way for a folder to
 make transformers run, fetch or read something that is not the folder's own weights:
 
@@ -130,7 +130,7 @@ def check_folder(folder: str | Path) -> FolderCheck:
     """Every rule of this module on ``folder``: config, weights files, shard indexes, tokenizer config.
 
     Reads only JSON files and safetensors headers (no torch, no transformers). Not checked here: the
-    structure of each safetensors file in full and the folder's total size (``intake`` does both at
+    structure of each safetensors file in full and the folder's total size (``submit_hf`` does both at
     submit, with the deployment's limit).
 
     Example:

@@ -1,6 +1,6 @@
 """A ``torch.export.save`` archive (``.pt2``) read as data: allow-listed members, operators and fields.
 
-No torch here: ``intake`` checks a user's ``.pt2`` at submit with this module, and the worker checks it
+No torch here: ``submit_export`` checks a user's ``.pt2`` at submit with this module, and the worker checks it
 again before torch sees anything (``export.load_program``). What torch 2.13 would do with a hostile
 archive, and why each rule exists (docs/faults.md, "Exported programs (.pt2)"):
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelpress.optimize.errors import ModelLoadError
+from modelpress.errors import ModelLoadError
 from modelpress.optimize.sources.pt2_ops import (
     SYMBOL,
     INPLACE_OPS,

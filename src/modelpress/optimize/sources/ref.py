@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelpress.optimize.errors import DataError, UserInputError
+from modelpress.errors import DataError, UserInputError
 from modelpress.optimize.limits import check_latency_batches, check_text_length, current_limits
 
 REF_VERSION = 1

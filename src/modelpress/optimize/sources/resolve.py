@@ -16,11 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from modelpress.optimize.errors import UserInputError
+from modelpress.errors import UserInputError
 from modelpress.optimize.sources import get_source
 from modelpress.optimize.sources.base import check_problems
 from modelpress.optimize.sources.ref import ModelRef, ModelRefError
-from modelpress.optimize.zoo import ModelSpec
+from modelpress.optimize.spec import ModelSpec
 
 
 @dataclass
@@ -97,7 +97,7 @@ def build_for_artifact(ref: ModelRef, *, allowlist: tuple[str, ...] = ()) -> nn.
     missing = [f"{label} {p}" for label, p in src.files(ref)
                if not label.endswith("data") and not Path(p).exists()]
     if missing:
-        from modelpress.optimize.errors import ModelLoadError
+        from modelpress.errors import ModelLoadError
 
         raise ModelLoadError(f"cannot rebuild {ref.display_name}: {', '.join(missing)} not found here; "
                              "pass resolve_ref= (e.g. modelpress.load fetches store refs) or copy the files")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelpress.optimize.errors import DataError, ModelLoadError, UnknownModelError
+from modelpress.errors import DataError, ModelLoadError, UnknownModelError
 from modelpress.optimize.limits import (
     check_batch_bytes,
     check_image_data,
@@ -34,7 +34,8 @@ from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import check_labels, image_files, make_task_data, read_images
 from modelpress.optimize.sources.data_checks import IMAGENET
 from modelpress.optimize.sources.ref import ModelRef
-from modelpress.optimize.zoo import ModelSpec, load_weights, read_state_dict
+from modelpress.optimize.spec import ModelSpec
+from modelpress.optimize.weights import load_weights, read_state_dict
 
 MAX_WEIGHTS_BYTES = 4 * 1024**3
 

@@ -1,0 +1,192 @@
+"""Stage 3 of a job: choose among the built candidates on selection rows, never on the eval rows.
+
+``Selection`` holds the rows every choice is made on: validation rows when the model's data has them
+(``TaskData.val_inputs``, optionally ``val_labels``), else the calibration inputs judged by fidelity to
+the float model. Accuracy without labels becomes its conservative proxy, top-1 agreement with the float
+model (accuracy can drop by at most the disagreement rate), so a budget met there is one accuracy keeps.
+
+``choose`` keeps, among candidates that keep the budget on those rows, the best at the recipe's objective
+(``latency_b1``, ``latency_bN`` = largest measured batch, or ``size``). Near ties at a latency objective are
+first timed again side by side (``runoff``), because candidates timed minutes apart differ by host drift.
+
+Example:
+    >>> a = {"status": "built", "within_budget_on_selection": True, "bytes": 9, "selection_metric": .9,
+    ...      "latency": [{"batch_size": 1, "median_ms": 2.0}, {"batch_size": 64, "median_ms": 9.0}]}
+    >>> choose([a], "size") is a
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from modelpress.errors import UserInputError
+from modelpress.optimize.measure import (batch_of, compute_metric, host_timing_lock, interleaved_latency, n_samples,
+                                        predict)
+from modelpress.optimize.recipes import Budget
+from modelpress.optimize.runtimes.registry import get_runtime
+from modelpress.optimize.spec import ModelSpec, TaskData
+
+#: Candidates keeping the budget whose objective latency is within this fraction of the best one are timed
+#: again side by side (``runoff``) before one is chosen; env override.
+RUNOFF_MARGIN = float(os.environ.get("MODELPRESS_RUNOFF_MARGIN", "0.10"))
+#: Rounds of the run-off; each times every contender for ``ceil(runs / RUNOFF_ROUNDS)`` calls.
+RUNOFF_ROUNDS = 5
+#: At most this many contenders (the closest to the best) go into a run-off.
+RUNOFF_MAX = 3
+
+
+class NoCandidateError(UserInputError):
+    """``runtime: auto`` could build no candidate; the message lists each runtime's reason."""
+
+
+def unbatch(b: tuple[torch.Tensor, ...]) -> Any:
+    """One batch as a model takes it: a tensor for one input, else the tuple."""
+    return b[0] if len(b) == 1 else b
+
+
+class Selection:
+    """Rows that decisions are made on (never the eval rows), and how to score a model on them.
+
+    Build it with ``Selection.of``; ``rows`` says which rows they are ("validation" or "calibration"),
+    ``before`` is the float model's score there.
+    """
+
+    def __init__(self, rows: str, inputs: Any, labels: torch.Tensor | None, metric: str,
+                 reference: torch.Tensor, batch_size: int) -> None:
+        self.rows, self.inputs, self.labels, self.metric = rows, inputs, labels, metric
+        self.reference, self.batch_size = reference, batch_size
+        self.before = self.score_outputs(reference)
+
+    @classmethod
+    def of(cls, spec: ModelSpec, data: TaskData, float_fn: Callable[..., torch.Tensor], *, batch_size: int,
+           max_calibration_rows: int | None = None) -> "Selection | None":
+        """The selection rows of ``data``, or None when it has neither validation nor calibration rows.
+
+        Calibration rows are cut to the first ``max_calibration_rows`` when given (a runtime scores every
+        candidate, fallback trial and tuning on them).
+        """
+        if data.val_inputs is not None and n_samples(data.val_inputs) > 0:
+            rows, inputs, labels = "validation", data.val_inputs, data.val_labels
+        else:
+            rows, inputs, labels = "calibration", data.calib_inputs, None
+            n = n_samples(inputs)
+            if max_calibration_rows is not None and n > 0:
+                inputs = unbatch(batch_of(inputs, 0, min(n, max_calibration_rows)))
+        if n_samples(inputs) == 0:
+            return None
+        if spec.metric == "accuracy" and labels is not None:
+            metric = "accuracy"
+        else:
+            metric, labels = ("cosine" if spec.metric == "cosine" else "top1_agreement"), None
+        reference = predict(float_fn, inputs, batch_size=batch_size)
+        return cls(rows, inputs, labels, metric, reference, batch_size)
+
+    def score_outputs(self, out: torch.Tensor) -> float:
+        return compute_metric(self.metric, out, labels=self.labels, reference=self.reference)  # type: ignore[arg-type]
+
+    def score(self, fn: Callable[..., torch.Tensor]) -> float:
+        """The metric of ``fn`` (a model or a loaded artifact) on these rows."""
+        return self.score_outputs(predict(fn, self.inputs, batch_size=self.batch_size))
+
+    def allows(self, budget: Budget | None, after: float) -> bool:
+        return budget is None or budget.allows(before=self.before, after=after)
+
+    def describe(self) -> dict[str, Any]:
+        return {"rows": self.rows, "samples": n_samples(self.inputs), "metric": self.metric, "before": self.before}
+
+
+def variant_label(name: str, variant: dict[str, Any] | None) -> str:
+    """A candidate's name in logs and run-off records: the runtime, then its variant's settings.
+
+    Example:
+        >>> variant_label("onnxruntime", {"per_channel": False})
+        'onnxruntime (per_channel=False)'
+    """
+    return name + ("" if not variant else " (" + ", ".join(f"{k}={v}" for k, v in sorted(variant.items())) + ")")
+
+
+def objective_value(rec: dict[str, Any], objective: str) -> float:
+    """What the objective minimises for one candidate: bytes, or the median at batch 1 or the largest batch."""
+    if objective == "size":
+        return float(rec["bytes"])
+    lats = sorted(rec["latency"], key=lambda s: s["batch_size"])
+    pick = lats[0] if objective == "latency_b1" else lats[-1]
+    return float(pick["median_ms"])
+
+
+def runoff(job: Any, candidates: Sequence[dict[str, Any]], objective: str,
+           margin: float | None = None) -> dict[str, Any] | None:
+    """Time the candidates that are near-tied at a latency objective again, interleaved, before choosing.
+
+    Each candidate was timed on its own, minutes apart from the others; between two artifacts a few per cent
+    apart (the same int8 graph in two runtimes, per-tensor vs per-channel weights) host drift decides which
+    one looks faster. So the ones keeping the budget whose objective latency is within ``margin`` of the best
+    are reloaded from their files and timed in alternating rounds (``measure.interleaved_latency``) under
+    the host timing lock, with as many runs in all as the first timing. Their entry for the objective's
+    batch is replaced by the pooled one (``"interleaved": true``; the first kept as ``latency_first``), so
+    ``choose`` uses the sturdier number. ``job`` gives ``load(runtime, path)``, ``runs``, ``warmup``,
+    ``threads``, ``lock_dir``, ``timings``, ``log`` and ``spec``. The run-off's record, or None.
+    """
+    margin = RUNOFF_MARGIN if margin is None else margin
+    if objective == "size" or margin <= 0:
+        return None
+    keeping = [c for c in candidates if c.get("status") == "built" and c["within_budget_on_selection"]]
+    if len(keeping) < 2:
+        return None
+    best = min(objective_value(c, objective) for c in keeping)
+    near = sorted((c for c in keeping if objective_value(c, objective) <= best * (1 + margin)),
+                  key=lambda c: objective_value(c, objective))[:RUNOFF_MAX]
+    if len(near) < 2:
+        return None
+    lats = sorted(near[0]["latency"], key=lambda s: s["batch_size"])
+    batch = int((lats[0] if objective == "latency_b1" else lats[-1])["batch_size"])
+    labels = [f"{i}: " + variant_label(c["runtime"], c.get("variant")) for i, c in enumerate(near)]
+    fns = {lab: job.load(get_runtime(c["runtime"]), Path(c["path"])) for lab, c in zip(labels, near)}
+    runs = max(3, math.ceil(job.runs / RUNOFF_ROUNDS))
+    warmup = max(1, math.ceil(job.warmup / RUNOFF_ROUNDS))
+    with host_timing_lock(job.lock_dir, phase="runoff") as lock_rec:
+        got = interleaved_latency(fns, job.spec.make_input(batch), rounds=RUNOFF_ROUNDS, runs=runs,
+                                  warmup=warmup, threads=job.threads)
+    job.timings.append(lock_rec)
+    for lab, c in zip(labels, near):
+        i = next(k for k, s in enumerate(c["latency"]) if int(s["batch_size"]) == batch)
+        c["latency_first"] = dict(c["latency"][i])
+        c["latency"][i] = {**got[lab]["stats"].to_dict(), "interleaved": True,
+                           "round_medians_ms": got[lab]["round_medians_ms"]}
+    del fns
+    record = {"batch_size": batch, "margin": margin, "rounds": RUNOFF_ROUNDS, "runs_per_round": runs,
+              "warmup_per_round": warmup, "contenders": labels,
+              "median_ms": {lab: got[lab]["stats"].median_ms for lab in labels}}
+    job.log(f"run-off at batch {batch}: " + ", ".join(f"{lab} {v:.4f} ms" for lab, v in record["median_ms"].items()))
+    return record
+
+
+def choose(candidates: Sequence[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The winner: among built candidates keeping the budget on selection rows, the lowest objective value;
+    if none keeps it, the most faithful on selection rows (the job is then rejected, its numbers kept).
+
+    Example:
+        >>> a = {"status": "built", "within_budget_on_selection": True, "bytes": 9, "selection_metric": .9,
+        ...      "latency": [{"batch_size": 1, "median_ms": 2.0}, {"batch_size": 64, "median_ms": 9.0}]}
+        >>> b = {**a, "bytes": 5, "latency": [{"batch_size": 1, "median_ms": 1.0}, {"batch_size": 64, "median_ms": 20.}]}
+        >>> choose([a, b], "latency_bN") is a, choose([a, b], "latency_b1") is b, choose([a, b], "size") is b
+        (True, True, True)
+    """
+    built = [c for c in candidates if c.get("status") == "built"]
+    if not built:
+        raise NoCandidateError("no runtime could build this job: " + "; ".join(
+            f"{c['runtime']}: {c.get('reason')}" for c in candidates))
+    keeping = [c for c in built if c["within_budget_on_selection"]]
+    if keeping:
+        return min(keeping, key=lambda c: (objective_value(c, objective), c["bytes"]))
+    return max(built, key=lambda c: c["selection_metric"])
+
+
+__all__ = ["NoCandidateError", "RUNOFF_MARGIN", "RUNOFF_MAX", "RUNOFF_ROUNDS", "Selection", "choose",
+           "objective_value", "runoff", "unbatch", "variant_label"]

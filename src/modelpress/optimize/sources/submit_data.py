@@ -1,0 +1,143 @@
+"""A user's data files checked at submit, without torch: the part of every source's submit check that reads data.
+
+What lives here: ``check_data_file`` (one file or image folder, for a model of a given kind: missing,
+over the size limit, empty, an unsupported format, unreadable headers, JSONL labels outside the model's
+classes, an image folder with more classes than the classifier) and ``data_problems`` (both of a ref's
+data files, each problem at its field). The per-source checks (``submit_hf``, ``submit_vision``,
+``submit_export``, ``submit_registered``) call ``data_problems`` with what they learnt from the model's
+own files: its class count, its label names, or a further check of their own.
+
+Decoded sizes (pixels, rows, tokens) are ``data_checks``' work, shared with the worker's readers.
+
+Example:
+    >>> from modelpress.optimize.sources import parse_model_ref
+    >>> data_problems(parse_model_ref("export:m.pt2", data={"eval": "/nope.npz"}), max_bytes=1 << 30)
+    [(('data', 'eval'), 'data file /nope.npz does not exist')]
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from modelpress.errors import ModelLoadError
+from modelpress.optimize.sources.data_checks import (
+    image_folder_limit_problems,
+    jsonl_problems,
+    tensor_limit_problems,
+)
+from modelpress.optimize.sources.weights_file import check_safetensors, file_size_problem, safetensors_header
+from modelpress.store import list_tree
+
+if TYPE_CHECKING:
+    from modelpress.optimize.sources.data_checks import Problem
+    from modelpress.optimize.sources.ref import ModelRef
+
+# What an image folder may hold at submit (the worker's reader takes ``data_checks.IMAGE_SUFFIXES``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+# JSONL files up to this size are read whole at submit to check labels; larger ones only by the worker.
+JSONL_CHECK_BYTES = 64 * 1024 * 1024
+
+
+def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None,
+                  label_names: set[str] | frozenset[str] = frozenset(),
+                  also: Callable[[Path], list[str]] | None = None) -> list[Problem]:
+    """Every problem of the ref's eval and calibration files, as ((``"data"``, role), message).
+
+    ``classes`` and ``label_names`` come from the model's files (a classifier's output count, an HF
+    config's ``id2label``); ``also`` is the source's own check of a file that passed these (an exported
+    program's input names), run only then so that one file gets one reason.
+
+    Example:
+        >>> from modelpress.optimize.sources import parse_model_ref
+        >>> ref = parse_model_ref("hf:m", data={"eval": "/nope.jsonl", "calibration": "/nope/c.jsonl"})
+        >>> [loc for loc, _ in data_problems(ref, max_bytes=1 << 30)]
+        [('data', 'eval'), ('data', 'calibration')]
+    """
+    problems: list[Problem] = []
+    if ref.data is None:
+        return problems
+    for role in ("eval", "calibration"):
+        path = getattr(ref.data, role)
+        if path is None:
+            continue
+        found = check_data_file(Path(path), kind=ref.kind, classes=classes, label_names=label_names,
+                                max_bytes=max_bytes)
+        if not found and also is not None:
+            found = also(Path(path))
+        problems += [(("data", role), m) for m in found]
+    return problems
+
+
+def check_data_file(path: Path, *, kind: str, classes: int | None = None,
+                    label_names: set[str] | frozenset[str] = frozenset(), max_bytes: int) -> list[str]:
+    """What is wrong with one data file (or image folder) for a model of ``kind``; empty when fine.
+
+    Example:
+        >>> check_data_file(Path("/nope.csv"), kind="hf", max_bytes=1 << 30)
+        ['data file /nope.csv does not exist']
+    """
+    if path.is_dir():
+        return _check_image_folder(path, kind=kind, classes=classes, max_bytes=max_bytes)
+    if refused := file_size_problem(path, what="data file", max_bytes=max_bytes):
+        return [refused]
+    if path.stat().st_size == 0:
+        return [f"data file {path.name} is empty"]
+    suffix = path.suffix.lower()
+    # Shapes in the headers first: a header declaring a huge shape is refused by the limit it breaks.
+    if suffix in (".safetensors", ".npz") and (over := tensor_limit_problems(path)):
+        return over
+    if suffix == ".jsonl":
+        if kind != "hf":
+            return [f"data file {path.name}: JSONL text data needs a model with a tokenizer (hf:...); give a "
+                    f"{kind} model tensors (.safetensors/.npz) or an image folder"]
+        # Rows are counted at any size; labels are read only up to JSONL_CHECK_BYTES.
+        return jsonl_problems(path, classes=classes, label_names=label_names, read_limit=JSONL_CHECK_BYTES)
+    if suffix == ".safetensors":
+        tensors = [k for k in safetensors_header(path) if k != "__metadata__"]
+        if not tensors:
+            return [f"data file {path.name} is not a readable safetensors file (bad header), or holds no tensors"]
+        try:
+            check_safetensors(path)
+        except ModelLoadError as e:
+            return [str(e).replace("weights file", "data file")]
+        return []
+    if suffix == ".npz":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                unpacked = sum(i.file_size for i in zf.infolist())
+        except (zipfile.BadZipFile, OSError) as e:
+            return [f"data file {path.name} is not a readable .npz archive ({e})"]
+        if unpacked > max_bytes:
+            return [f"data file {path.name} unpacks to {unpacked} bytes, over the limit of {max_bytes} bytes"]
+        if not names or not all(n.endswith(".npy") for n in names):
+            return [f"data file {path.name} is not a numpy .npz archive (expected only .npy members)"]
+        return []
+    return [f"data file {path.name}: unsupported format {suffix or '(no suffix)'}; use .jsonl (text), .safetensors "
+            "or .npz (tensors by forward argument name, optional 'labels'), or a folder of images"]
+
+
+def _check_image_folder(folder: Path, *, kind: str, classes: int | None, max_bytes: int) -> list[str]:
+    if kind not in ("torchvision", "timm", "registered", "export"):
+        return [f"data folder {folder}: a folder of images is data for an image model (torchvision:/timm:), not "
+                f"for a {kind} model"]
+    files = list_tree(folder)
+    images = [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        return [f"data folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"]
+    if sum((folder / f).stat().st_size for f in files) > max_bytes:
+        return [f"data folder {folder} holds more than {max_bytes} bytes (MODELPRESS_MAX_WEIGHTS_BYTES)"]
+    subdirs = sorted({f.split("/", 1)[0] for f in images if "/" in f})
+    flat = [f for f in images if "/" not in f]
+    if subdirs and flat:
+        return [f"data folder {folder} mixes images at the top ({flat[0]}, ...) with class subfolders; use one "
+                "layout: class subfolders (labelled) or images only (unlabelled)"]
+    if subdirs and classes is not None and len(subdirs) > classes:
+        return [f"data folder {folder} has {len(subdirs)} class subfolders but the weights' classifier has "
+                f"{classes} outputs"]
+    return image_folder_limit_problems(folder)  # image count, then each header: pixels and aspect ratio
+
+
+__all__ = ["IMAGE_SUFFIXES", "JSONL_CHECK_BYTES", "check_data_file", "data_problems"]
