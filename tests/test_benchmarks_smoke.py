@@ -208,6 +208,22 @@ def test_the_peers_judge_wants_one_minilm_artifact_that_beats_nncf_quantize_and_
     assert headline["met"] is False and g["met"] is False
 
 
+def test_the_peers_judge_holds_minilm_given_as_an_hf_folder_to_the_zoo_entrys_goals() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+
+    base = [_variant("torch-float", "float", 1.0, {1: 40, 32: 1000}, size_fraction_of_float=1.0),
+            _variant("nncf-quantize", "peer", 0.993, {1: 11, 32: 313})]
+    fast = _variant("modelpress-static", "modelpress", 0.9955, {1: 11, 32: 310}, size_fraction_of_float=0.25)
+    for name in ("minilm_l6_v2", peers.MINILM_HF):
+        headline, g = peers.judge({"name": name, "batches": [1, 32], "variants": base + [fast]})
+        assert headline["met"] is True and g["met"] is True
+        less = {**fast, "metric": 0.99}
+        headline, _ = peers.judge({"name": name, "batches": [1, 32], "variants": base + [less]})
+        assert headline["met"] is False
+    assert peers.MINILM_HF in peers.parse_args([]).models.split(",")
+
+
 def test_the_peers_judge_calls_a_goal_not_met_when_every_modelpress_job_was_rejected_and_says_why() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import peers

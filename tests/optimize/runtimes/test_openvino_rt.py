@@ -278,3 +278,48 @@ def test_without_openvino_the_runtime_says_why_and_refuses_to_load(tmp_path: Pat
     first, second = proc.stdout.strip().splitlines()[-2:]
     assert first.startswith("openvino is not installed") and "pip install 'modelpress[openvino]'" in first
     assert second.startswith("refused: openvino is not installed")
+
+
+class _FlattenThenLinear(torch.nn.Module):
+    """Makes a tensor of its batch size in forward (as BERT's attention mask does): a size a trace of the
+    exported graph turns into the example's constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(x.shape[0], -1)) + torch.zeros(x.shape[0], 3)
+
+
+def test_an_exported_graph_keeps_a_dynamic_batch_in_openvino_and_matches_torch_at_every_batch(rt, tmp_path) -> None:
+    # The HF and .pt2 sources hand over torch.export graphs re-modularized into an FX GraphModule; traced by
+    # convert_model, their sym_size reads became the example's batch of 2 (issue 22's hf: MiniLM crash).
+    from modelpress.optimize.sources.export import modularize
+
+    eager = _FlattenThenLinear().eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    example = torch.randn(2, 3, 4)
+    graph = modularize(torch.export.export(eager, (example,), dynamic_shapes=({0: batch},)).module())
+    assert isinstance(graph, torch.fx.GraphModule)
+    exp = rt.export(graph, (example,), ["x"], tmp_path)
+    assert "torch.export" in exp.meta["exporter"]
+    rt.save(exp, tmp_path / "m.ovz")
+    served = rt.load(tmp_path / "m.ovz", threads=1)
+    for b in (1, 5, 32):
+        x = torch.randn(b, 3, 4)
+        out = served(x)
+        assert out.shape == (b, 3)
+        torch.testing.assert_close(out, eager(x).detach(), atol=_served_atol(), rtol=1e-3)
+
+
+def test_a_converted_model_with_a_fixed_batch_is_refused_before_any_metric_is_computed(rt) -> None:
+    import openvino as ov
+
+    from modelpress.optimize.runtimes.openvino_rt import _check_batch_follows_input
+
+    fixed = ov.convert_model(_FlattenThenLinear().eval(), example_input=(torch.randn(2, 3, 4),),
+                             input=[("x", ov.PartialShape([2, 3, 4]), ov.Type.f32)])
+    with pytest.raises(RecipeError, match="batch"):
+        _check_batch_follows_input(ov, fixed, (torch.randn(2, 3, 4),))

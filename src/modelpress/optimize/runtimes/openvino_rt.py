@@ -181,6 +181,43 @@ def _is_transformer(ov_model: Any) -> bool:
     return bool(types & {"Softmax", "ScaledDotProductAttention"}) and "MVN" in types
 
 
+def _convert(ov: Any, model: torch.nn.Module, example: tuple[torch.Tensor, ...],
+             inputs: list[tuple[str, Any, Any]]) -> tuple[Any, str]:
+    """``convert_model`` by the route that keeps the batch dimension dynamic: (model, route name).
+
+    An eager module is traced (TorchScript) by ``convert_model`` itself, as OpenVINO documents. An FX graph
+    (an HF folder or a ``.pt2`` program, re-modularized after ``torch.export``) is not: its shape reads
+    (``sym_size``) trace to the example's constants, so the converted model answered a batch of 32 rows with
+    2 (issue 22: the hf: MiniLM's OpenVINO candidate). It is exported again with ``torch.export`` and a
+    dynamic batch ``Dim``, and the ``ExportedProgram`` is converted, which keeps the symbol.
+    """
+    if isinstance(model, torch.fx.GraphModule):
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example))
+        return ov.convert_model(program, input=inputs), "torch.export"
+    return ov.convert_model(model, example_input=example, input=inputs), "trace"
+
+
+def _check_batch_follows_input(ov: Any, ov_model: Any, example: tuple[torch.Tensor, ...]) -> None:
+    """Refuse a converted model whose output rows do not follow the input rows (batch 1 and 3).
+
+    A batch size baked in by the converter does not always fail: broadcasting can hand back the example's
+    row count for any batch, and every metric computed on it would be wrong. Checked once, on the float model.
+    """
+    core = ov.Core()
+    compiled = core.compile_model(ov_model, "CPU", _compile_config(1))
+    for b in (1, 3):
+        rows = [t[:1].repeat(b, *([1] * (t.dim() - 1))).numpy() for t in example]
+        try:
+            out = compiled(rows)[compiled.outputs[0]]
+        except Exception as e:  # noqa: BLE001 - the plugin's shape errors are long; what matters is that it failed
+            raise RecipeError(f"the OpenVINO model does not run at batch {b} (the batch dimension was not kept "
+                              f"dynamic by openvino.convert_model): {' '.join(str(e).split())[:300]}") from e
+        if out.shape[0] != b:
+            raise RecipeError(f"the OpenVINO model answers a batch of {b} rows with {out.shape[0]}: "
+                              "openvino.convert_model baked a batch size into the graph")
+
+
 class OpenVinoRuntime:
     """OpenVINO CPU plugin; int8 by NNCF post-training quantization or weight compression."""
 
@@ -220,15 +257,17 @@ class OpenVinoRuntime:
         inputs = [(n, ov.PartialShape([-1, *t.shape[1:]]), _ov_type(ov, t.dtype)) for n, t in zip(names, example_inputs)]
         try:
             with torch.inference_mode(False), torch.no_grad():
-                ov_model = ov.convert_model(m, example_input=tuple(example_inputs), input=inputs)
+                ov_model, route = _convert(ov, m, tuple(example_inputs), inputs)
         except Exception as e:  # noqa: BLE001 - the converter's own errors are long traces; say what failed
             raise RecipeError(f"openvino.convert_model could not convert the model "
                               f"({type(e).__name__}: {' '.join(str(e).split())[:400]})") from e
         _name_weighted_ops(m, tuple(example_inputs), ov_model)
         for port, n in zip(ov_model.inputs, names):
             port.get_tensor().set_names({n})
+        _check_batch_follows_input(ov, ov_model, tuple(example_inputs))
         return Exported(runtime=self.name, handle=ov_model, input_names=names,
-                        meta={"exporter": "openvino.convert_model", "transformer": _is_transformer(ov_model)})
+                        meta={"exporter": f"openvino.convert_model ({route})",
+                              "transformer": _is_transformer(ov_model)})
 
     # ----------------------------------------------------------------------------- quantize
     def quantize(self, exported: Exported, qcfg: Any, calib: Sequence[tuple[torch.Tensor, ...]],
