@@ -33,13 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("compression", "throughput", "stability", "peers")
+BENCHMARKS = ("compression", "throughput", "stability", "peers", "deep_compression")
 # Full sizes are each script's own defaults; these are the additions run_all makes to them.
 FULL_ARGS: dict[str, list[str]] = {
     "compression": [],
     "throughput": [],
     "stability": ["--models", "mlp,digits_cnn"],
     "peers": [],
+    "deep_compression": [],
 }
 # Tiny sizes: enough to exercise every code path and JSON field (the smoke test), not to measure.
 SMOKE_ARGS: dict[str, list[str]] = {
@@ -48,6 +49,8 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "throughput": ["--jobs", "3", "--configs", "1x1,2x1", "--latency-runs", "5", "--noop-jobs", "3"],
     "stability": ["--repeats", "3", "--runs", "5", "--warmup", "1"],
     "peers": ["--models", "mlp", "--quick"],
+    "deep_compression": ["--quick", "--subjects", "minilm_hf", "--budgets", "0.05", "--runtime", "openvino",
+                         "--rounds", "1", "--runs", "3"],
 }
 
 

@@ -29,14 +29,14 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out), "--docs", str(docs),
          "--args-throughput", f"--redis-url {redis_url}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=1500,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "load average" in proc.stderr
 
     docs_text = docs.read_text()
     for section in ("## Machine", "## Commands", "## Compression quality", "## Pipeline throughput",
-                    "## Measurement stability", "## Peers"):
+                    "## Measurement stability", "## Peers", "## Deep compression"):
         assert section in docs_text
     assert "benchmarks/compression.py" in docs_text and "benchmarks/throughput.py" in docs_text
     assert "benchmarks/peers.py" in docs_text
@@ -45,7 +45,7 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
 
     machine_keys = {"date_utc", "cpu_model", "logical_cpus", "versions", "load_average", "git_commit"}
     docs_by_name = {}
-    for name in ("compression", "throughput", "stability", "peers"):
+    for name in ("compression", "throughput", "stability", "peers", "deep_compression"):
         d = json.loads((out / f"{name}.json").read_text())
         assert (out / f"{name}.md").is_file()
         assert d["benchmark"] == name and d["command"].startswith(".venv/bin/python benchmarks/")
@@ -112,6 +112,17 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
         assert pv[k]["size_bytes"] < 0.5 * pv["torch-float"]["size_bytes"], k
     (goal,) = pm["goals"]
     assert goal["met"] in (True, False) and goal["detail"]
+
+    deep = docs_by_name["deep_compression"]
+    # The MiniLM folder as hf:, its train file of documentation sentences, one level and a short distillation.
+    (sub,) = deep["subjects"]
+    assert deep["quick"] and sub["name"] == "minilm_hf" and sub["eval_rows"] > 200 and sub["train_rows"] > 2000
+    float_row, nncf_row, ours = sub["rows"]
+    assert float_row["cosine"] == 1.0 and nncf_row["label"].startswith("NNCF quantize") and 0.9 < nncf_row["cosine"] < 1
+    assert ours["budget"] == 0.05 and ours["goal_met"] in (True, False) and ours["bytes_vs_float"] < 0.5
+    assert ours["b1_ms"] > 0 and ours["b32_ms"] > 0 and 0 < ours["retrieval_top1_agreement"] <= 1
+    (job,) = sub["jobs"]
+    assert [f["level"] for f in job["frontier"]] == [0.5] and job["distill_seconds"] and job["peak_rss_mb"][0] > 0
 
 
 def test_the_docs_name_their_commit_and_a_dirty_tree_is_marked_or_refused(tmp_path: Path, monkeypatch) -> None:

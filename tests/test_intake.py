@@ -130,9 +130,9 @@ def test_the_cli_takes_an_own_model_with_its_data_and_refuses_a_bad_data_option(
     from modelpress.cli import build_parser, source_options
 
     args = build_parser().parse_args(["submit", "--model", "hf:m", "--recipe", "dynamic-int8", "--backend", "fbgemm",
-                                      "--data", "eval=e.jsonl,calibration=c.jsonl", "--max-length", "64",
+                                      "--data", "eval=e.jsonl,calibration=c.jsonl,train=t.jsonl", "--max-length", "64",
                                       "--preprocess", '{"resize": 72, "crop": 64}', "--latency-batches", "1,8"])
-    assert source_options(args) == {"data": {"eval": "e.jsonl", "calibration": "c.jsonl"}, "max_length": 64,
+    assert source_options(args) == {"data": {"eval": "e.jsonl", "calibration": "c.jsonl", "train": "t.jsonl"}, "max_length": 64,
                                     "preprocess": {"resize": 72, "crop": 64}, "latency_batches": [1, 8]}
     env = {"PATH": "/usr/bin:/bin", "MODELPRESS_HOME": str(tmp_path / "home")}
     out = subprocess.run([sys.executable, "-m", "modelpress", "submit", "--model", "hf:m", "--recipe", "dynamic-int8",
@@ -188,3 +188,63 @@ def test_a_workers_error_names_staged_files_by_their_role_not_by_their_content_k
     assert named == ("HF folder model files (model): config.json has 'auto_map'; eval data (data.eval, "
                      "5e5e5e5e5e5e5e5e5e….jsonl): label 7 in row 2 is outside the model's 3 classes")
     assert name_staged_files("nothing staged", None) == "nothing staged"
+
+
+# ----------------------------------------------------------------------------- the train split
+def test_a_train_file_is_staged_fetched_back_and_part_of_the_reuse_key(tmp_path):
+    hf_folder(tmp_path)
+    (tmp_path / "eval.jsonl").write_text('{"text": "goal", "label": 0}\n')
+    (tmp_path / "train.jsonl").write_text('{"text": "rain", "label": 1}\n')
+    (tmp_path / "other.jsonl").write_text('{"text": "song", "label": 2}\n')
+    store = ArtifactStore(tmp_path / "store")
+
+    def staged(train):  # type: ignore[no-untyped-def]
+        data = {"eval": "eval.jsonl"} | ({"train": train} if train else {})
+        return stage_ref(resolve_paths(parse_model_ref("hf:bert", data=data), tmp_path), store=store, max_bytes=MB)
+
+    with_train = staged("train.jsonl")
+    assert with_train.data.train.startswith("inputs/") and with_train.data.train.endswith(".jsonl")
+    local = localize_ref(with_train, store=store, cache_dir=tmp_path / "cache")
+    assert Path(local.data.train).read_bytes() == (tmp_path / "train.jsonl").read_bytes()
+    keys = {staged(None).content_sha256, with_train.content_sha256, staged("other.jsonl").content_sha256}
+    assert len(keys) == 3
+
+
+def test_a_workers_error_names_a_staged_train_file_as_the_train_data():
+    from modelpress.intake import name_staged_files
+
+    train = "inputs/" + "7a" * 32 + ".npz"
+    stored = {"path": "inputs/" + "06" * 32 + ".pt2", "data": {"eval": "inputs/" + "5e" * 32 + ".npz", "train": train}}
+    named = name_staged_files(f"{'7a' * 32}.npz: label 3 in row 3 is outside the model's 3 classes", stored)
+    assert named == "train data (data.train, 7a7a7a7a7a7a7a7a7a….npz): label 3 in row 3 is outside the model's 3 classes"
+
+
+def test_a_manifest_takes_a_train_file_and_points_at_the_line_of_a_bad_one_or_of_a_recipe_that_needs_one(
+        tmp_path, settings):
+    pt2_file(tmp_path / "ranker.pt2")
+    safetensors_file(tmp_path / "eval.safetensors", {"features": [2, 4]})
+    safetensors_file(tmp_path / "train.safetensors", {"features": [3, 4], "labels": [3]})
+    safetensors_file(tmp_path / "bad.safetensors", {"features": [3, 4], "labels": [3, 2]})
+    good = ("models:\n"
+            "  - model: export:ranker.pt2\n"
+            "    data: {eval: eval.safetensors, train: train.safetensors}\n"
+            "    recipes: [qat-int8]\n"
+            "    backends: [fbgemm]\n")
+    (request,) = parse_manifest(good, settings=settings, base_dir=tmp_path, filename="m.yaml").requests
+    assert request.ref.data.train == str(tmp_path / "train.safetensors")
+    text = ("defaults: {recipes: [qat-int8], backends: [fbgemm]}\n"
+            "models:\n"
+            "  - model: export:ranker.pt2\n"
+            "    data:\n"
+            "      eval: eval.safetensors\n"
+            "      train: bad.safetensors\n"          # line 6
+            "  - model: export:ranker.pt2\n"
+            "    data: {eval: eval.safetensors}\n"
+            "    recipes: [qat-int8]\n")              # line 9: qat needs a train file
+    with pytest.raises(ManifestError) as e:
+        parse_manifest(text, settings=settings, base_dir=tmp_path, filename="m.yaml")
+    lines = str(e.value).splitlines()[1:]
+    assert any(ln.strip().startswith("m.yaml:6: models[0].data.train: data file bad.safetensors: 'labels' must be a "
+                                     "1-D integer tensor") for ln in lines), lines
+    assert any(ln.strip().startswith("m.yaml:9: models[1].recipes[0]: recipe 'qat-int8': step 'qat' trains the model")
+               and "add data: {train: ...}" in ln for ln in lines), lines

@@ -17,14 +17,19 @@ import zipfile
 from pathlib import Path
 
 
-def safetensors_file(path: Path, tensors: dict[str, list[int]]) -> Path:
-    """A valid safetensors file of zero-filled float32 tensors with these shapes (no torch needed)."""
+_ITEMSIZE = {"F32": 4, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
+
+
+def safetensors_file(path: Path, tensors: dict[str, list[int]], dtypes: dict[str, str] | None = None) -> Path:
+    """A valid safetensors file of zero-filled tensors with these shapes (no torch needed): float32, except
+    ``labels`` (int64, class indices) and any named in ``dtypes`` (safetensors dtype names, e.g. ``"F64"``)."""
     header, offset = {}, 0
     for name, shape in tensors.items():
-        n = 4
+        dtype = (dtypes or {}).get(name, "I64" if name == "labels" else "F32")
+        n = _ITEMSIZE[dtype]
         for d in shape:
             n *= d
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header).encode()
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * offset)

@@ -26,8 +26,12 @@ from modelpress.commands.common import (  # noqa: F401 - re-exported: callers us
 )
 from modelpress.settings import BACKENDS, Settings, native_backend
 
-DEMO_MODELS = ("mlp", "digits_cnn")
-DEMO_RECIPES = ("dynamic-int8", "prune50-dynamic-int8")
+# What modelpress is for, in one table: the digits CNN int8 (static, and pruned + fine-tuned + int8: smaller and
+# faster at the same accuracy), the MLP's 50 % unstructured pruning that its budget rejects (with the reason),
+# and one job on the other backend (routing by target). (model, recipe) pairs on the first backend.
+DEMO_JOBS = (("digits_cnn", "static-int8"), ("digits_cnn", "prune50-finetune-static-int8"),
+             ("mlp", "prune50-dynamic-int8"))
+DEMO_OTHER_BACKEND_JOB = ("digits_cnn", "dynamic-int8")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -103,20 +107,80 @@ def _rows(settings: Settings, **filters: Any) -> list[dict[str, Any]]:
         eng.dispose()
 
 
-def wait_for(settings: Settings, ids: list[str], *, timeout: float, quiet: bool = False) -> list[dict[str, Any]]:
-    """Poll the job table until every job is finished; print a one-line progress as it goes."""
+def progress_text(progress: dict[str, Any] | None) -> str:
+    """One line from a job's latest progress report (the row's ``progress``), as ``show`` and ``wait`` print it.
+
+    Known keys first, in this order: ``step``, ``iteration``/``of``, ``loss``, ``validation`` (named by
+    ``metric`` when the report gives it), then any other key as ``key value``, then ``elapsed_s``.
+
+    Example:
+        >>> progress_text({"step": "distill_float", "iteration": 120, "of": 600, "loss": 0.031,
+        ...                "validation": 0.982, "metric": "cosine", "elapsed_s": 41.2})
+        'distill_float 120/600, loss 0.0310, validation cosine 0.982, 41 s'
+        >>> progress_text({"step": "finetune", "iteration": 3, "loss": "nan", "epoch": 2})
+        'finetune 3, loss nan, epoch 2'
+    """
+    if not progress:
+        return ""
+    p = dict(progress)
+
+    def num(v: Any, fmt: str) -> str:
+        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+    head = " ".join(str(x) for x in (p.pop("step", None), _of(p.pop("iteration", None), p.pop("of", None)))
+                    if x not in (None, ""))
+    parts = [head] if head else []
+    if "loss" in p:
+        parts.append(f"loss {num(p.pop('loss'), '.4f')}")
+    metric = p.pop("metric", None)
+    if "validation" in p:
+        parts.append(f"validation {f'{metric} ' if metric else ''}{num(p.pop('validation'), '.3f')}")
+    elapsed = p.pop("elapsed_s", None)
+    parts += [f"{k} {num(v, 'g')}" for k, v in p.items()]
+    if elapsed is not None:
+        parts.append(f"{num(elapsed, '.0f')} s")
+    return ", ".join(parts)
+
+
+def _of(iteration: Any, total: Any) -> str | None:
+    if iteration is None:
+        return None
+    return f"{iteration}/{total}" if total is not None else str(iteration)
+
+
+def wait_line(rows: Sequence[dict[str, Any]], total: int) -> tuple[str, int]:
+    """``wait``'s one-line progress: a bar, counts by status, and the first running job's progress report.
+
+    Example:
+        >>> wait_line([{"id": "6b6984c1ffff", "status": "running", "progress": {"step": "distill", "iteration": 5,
+        ...             "of": 50}}, {"id": "aa", "status": "succeeded"}], 2)[0]
+        '[###############               ] 1/2 running=1 succeeded=1 | 6b6984c1 distill 5/50'
+    """
     from modelpress.models_db import FINISHED
 
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    done = sum(counts.get(s, 0) for s in FINISHED)
+    bar = "#" * int(30 * done / max(1, total))
+    line = f"[{bar:<30}] {done}/{total} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    # One job's report keeps it one line; a long training step is what makes people watch the bar at all.
+    reporting = [r for r in rows if r["status"] == "running" and r.get("progress")]
+    if reporting:
+        more = f" (+{len(reporting) - 1} more)" if len(reporting) > 1 else ""
+        line += f" | {reporting[0]['id'][:8]} {progress_text(reporting[0]['progress'])}{more}"
+    return line, done
+
+
+def wait_for(settings: Settings, ids: list[str], *, timeout: float, quiet: bool = False) -> list[dict[str, Any]]:
+    """Poll the job table until every job is finished; print a one-line progress as it goes."""
     deadline = time.monotonic() + timeout
     while True:
         rows = _rows(settings, ids=ids, limit=None)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        done = sum(counts.get(s, 0) for s in FINISHED)
+        line, done = wait_line(rows, len(ids))
         if not quiet and sys.stderr.isatty():
-            bar = "#" * int(30 * done / max(1, len(ids)))
-            sys.stderr.write(f"\r[{bar:<30}] {done}/{len(ids)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            # \x1b[K clears what a longer previous line left (a progress report changes length).
+            sys.stderr.write("\r" + line + "\x1b[K")
             sys.stderr.flush()
         if done == len(ids):
             if not quiet and sys.stderr.isatty():
@@ -162,10 +226,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     procs = [start_worker_process(env, b, settings.home / "logs" / f"worker-{b}.log") for b in backends]
     try:
         producer = _producer(settings)
-        reqs = [producer.validate(model=m, recipe=r, backend=backends[0]) for m in args.models.split(",")
-                for r in args.recipes.split(",")]
+        pairs = [tuple(j.split(":", 1)) for j in args.jobs.split(",")]
+        bad = [":".join(p) for p in pairs if len(p) != 2]
+        if bad:
+            print(f"error: --jobs takes model:recipe pairs, got {', '.join(bad)}", file=sys.stderr)
+            return 2
+        reqs = [producer.validate(model=m, recipe=r, backend=backends[0]) for m, r in pairs]
         # One job for every other backend too, so the table shows routing by target backend.
-        reqs += [producer.validate(model=DEMO_MODELS[0], recipe=DEMO_RECIPES[0], backend=b) for b in backends[1:]]
+        reqs += [producer.validate(model=DEMO_OTHER_BACKEND_JOB[0], recipe=DEMO_OTHER_BACKEND_JOB[1], backend=b)
+                 for b in backends[1:]]
         ids = producer.submit_many(reqs, batch_name="demo")
         producer.close()
         print(f"submitted {len(ids)} jobs; waiting for the workers")
@@ -208,11 +277,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def parse_data_option(text: str) -> dict[str, str]:
-    """``--data eval=PATH[,calibration=PATH]`` (or just ``PATH``, the eval data) as a mapping.
+    """``--data eval=PATH[,calibration=PATH][,train=PATH]`` (or just ``PATH``, the eval data) as a mapping.
 
     Example:
         >>> parse_data_option("eval=val.jsonl,calibration=calib.jsonl")
         {'eval': 'val.jsonl', 'calibration': 'calib.jsonl'}
+        >>> parse_data_option("eval=val.jsonl,train=train.jsonl")
+        {'eval': 'val.jsonl', 'train': 'train.jsonl'}
         >>> parse_data_option("val-images/")
         {'eval': 'val-images/'}
     """
@@ -223,8 +294,8 @@ def parse_data_option(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if key.strip() not in ("eval", "calibration") or not sep or not value.strip():
-            raise UserInputError(f"--data {text!r}: expected eval=PATH[,calibration=PATH], got {part!r}")
+        if key.strip() not in ("eval", "calibration", "train") or not sep or not value.strip():
+            raise UserInputError(f"--data {text!r}: expected eval=PATH[,calibration=PATH][,train=PATH], got {part!r}")
         out[key.strip()] = value.strip()
     if "eval" not in out:
         raise UserInputError(f"--data {text!r}: eval=PATH is required (the held-out data the metric is computed on)")
@@ -304,6 +375,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: no job {args.job!r}", file=sys.stderr)
         return 2
     print(json.dumps(row, indent=1))
+    if row["status"] == "running" and row.get("progress"):
+        # On stderr: stdout stays the row as JSON, which scripts parse.
+        print(f"progress: {progress_text(row['progress'])}", file=sys.stderr)
     return 0
 
 
@@ -340,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="optimize the built-in models through real worker processes, print a table")
-    d.add_argument("--models", default=",".join(DEMO_MODELS))
-    d.add_argument("--recipes", default=",".join(DEMO_RECIPES))
+    d.add_argument("--jobs", default=",".join(f"{m}:{r}" for m, r in DEMO_JOBS), metavar="MODEL:RECIPE,...",
+                   help="jobs on the first backend (default: %(default)s)")
     d.add_argument("--backends", default=",".join([native_backend()] + [b for b in BACKENDS if b != native_backend()]))
     d.add_argument("--timeout", type=float, default=1800)
     d.set_defaults(func=cmd_demo)
@@ -353,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", help="built-in recipe name or a .json/.yaml recipe file")
     s.add_argument("--backend", help=f"target backend: {', '.join(BACKENDS)}")
     s.add_argument("--weights", help="state dict file (.safetensors, or torch.save loaded with weights_only)")
-    s.add_argument("--data", metavar="eval=PATH[,calibration=PATH]",
+    s.add_argument("--data", metavar="eval=PATH[,calibration=PATH][,train=PATH]",
                    help="the model's own data: .jsonl text, .safetensors/.npz tensors, or an image folder")
     s.add_argument("--preprocess", metavar="JSON", help="images: {\"resize\": 256, \"crop\": 224, \"mean\": [...], "
                                                         "\"std\": [...]} (default: timm's pretrained config)")
@@ -383,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=200)
     j.set_defaults(func=cmd_jobs)
 
-    sh = sub.add_parser("show", help="one job, every field, as JSON")
+    sh = sub.add_parser("show", help="one job, every field, as JSON (a running job's progress on stderr)")
     sh.add_argument("job", help="job id or a unique prefix (6+ characters)")
     sh.set_defaults(func=cmd_show)
 

@@ -1,7 +1,8 @@
 """Own models and data at submit (issue 9): paths made relative, files staged into the store, the reuse key.
 
-A user names a model file or folder plus data files (``hf:PATH``, ``torchvision:NAME`` + weights,
-``timm:NAME`` + weights, ``export:PATH.pt2``; see ``optimize.sources.ref``). Before any row exists:
+A user names a model file or folder plus data files (eval, optionally calibration and train; ``hf:PATH``,
+``torchvision:NAME`` + weights, ``timm:NAME`` + weights, ``export:PATH.pt2``; see ``optimize.sources.ref``).
+Before any row exists:
 
 1. ``resolve_paths`` makes every path absolute (relative to the manifest's folder or the shell's) for
    reading the files here, and renames the model relative to that folder: a job row never holds the
@@ -82,7 +83,8 @@ def resolve_paths(ref: "ModelRef", base_dir: str | Path) -> "ModelRef":
 
     fields: dict[str, Any] = {"path": absolute(ref.path), "weights": absolute(ref.weights)}
     if ref.data is not None:
-        fields["data"] = {"eval": absolute(ref.data.eval), "calibration": absolute(ref.data.calibration)}
+        fields["data"] = {"eval": absolute(ref.data.eval), "calibration": absolute(ref.data.calibration),
+                          "train": absolute(ref.data.train)}
     if ref.kind in ("hf", "export"):
         fields["name"] = row_name(ref.name, base)
     return ref.with_paths(**fields)
@@ -133,7 +135,8 @@ def stage_ref(ref: "ModelRef", *, store: "ArtifactStore", max_bytes: int, prefix
 
     fields: dict[str, Any] = {"path": put(ref.path), "weights": put(ref.weights)}
     if ref.data is not None:
-        fields["data"] = {"eval": put(ref.data.eval), "calibration": put(ref.data.calibration)}
+        fields["data"] = {"eval": put(ref.data.eval), "calibration": put(ref.data.calibration),
+                          "train": put(ref.data.train)}
     staged = ref.with_paths(**fields)
     return staged.with_paths(content_sha256=content_id(staged))
 
@@ -204,7 +207,8 @@ def localize_ref(ref: "ModelRef", *, store: "ArtifactStore", cache_dir: str | os
 
     fields: dict[str, Any] = {"path": get(ref.path), "weights": get(ref.weights)}
     if ref.data is not None:
-        fields["data"] = {"eval": get(ref.data.eval), "calibration": get(ref.data.calibration)}
+        fields["data"] = {"eval": get(ref.data.eval), "calibration": get(ref.data.calibration),
+                          "train": get(ref.data.train)}
     return ref.with_paths(**fields)
 
 
@@ -225,8 +229,9 @@ def name_staged_files(message: str, stored: dict[str, Any] | None) -> str:
         return message
     data = stored.get("data") if isinstance(stored.get("data"), dict) else {}
     roles = [("path", stored.get("path"), "model files (model)"), ("weights", stored.get("weights"), "weights file"),
-             ("data.eval", data.get("eval"), "eval data"), ("data.calibration", data.get("calibration"),
-                                                            "calibration data")]
+             ("data.eval", data.get("eval"), "eval data"),
+             ("data.calibration", data.get("calibration"), "calibration data"),
+             ("data.train", data.get("train"), "train data")]
     for field, key, what in roles:
         if not isinstance(key, str):
             continue

@@ -38,8 +38,9 @@ A model can also be given by its files, with its own data (issue 9; docs/your-mo
         data: {eval: data/val-images/, calibration: data/calib-images/}
         preprocess: {resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
       - model: export:models/ranker.pt2             # torch.export.save
-        data: {eval: data/ranker-eval.safetensors}
+        data: {eval: data/ranker-eval.safetensors, train: data/ranker-train.safetensors}
         latency_batches: [1, 64]
+        recipes: [qat-int8]                         # training steps need data.train
 
 Their files are checked without torch (missing files, remote-code configs, unknown architecture
 names, unreadable data, labels outside the class count, steps the source cannot take), each problem
@@ -119,6 +120,9 @@ class DataEntry(_Strict):
     eval: str = Field(min_length=1, description="Held-out data the reported metric is computed on.")
     calibration: str | None = Field(default=None, min_length=1,
                                     description="Data for calibration and choices (default: a seeded part of eval).")
+    train: str | None = Field(default=None, min_length=1,
+                              description="Training data for finetune/qat/distill, in eval's format (labels "
+                                          "optional); rows also in eval are dropped.")
 
 
 class ModelEntry(Defaults):
@@ -128,7 +132,7 @@ class ModelEntry(Defaults):
                        description="Registered model, module:function, hf:PATH, torchvision:NAME, timm:NAME or "
                                    "export:PATH.pt2.")
     weights: str | None = Field(default=None, min_length=1, description="State dict file, relative to the manifest.")
-    data: DataEntry | None = Field(default=None, description="eval (and calibration) data files or folders.")
+    data: DataEntry | None = Field(default=None, description="eval (and calibration, train) data files or folders.")
     preprocess: dict[str, Any] | None = Field(default=None, description="Images: resize, crop, mean, std.")
     metric: Literal["accuracy", "top1_agreement", "cosine"] | None = Field(default=None,
                                                                           description="Override the metric.")

@@ -25,6 +25,7 @@ from modelpress.models_db.jobs import (
     heartbeat,
     is_finished,
     list_jobs,
+    record_progress,
     requeue_job,
 )
 from modelpress.models_db.schema import FINISHED, Base, Batch, Job, JobStatus
@@ -37,4 +38,4 @@ def create_all(engine: Engine) -> None:
 
 __all__ = ["Base", "Batch", "FINISHED", "Job", "JobStatus", "claim_job", "count_by_status", "create_all",
            "create_job", "fail_job", "finish_job", "get_job", "heartbeat", "is_finished",
-           "list_jobs", "make_engine", "make_sessionmaker", "requeue_job"]
+           "list_jobs", "make_engine", "make_sessionmaker", "record_progress", "requeue_job"]

@@ -120,6 +120,22 @@ def heartbeat(*, session: Session, job_id: str, token: str) -> bool:
                    {"heartbeat_at": db_now()})
 
 
+def record_progress(*, session: Session, job_id: str, token: str, progress: Mapping[str, Any]) -> bool:
+    """Store the latest progress of a running job; only the claim holder (``token``) can, like ``heartbeat``.
+
+    False, and nothing written, when the job is no longer running under this claim (finished, requeued,
+    taken over): a late report from a lost run never lands on another run's row. The caller throttles
+    (the optimize task writes at most every ~2 s) and keeps the dict small and JSON-able.
+
+    Example:
+        >>> record_progress(session=s, job_id=j, token="host/42/ab12",
+        ...                 progress={"step": "distill_float", "iteration": 120, "of": 600})  # doctest: +SKIP
+        True
+    """
+    return _update(session, job_id, and_(Job.status == JobStatus.running.value, Job.claim_token == token),
+                   {"progress": dict(progress)})
+
+
 def finish_job(*, session: Session, job_id: str, status: str, values: dict[str, Any], token: str) -> bool:
     """running → succeeded/rejected with the measured values; False if this worker no longer owns it."""
     if status not in (JobStatus.succeeded.value, JobStatus.rejected.value):

@@ -142,6 +142,11 @@ class Job(Base):
     timing_lock_wait_s: Mapped[float | None] = mapped_column(Float)
     measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the full result, both batch sizes
     artifact_uri: Mapped[str | None] = mapped_column(Text)
+    # The latest progress a long step (training, distillation) reported while the job ran, as it sent it,
+    # e.g. {"step": "distill_float", "iteration": 120, "of": 600, "loss": 0.031, "elapsed_s": 41.2}; written
+    # at most every ~2 s by the claim holder (jobs.record_progress). Kept after the job ends: the last report
+    # says how far a failed or timed-out run got. NULL: nothing reported (most recipes never do) (issue 22).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # --- where and with what it ran ---
     worker_host: Mapped[str | None] = mapped_column(String(255))

@@ -38,11 +38,12 @@ import torch
 from torch import nn
 
 from modelpress.errors import UserInputError
+from modelpress.filemodes import make_private_dirs
 from modelpress.optimize.chain import StepChain, run_steps
 from modelpress.optimize.choose import Selection, unbatch, variant_label
 from modelpress.optimize.measure import as_tuple, batch_of, compute_metric, n_samples, predict
 from modelpress.optimize.plan import JobPlan
-from modelpress.optimize.recipes import QATConfig, Recipe, StaticQuantConfig
+from modelpress.optimize.recipes import PruneConfig, QATConfig, Recipe, StaticQuantConfig
 from modelpress.optimize.runtimes.base import Exported, Runtime, RuntimeUnavailableError
 from modelpress.optimize.runtimes.registry import AUTO, get_runtime, runtime_names
 from modelpress.optimize.runtimes.torch_handle import TorchHandle
@@ -372,20 +373,17 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
     ``extra`` receives the job-level record of the selection rows. Candidate files go under ``workdir``,
     which the caller removes after publishing the chosen one. A recipe naming one runtime raises that
     runtime's own error (its message, its retry class) when none of its variants could be built.
+
+    With a ``search``, the torch steps run once per level of the ``prune`` step, most cut first, and each
+    level's candidates are built and judged on the selection rows; the search stops at the first level where a
+    candidate keeps the budget. Every candidate carries its ``level``, and ``extra["frontier"]`` lists each
+    level tried with its best candidate on selection rows.
     """
     recipe, spec, data, log = plan.recipe, plan.spec, plan.rows(), plan.log
-    names = candidate_names(recipe)
     qi = quant_index(recipe)
     if qi is not None and qi != len(recipe.steps) - 1:
         raise UserInputError(f"runtime {recipe.runtime!r}: the quantization step ({recipe.steps[qi].type}) must be "
                              "the last step (torch steps run first, then the runtime quantizes)")
-    ctx = StepContext(spec=spec, data=data, engine=plan.engine, reference=plan.float_model, log=log)
-    torch_steps = recipe.steps[:qi] if qi is not None else recipe.steps
-    chain = StepChain([plan.float_model], [])
-    if torch_steps:
-        chain = run_steps(chain, tuple(torch_steps), 0, ctx, log)
-    prefix: dict[str, Any] = {"quant_index": qi, "steps": [s.to_dict() for s in torch_steps],
-                              "steps_meta": chain.metas, "manifest": {**plan.base_manifest, "recipe": recipe.to_dict()}}
     # Fidelity on selection rows is judged against the user's float model, like the reported metric.
     budget = recipe.budget
     sel = Selection.of(spec, data, plan.float_model, batch_size=plan.eval_bs,
@@ -394,13 +392,74 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
         raise UserInputError("choosing in a runtime needs calibration or validation inputs, and this "
                              "model's spec has none")
     extra["selection"] = sel.describe()
+    torch_steps = recipe.steps[:qi] if qi is not None else recipe.steps
+    levels: list[float | None] = list(recipe.search.levels) if recipe.search is not None else [None]
+    candidates: list[dict[str, Any]] = []
+    frontier: list[dict[str, Any]] = []
+    first_error: Exception | None = None
+    for level in levels:
+        steps = tuple(s.model_copy(update={"level": level}) if (level is not None and isinstance(s, PruneConfig)) else s
+                      for s in torch_steps)
+        if level is not None:
+            log(f"search: level {level}")
+        # Each level trains its own student: its checkpoints live apart from the other levels'.
+        ckpt = plan.checkpoint_dir / (f"level-{level}" if level is not None else "")
+        ctx = StepContext(spec=spec, data=data, engine=plan.engine, reference=plan.float_model, log=log,
+                          progress=plan.progress, checkpoint_dir=ckpt)
+        chain = StepChain([plan.float_model], [])
+        if steps:
+            if level is not None:
+                make_private_dirs(ckpt)
+            chain = run_steps(chain, steps, 0, ctx, log)
+        prefix: dict[str, Any] = {"quant_index": qi, "steps": [s.to_dict() for s in steps], "steps_meta": chain.metas,
+                                  "manifest": {**plan.base_manifest, "recipe": recipe.to_dict()}}
+        built, error = _level_candidates(plan, chain, ctx, prefix, sel, workdir / (f"level-{level}" if level else "all"),
+                                         level)
+        first_error = first_error or error
+        candidates += built
+        if level is None:
+            continue
+        ok = [c for c in built if c.get("status") == "built"]
+        best = max(ok, key=lambda c: c["selection_metric"], default=None)
+        frontier.append({"level": level, "candidates_built": len(ok),
+                         "within_budget_on_selection": any(c["within_budget_on_selection"] for c in ok),
+                         "best_selection_metric": best["selection_metric"] if best else None,
+                         "best_runtime": best["runtime"] if best else None,
+                         "latency": best["latency"] if best else None,
+                         "bytes": best["bytes"] if best else None,
+                         "steps_meta": _step_summary(chain.metas)})
+        if frontier[-1]["within_budget_on_selection"]:
+            log(f"search: level {level} keeps the budget on {sel.rows} rows; less cut would only be slower")
+            break
+    if recipe.search is not None:
+        extra["frontier"] = frontier
+    if recipe.runtime != AUTO and first_error is not None and not any(c.get("status") == "built" for c in candidates):
+        raise first_error
+    return candidates
+
+
+def _step_summary(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The figures of each torch step a frontier row shows (structure and history left to the artifact)."""
+    keep = ("level", "params_before", "params_after", "layers_after", "heads_per_layer_after", "ffn_per_layer_after",
+            "steps_run", "stopped_by", "seconds", "validation_before", "validation_best", "peak_rss_mb", "flops_ratio")
+    out = []
+    for m in metas:
+        flat = {**m, **(m.get("delegate_meta") or {})}
+        out.append({k: flat[k] for k in keep if k in flat})
+    return out
+
+
+def _level_candidates(plan: JobPlan, chain: StepChain, ctx: StepContext, prefix: dict[str, Any], sel: Selection,
+                      workdir: Path, level: float | None) -> tuple[list[dict[str, Any]], Exception | None]:
+    """Every runtime's candidates of one chain (one search level, or the recipe as written)."""
     candidates: list[dict[str, Any]] = []
     shared: dict[str, Any] = {}
     first_error: Exception | None = None
-    for name in names:
-        for i, variant in enumerate(candidate_variants(recipe, name)):
-            label = variant_label(name, variant)
-            log(f"building the {label} candidate")
+    tag = {"level": level} if level is not None else {}
+    for name in candidate_names(plan.recipe):
+        for i, variant in enumerate(candidate_variants(plan.recipe, name)):
+            label = variant_label(name, variant) + (f" at level {level}" if level is not None else "")
+            plan.log(f"building the {label} candidate")
             wd = workdir / name / f"v{i}"
             wd.mkdir(parents=True)
             try:
@@ -408,16 +467,15 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
                                        variant=variant, shared=shared)
             except Exception as e:  # noqa: BLE001 - recorded; the job goes on while another can be built
                 first_error = first_error or e
-                log(f"{label} candidate skipped: {type(e).__name__}: {e}")
-                candidates.append({"runtime": name, **({"variant": dict(variant)} if variant else {}),
+                plan.log(f"{label} candidate skipped: {type(e).__name__}: {e}")
+                candidates.append({"runtime": name, **tag, **({"variant": dict(variant)} if variant else {}),
                                    "status": "skipped", "reason": f"{type(e).__name__}: {e}"[:2000]})
                 continue
+            rec.update(tag)
             rec.update({"_steps_meta": chain.metas + ([rec["quantization"]] if "quantization" in rec else []),
                         "_last_float": chain.model, "_params_after": None})
             candidates.append(rec)
-    if recipe.runtime != AUTO and first_error is not None and not any(c.get("status") == "built" for c in candidates):
-        raise first_error
-    return candidates
+    return candidates, first_error
 
 
 def whole_recipe_builder(recipe: Recipe) -> Callable[[JobPlan, dict[str, Any]], dict[str, Any]] | None:

@@ -13,6 +13,11 @@ The key hashes (model content, recipe, engine, torch and runtime versions): a se
 inputs, e.g. a redelivered task, finds the stored result through ``index/<key>.json`` and returns it
 (``reused``) when the objects it names are intact.
 
+A long step (training, distillation) reports how far it is through ``progress`` (a callable taking one
+JSON-able dict, handed to it as ``StepContext.progress``) and keeps its training state in
+``<store>/checkpoints/<key>`` (``StepContext.checkpoint_dir``): the folder outlives a run that dies, so the
+same job delivered again resumes there, and it is removed once the job's result is written (issue 22).
+
 Example:
     >>> from modelpress.optimize.job import optimize_model  # doctest: +SKIP
     >>> r = optimize_model(model_name="mlp", recipe=resolve_recipe("dynamic-int8"),
@@ -24,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -58,7 +64,8 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
                    allowlist: tuple[str, ...] = (), max_weights_bytes: int = 2 * 1024**3, threads: int = 1,
                    warmup: int = 10, runs: int = 50, log: Callable[[str], None] = lambda m: None,
                    onnx_export: Literal["float", "result"] | None = None, verify_reload: bool = True,
-                   reuse: bool = True, timing_lock_dir: str | os.PathLike[str] | None = None) -> OptimizeResult:
+                   reuse: bool = True, timing_lock_dir: str | os.PathLike[str] | None = None,
+                   progress: Callable[[dict[str, Any]], None] = lambda p: None) -> OptimizeResult:
     """Optimize a model with ``recipe`` for ``engine``; artifacts go under ``store``.
 
     The model is a registered ``model_name`` or a ``model_ref`` (``optimize.sources.ModelRef``, its paths
@@ -66,7 +73,14 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     ref with store refs, as in the job row) is recorded in the artifact so that ``modelpress.load`` can
     fetch the files on another machine. ``onnx_export`` also exports the float model (or a float torch
     result, e.g. pruned) to ONNX and checks it in onnxruntime (``extra["onnx"]``). Latency is timed under
-    the host-wide lock in ``timing_lock_dir``; ``extra["timing"]`` records waits and load.
+    the host-wide lock in ``timing_lock_dir``; ``extra["timing"]`` records waits and load. ``progress`` is
+    called by long steps with a dict such as ``{"step": "distill_float", "iteration": 120, "of": 600,
+    "loss": 0.031, "elapsed_s": 41.2}``, every few seconds, in the job's own thread: it must return quickly.
+
+    Example:
+        >>> seen = []
+        >>> optimize_model(model_name="mlp", recipe=recipe, engine="fbgemm", store=tmp,
+        ...                progress=seen.append)  # doctest: +SKIP
     """
     _check_onnx_request(onnx_export, recipe)
     source = sources_resolve.resolve(model_name=model_name, model_ref=model_ref, weights=weights, allowlist=allowlist,
@@ -85,7 +99,8 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     return run_model(model_name=name, spec=source.spec, recipe=recipe, engine=engine, store=Path(store),
                      float_model=source.model, content=source.content, allowlist=allowlist, threads=threads,
                      warmup=warmup, runs=runs, log=log, verify_reload=verify_reload, reuse=reuse,
-                     timing_lock_dir=timing_lock_dir, model_manifest=manifest, onnx_export=onnx_export)
+                     timing_lock_dir=timing_lock_dir, model_manifest=manifest, onnx_export=onnx_export,
+                     progress=progress)
 
 
 def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, store: str | Path,
@@ -93,8 +108,11 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
               warmup: int = 10, runs: int = 50, log: Callable[[str], None] = lambda m: None,
               verify_reload: bool = True, reuse: bool = True, timing_lock_dir: Any = None,
               model_manifest: dict[str, Any] | None = None,
-              onnx_export: Literal["float", "result"] | None = None) -> OptimizeResult:
+              onnx_export: Literal["float", "result"] | None = None,
+              progress: Callable[[dict[str, Any]], None] = lambda p: None) -> OptimizeResult:
     """Stages 2–5 for a model already resolved: candidates, choice, measurement, publishing.
+
+    ``progress`` and the job's checkpoint folder reach every step as in ``optimize_model``.
 
     Example:
         >>> run_model(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp,
@@ -105,13 +123,18 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
                    float_model=float_model, content=content, key=_key(recipe, content, engine),
                    model_manifest=model_manifest or {"name": model_name, "spec_name": spec.name,
                                                      "version": spec.version, "content_sha256": content},
-                   allowlist=allowlist, threads=threads, warmup=warmup, runs=runs, log=log, lock_dir=timing_lock_dir)
+                   allowlist=allowlist, threads=threads, warmup=warmup, runs=runs, log=log, lock_dir=timing_lock_dir,
+                   progress=progress)
     # ``reuse=False`` re-measures (a nightly run watching for drift, --force): new objects, the index re-pointed.
     if reuse and (stored := cached_result(store, plan.key, log)) is not None:
         log(f"reusing stored result {plan.key[:12]}")
+        _drop_checkpoints(plan)  # left by a run that died between writing the result and removing them
         stored.reused = True
         return stored
     torch.set_num_threads(threads)
+    # Before any step runs, and never removed on the way out of a failure: a run that dies mid-way leaves
+    # its training state here for the same job delivered again (same key) to resume from.
+    make_private_dirs(plan.checkpoint_dir)
     extra: dict[str, Any] = {"model": json_safe(dict(spec.extra)), "eval_batch_size": plan.eval_bs}
     workroot = store / "tmp"
     make_private_dirs(workroot)
@@ -129,8 +152,22 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
         if onnx_export is not None:
             extra["onnx"] = _export_onnx(float_model if onnx_export == "float" else win["_exported"].handle.module,
                                          spec, store / "onnx" / f"{plan.key}-{onnx_export}.onnx")
-        return write_result(plan, win, art, status=status, reason=reason, metric_after=win["metric"],  # 5. publish
-                            b1=b1, latency=latency, extra=extra)
+        result = write_result(plan, win, art, status=status, reason=reason, metric_after=win["metric"],  # 5. publish
+                              b1=b1, latency=latency, extra=extra)
+    # The result (succeeded or rejected) is stored and indexed: a redelivery now finds it, not the checkpoints.
+    _drop_checkpoints(plan)
+    return result
+
+
+def _drop_checkpoints(plan: JobPlan) -> None:
+    # A folder left behind costs disk only (the next run with this key resumes from it or overwrites it):
+    # say so, but never fail a job whose result is already stored.
+    try:
+        shutil.rmtree(plan.checkpoint_dir)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        plan.log(f"could not remove the checkpoint folder {plan.checkpoint_dir}: {e}")
 
 
 def _key(recipe: Recipe, content: str, engine: str) -> str:
@@ -168,6 +205,8 @@ def _record_choice(extra: dict[str, Any], win: dict[str, Any], candidates: list[
                 extra[k] = win[k]
     if "metrics" in win:
         extra["metrics_after"] = win["metrics"]
+    if "frontier" in extra:  # a searched recipe: the level the chosen artifact was cut at
+        extra["chosen_level"] = win.get("level")
     extra["timing"] = timing_record(plan.timings)
 
 

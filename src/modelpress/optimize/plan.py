@@ -74,10 +74,27 @@ class JobPlan:
     runs: int = 50
     log: Callable[[str], None] = lambda m: None
     lock_dir: Any = None
+    #: Handed to every step (``StepContext.progress``): a training step reports how far it is with it.
+    progress: Callable[[dict[str, Any]], None] = lambda p: None
     #: Every timing phase of the job: lock wait, start/end, host load.
     timings: list[dict[str, Any]] = field(default_factory=list)
     data: TaskData | None = None
     base: FloatBaseline | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where this job's steps keep their training state: ``<store>/checkpoints/<key>``.
+
+        Named by the artifact key, so a job delivered again after its worker died (same model, recipe,
+        engine, versions: the same key) finds what the lost run saved and resumes from it. ``run_model``
+        creates it before the steps run and removes it once the result is written. Two jobs with the
+        same key running at once on one store share it: a step writes its checkpoint atomically.
+
+        Example:
+            >>> plan.checkpoint_dir  # doctest: +SKIP
+            PosixPath('/srv/store/checkpoints/3f2a…')
+        """
+        return self.store / "checkpoints" / self.key
 
     @property
     def eval_bs(self) -> int:

@@ -20,81 +20,19 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelpress.errors import RecipeError
+from modelpress.optimize.compress_steps import DistillFloatConfig, PruneConfig, TransformerPruneConfig
+from modelpress.optimize.steps import StepConfig, format_validation_error, parse_step, register_step, step_types
 
 RECIPE_SCHEMA_VERSION = 1
 
 
-class StepConfig(BaseModel):
-    """Base of every step config: frozen, unknown fields refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    type: ClassVar[str] = ""
-    version: ClassVar[int] = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **self.model_dump(mode="json")}
-
-
-_STEP_TYPES: dict[str, type[StepConfig]] = {}
-S = TypeVar("S", bound=type[StepConfig])
-
-
-def register_step(name: str, *, version: int = 1):
-    """Class decorator: make a ``StepConfig`` subclass parseable under ``{"type": name}``."""
-
-    def deco(cls: S) -> S:
-        if name in _STEP_TYPES and _STEP_TYPES[name] is not cls:
-            raise ValueError(f"step type {name!r} registered twice")
-        cls.type = name
-        cls.version = version
-        _STEP_TYPES[name] = cls
-        return cls
-
-    return deco
-
-
-def step_types() -> dict[str, type[StepConfig]]:
-    """The registered step types, by name."""
-    return dict(_STEP_TYPES)
-
-
-def _fmt_validation(prefix: str, err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        inner = (e.get("ctx") or {}).get("error")
-        if isinstance(inner, RecipeError):
-            parts.append(str(inner))  # a step's own error already names its field (steps.N.field)
-            continue
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        parts.append(f"{prefix}{loc}: {e['msg']}")
-    return "; ".join(parts)
-
-
-def parse_step(data: Any, *, where: str = "step") -> StepConfig:
-    """Parse one step dict (``{"type": ..., **params}``) into its registered config."""
-    if isinstance(data, StepConfig):
-        return data
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a mapping with a 'type', got {type(data).__name__}")
-    if "type" not in data:
-        raise RecipeError(f"{where}.type: missing; known types: {', '.join(sorted(_STEP_TYPES))}")
-    kind = data["type"]
-    cls = _STEP_TYPES.get(kind)
-    if cls is None:
-        raise RecipeError(f"{where}.type: unknown step type {kind!r}; known types: {', '.join(sorted(_STEP_TYPES))}")
-    params = {k: v for k, v in data.items() if k != "type"}
-    try:
-        return cls.model_validate(params)
-    except ValidationError as e:
-        raise RecipeError(_fmt_validation(f"{where}.", e)) from None
-
-
 # ---------------------------------------------------------------- the built-in step types
+# (the deep-compression ones are in ``compress_steps``, imported above)
 QuantModuleType = Literal["Linear", "LSTM", "GRU"]
 
 
@@ -268,6 +206,30 @@ class Budget(BaseModel):
         return (before - after) <= self.allowed_drop(before) + 1e-12
 
 
+class Search(BaseModel):
+    """Levels of the recipe's ``prune`` step to try, most cut first; the job keeps the fastest within budget.
+
+    Each level runs the whole recipe (prune, then the training steps, then quantization in every runtime) and
+    its candidates are judged on validation rows. The search stops at the first level (from the most cut)
+    where some candidate keeps the budget: cutting less would only be slower. Every level tried is recorded
+    in the result (``extra.frontier``).
+
+    Example:
+        >>> Search(levels=(0.25, 0.5)).levels
+        (0.5, 0.25)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    levels: tuple[float, ...] = Field(min_length=1, max_length=8)
+
+    @field_validator("levels")
+    @classmethod
+    def _in_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not (0.0 < x < 0.95) for x in v):
+            raise ValueError("every level is a fraction in (0, 0.95)")
+        return tuple(sorted(set(v), reverse=True))
+
+
 class Recipe(BaseModel):
     """A named, versioned chain of steps plus an optional accuracy budget."""
 
@@ -284,9 +246,20 @@ class Recipe(BaseModel):
     # keep the budget-keeping one that is best at ``objective``). Part of what the recipe computes, so it is in
     # to_json()/sha256 -- but only when not the default, so every torch recipe keeps the hash it always had.
     runtime: str = Field(default="torch", description="torch | onnxruntime | openvino | auto")
+    search: Search | None = Field(default=None, description="Pruning levels to try; needs a `prune` step.")
     objective: Literal["latency_b1", "latency_bN", "size"] = Field(
         default="latency_bN", description="What `auto` minimises among budget-keeping candidates "
                                           "(latency_bN = the largest measured batch).")
+
+    @model_validator(mode="after")
+    def _search_has_a_prune_step(self) -> "Recipe":
+        if self.search is not None:
+            if sum(isinstance(st, PruneConfig) for st in self.steps) != 1:
+                raise ValueError("search varies the level of the recipe's `prune` step: give exactly one")
+            if self.runtime == "torch":
+                raise ValueError("search builds every level in the runtimes and keeps the fastest: give runtime "
+                                 "auto, onnxruntime or openvino")
+        return self
 
     @field_validator("runtime")
     @classmethod
@@ -313,6 +286,7 @@ class Recipe(BaseModel):
             "budget": self.budget.model_dump(mode="json") if self.budget else None,
             **({"runtime": self.runtime} if self.runtime != "torch" else {}),
             **({"objective": self.objective} if self.objective != "latency_bN" else {}),
+            **({"search": self.search.model_dump(mode="json")} if self.search is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -332,7 +306,7 @@ class Recipe(BaseModel):
         except RecipeError:
             raise
         except ValidationError as e:
-            raise RecipeError(_fmt_validation("recipe.", e)) from None
+            raise RecipeError(format_validation_error("recipe.", e)) from None
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
@@ -414,7 +388,7 @@ def with_runtime(recipe: Recipe, runtime: str | None) -> Recipe:
     try:
         return type(recipe).model_validate({**fields, "runtime": runtime})
     except ValidationError as e:
-        raise RecipeError(_fmt_validation("recipe.", e)) from None
+        raise RecipeError(format_validation_error("recipe.", e)) from None
 
 
 # Every built-in recipe is judged: "succeeded" must mean "within budget". As accuracy-aware tuners do
@@ -498,4 +472,26 @@ register_builtin_recipe({
     ],
     "runtime": "auto",
     "budget": {"max_drop": 0.01, "max_float_layers": 8},
+})
+# Issue 22: deep compression of a team's own models. Prune (structured: a transformer's heads and FFN neurons,
+# a CNN's channels), distil from the float model on the job's train rows, then int8 in the runtime `auto`
+# picks. The search tries the levels from the most cut and keeps the first (so the fastest) whose candidates
+# keep the budget on validation rows; every level tried is in the result's frontier. Each distillation is
+# bounded (300 s), so three levels and their int8 candidates fit the default 1800 s soft limit on 2 cores.
+_DISTILL = {"type": "distill_float", "max_steps": 2000, "max_seconds": 300, "validate_every": 50, "lr": 5e-4}
+register_builtin_recipe({
+    "name": "prune-distill-int8",
+    "steps": [{"type": "prune", "level": 0.5}, dict(_DISTILL), {"type": "quantize_static"}],
+    "runtime": "auto",
+    "search": {"levels": [0.6, 0.4, 0.2]},
+    "budget": {"max_drop": 0.02, "max_float_layers": 0},
+})
+# Layer-dropped students: a transformer keeps its embeddings and the layers whose loss costs least, then learns
+# to be the whole model again.
+register_builtin_recipe({
+    "name": "distill-int8",
+    "steps": [{"type": "prune", "level": 0.4, "shape": "depth"}, dict(_DISTILL), {"type": "quantize_static"}],
+    "runtime": "auto",
+    "search": {"levels": [0.6, 0.4, 0.2]},
+    "budget": {"max_drop": 0.02, "max_float_layers": 0},
 })

@@ -67,6 +67,10 @@ class ModelSpec:
     # The package-data file (``zoo/data/``) ``pretrained`` loads, when the built-in weights are
     # trained ones: its sha256 is part of the content id (``zoo/builtin_weights.py`` says why).
     shipped_weights: str | None = None
+    # For training steps: a model with the same parameter names that also takes shorter rows (an ``hf:`` graph
+    # exported with a dynamic sequence length), and a function that trims a batch to its longest real row.
+    # Training every row at ``max_length`` would spend most of its time on padding. None: train the model itself.
+    training_view: Callable[[], tuple[nn.Module, Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]]] | None = None
 
     @property
     def builtin_id(self) -> str:

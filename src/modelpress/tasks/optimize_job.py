@@ -12,6 +12,10 @@ one claimed through a stale heartbeat (its worker died) takes over. A run whose 
 (taken over meanwhile) abandons itself. Torch is imported only here, in the worker child, never in the
 Celery parent.
 
+A long step reports its progress (``optimize_model(progress=...)``, issue 22): ``_Progress`` keeps the latest
+report and, from its own thread, writes it to the row (``models_db.record_progress``, at most every
+``PROGRESS_MIN_INTERVAL_S``) and sends it to Flower as a ``task-progress`` event; neither can fail the job.
+
 What runs around the job is worker plumbing, in ``workers.job_request``: the task's base ``JobTask`` (a hard
 time limit is recorded by its ``on_failure`` in the Celery parent), its request class ``JobRequest`` (a child
 lost near its memory ceiling fails the job) and ``job_memory_guard`` (docs/faults.md). This module imports
@@ -20,11 +24,13 @@ lost near its memory ceiling fails the job) and ``job_memory_guard`` (docs/fault
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import threading
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from celery import Celery, Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -38,6 +44,7 @@ from modelpress.models_db import (
     get_job,
     heartbeat,
     is_finished,
+    record_progress,
     requeue_job,
 )
 from modelpress.models_db.jobs import fail_exhausted_job
@@ -106,6 +113,159 @@ class _Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._t.join(timeout=5)
+
+
+#: Least time between two progress writes of one job (row and Flower event): a step reports every few
+#: seconds, and many children doing so at once must not load the database.
+PROGRESS_MIN_INTERVAL_S = 2.0
+#: A report bigger than this (as JSON) is not stored: the row holds a summary line's worth, not a log.
+PROGRESS_MAX_BYTES = 4096
+
+
+def progress_payload(progress: dict[str, Any]) -> dict[str, Any] | None:
+    """A step's report as plain JSON the row can hold, or None when it is too big to store.
+
+    Tensors and numpy scalars become numbers, a diverged ``nan``/``inf`` loss becomes the string ``"nan"``
+    (PostgreSQL's JSON refuses NaN, and a diverging loss is exactly what a user wants to see), anything
+    else its ``str``.
+
+    Example:
+        >>> progress_payload({"step": "distill_float", "iteration": 3, "loss": float("nan")})
+        {'step': 'distill_float', 'iteration': 3, 'loss': 'nan'}
+    """
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if getattr(v, "ndim", None) == 0 and callable(getattr(v, "item", None)):
+            v = v.item()  # a 0-d tensor or numpy scalar: what a training loop has in hand
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        return str(v)
+
+    out = plain(progress)
+    return out if len(json.dumps(out)) <= PROGRESS_MAX_BYTES else None
+
+
+def _event_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """The report's fields that may travel in a task event without changing what Flower knows of the task.
+
+    Flower merges an event's fields into its record of the task: a key such as ``name``, ``worker``,
+    ``runtime`` or ``state`` would rename the job, break its page or feed the runtime histogram, and
+    ``type``/``uuid``/``hostname``/``clock`` belong to the event itself. Those stay in the row only.
+
+    Example:
+        >>> _event_fields({"iteration": 3, "name": "x", "runtime": 1.0})
+        {'iteration': 3}
+    """
+    from celery.events.state import Task as TaskState
+
+    reserved = set(TaskState._fields) | {"type", "hostname", "utcoffset", "pid", "clock", "local_received",
+                                         "blind", "retry", "retry_policy", "Event"}
+    return {k: v for k, v in payload.items() if k not in reserved}
+
+
+class _Progress:
+    """``optimize_model``'s ``progress`` callback for one job: the latest report to the row and to Flower.
+
+    The step calls it in the job's thread; it only keeps the report and returns, so a slow or unreachable
+    database or broker never slows training. A thread writes the latest report at most every
+    ``min_interval`` seconds with ``record_progress`` (only while this run holds the claim) and sends it
+    as a ``task-progress`` event; a failed write is logged and the job goes on. The last report is
+    written when the job's work ends (``__exit__``), before its result.
+
+    What Flower 2.2 shows (read from ``celery.events.state.Task.event``, which Flower's state extends, and
+    its templates): an event type Celery does not know sets the task's state to the type upper-cased, so
+    the task reads ``PROGRESS`` instead of ``STARTED`` in the tasks list and on its page (a grey badge; the
+    page's "Terminate" button is offered for ``STARTED`` only), and its ``Timestamp`` moves to the time of
+    the latest report. The numbers themselves are merged into Flower's task record but not displayed: the
+    page and ``/api/task/info`` list Celery's own fields only, so the figures are read with ``modelpress
+    show`` (the row). ``task-succeeded``/``task-failed`` outrank it, so a finished task reads ``SUCCESS`` or
+    ``FAILURE`` as before, and Flower's ``flower_events_total{type="task-progress"}`` counts the reports.
+
+    Example:
+        >>> with _Progress(task, sessions, job_id, token) as report:  # doctest: +SKIP
+        ...     optimize_model(..., progress=report)
+    """
+
+    def __init__(self, task: Task, sessions: Any, job_id: str, token: str,
+                 min_interval: float = PROGRESS_MIN_INTERVAL_S) -> None:
+        # Read here, in the job's thread: ``task.request`` is thread-local, so ``task.send_event`` called from
+        # the writer thread would send the event without the task's id. The writer sends it as send_event does.
+        self._app, self._task_id, self._hostname = task.app, task.request.id, task.request.hostname
+        self._sessions, self._job_id, self._token, self._interval = sessions, job_id, token, min_interval
+        self._latest: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._failing: set[str] = set()  # what failed last time: warned about once per outage
+        self._t = threading.Thread(target=self._run, daemon=True, name=f"progress-{job_id[:8]}")
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        try:
+            report = dict(progress)  # a copy: the step may reuse its dict for the next report
+        except (TypeError, ValueError):
+            log.warning("job %s: a step reported progress that is not a dict (%r); ignored", self._job_id,
+                        type(progress).__name__)
+            return
+        with self._lock:
+            self._latest = report
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                report, self._latest = self._latest, None
+            if report is not None:
+                self._publish(report)
+            if self._stop.is_set():
+                return
+            self._stop.wait(self._interval)
+
+    def _publish(self, report: dict[str, Any]) -> None:
+        payload = progress_payload(report)
+        if payload is None:
+            log.warning("job %s: a progress report of over %d bytes was not stored", self._job_id, PROGRESS_MAX_BYTES)
+            return
+        # Each on its own: a database outage must not keep the report from Flower, nor a broker outage
+        # from the row.
+        self._attempt("write progress to the job row", lambda: self._write_row(payload))
+        self._attempt("send the task-progress event", lambda: self._send_event(payload))
+
+    def _write_row(self, payload: dict[str, Any]) -> None:
+        with self._sessions() as s:
+            # False when this run no longer holds the job: then nothing is written, and the heartbeat
+            # (which sees the same refusal) abandons the run.
+            record_progress(session=s, job_id=self._job_id, token=self._token, progress=payload)
+
+    def _send_event(self, payload: dict[str, Any]) -> None:
+        with self._app.events.default_dispatcher(hostname=self._hostname) as d:
+            # No retry: a report that cannot be sent now is replaced by the next one in a few seconds.
+            d.send("task-progress", uuid=self._task_id, retry=False, **_event_fields(payload))
+
+    def _attempt(self, what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - progress is for people watching; the job goes on without it
+            if what not in self._failing:  # one warning per outage, not one every interval
+                log.warning("job %s: could not %s (%s: %s); the job goes on", self._job_id, what,
+                            type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            self._failing.add(what)
+        else:
+            self._failing.discard(what)
+
+    def __enter__(self) -> "_Progress":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._wake.set()  # the last report, if any, is written before the thread ends
         self._t.join(timeout=5)
 
 
@@ -208,6 +368,7 @@ def run_job(task: Task, job_id: str) -> str:
     common = {"engine_used": torch.backends.quantized.engine, "torch_version": torch.__version__,
               "modelpress_version": __version__, "emulated": settings.emulated}
     hb = _Heartbeat(sessions, job_id, token, settings.heartbeat_interval)
+    report = _Progress(task, sessions, job_id, token)
 
     def memory_tripped(reason: str) -> bool:
         # Called in a thread of the memory watchdog (workers.memory) while the job is being stopped: the failure
@@ -227,7 +388,7 @@ def run_job(task: Task, job_id: str) -> str:
 
     guard = job_memory_guard(settings, job_id=job_id, task_id=task.request.id, on_trip=memory_tripped)
     try:
-        with hb, guard:
+        with hb, guard, report:
             over: MemoryCeilingError | None = None
             try:
                 recipe = Recipe.from_json(recipe_json)
@@ -242,7 +403,7 @@ def run_job(task: Task, job_id: str) -> str:
                     weights=local_weights, allowlist=settings.factory_allowlist, max_weights_bytes=settings.max_weights_bytes,
                     threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
                     log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
-                    timing_lock_dir=settings.timing_lock_dir,
+                    timing_lock_dir=settings.timing_lock_dir, progress=report,
                 ).to_dict()
             except Exception as e:  # noqa: BLE001 - sorted here only when it is the memory ceiling's doing
                 over = guard.explain(e)

@@ -49,3 +49,48 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
     import_torchvision()
     return build_resnet18(tmp_path_factory.mktemp("resnet"))
+
+
+# ----------------------------------------------------------------------------- tiny models for the train split
+# Untrained and built in about a second: the train-split tests check what is read, not what is learnt.
+def tiny_export(root: Path) -> Path:
+    """``root/m.pt2``: a 4 → 3 MLP exported with a dynamic batch; its forward takes ``features``."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return self.body(features)
+
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(Tiny().eval(), (torch.zeros(2, 4),), dynamic_shapes={"features": {0: batch}})
+    path = root / "m.pt2"
+    torch.export.save(program, str(path))
+    return path
+
+
+def tiny_bert(root: Path) -> Path:
+    """A random 1-layer BERT classifier (3 classes, labels LABEL_0..2) with its tokenizer, ``max_length`` 16."""
+    from modelpress.optimize.sources.vision import import_torchvision
+    from tests.bad_input.test_hostile_hf_folders import build_tiny_bert
+
+    import_torchvision()  # transformers imports torchvision; the registry's build needs the shim
+    return build_tiny_bert(root / "bert")
+
+
+def tiny_resnet_weights(root: Path, classes: int = 3) -> Path:
+    """Random torchvision ResNet-18 weights with ``classes`` outputs, as a .safetensors file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from modelpress.optimize.sources.vision import import_torchvision
+
+    torch.manual_seed(0)
+    model = import_torchvision().models.resnet18(num_classes=classes)
+    path = root / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

@@ -1,4 +1,4 @@
-"""Data readers: tensors by argument name, JSONL, image folders, the seeded calibration split."""
+"""Data readers: tensors by argument name, JSONL, image folders, the seeded calibration split, the train split."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ import torch
 
 from modelpress.errors import DataError, UserInputError
 from modelpress.optimize.sources.data import (
+    TrainRows,
+    align_class_labels,
     check_labels,
+    check_train_format,
     label_indices,
     make_task_data,
     read_images,
     read_jsonl,
     read_tensors,
+    row_keys,
     split_rows,
 )
 
@@ -107,3 +111,64 @@ def test_a_broken_image_is_named(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="image x.png could not be read"):
         read_images(tmp_path, {"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1]})
+
+
+# ----------------------------------------------------------------------------- the train split
+def test_train_rows_also_in_the_eval_file_are_dropped_even_validation_rows_and_the_count_is_described() -> None:
+    x = torch.arange(40.0).reshape(20, 2)
+    split = split_rows(20, calibration_file=False)
+    reported, validation = x[split.eval[0]], x[split.validation[0]]
+    fresh = torch.full((5, 2), -1.0) - torch.arange(5.0).unsqueeze(1)
+    train = TrainRows((torch.cat([fresh, reported[None], validation[None]]),), torch.arange(7) % 3, "t.npz")
+    td = make_task_data((x,), None, None, what="e.npz", train=train)
+    assert torch.equal(td.train_inputs, fresh)
+    assert td.train_labels.tolist() == [0, 1, 2, 0, 1]  # labels follow their rows
+    assert td.description.endswith("; train: 5 rows from t.npz, 2 also in the eval file dropped")
+
+
+def test_a_train_file_without_eval_rows_keeps_every_row_and_says_so() -> None:
+    td = make_task_data((torch.zeros(10, 3),), None, None, what="e.npz",
+                        train=TrainRows((torch.ones(4, 3),), None, "t.npz"))
+    assert td.train_inputs.shape == (4, 3) and td.train_labels is None
+    assert "train: 4 rows from t.npz, none also in the eval file" in td.description
+
+
+def test_a_train_file_made_only_of_eval_rows_is_refused_naming_both_files() -> None:
+    x = torch.arange(40.0).reshape(20, 2)
+    with pytest.raises(DataError, match="train data t.npz: all 3 of its rows are also in the eval data e.npz"):
+        make_task_data((x,), None, None, what="e.npz", train=TrainRows((x[[3, 7, 7]],), None, "t.npz"))
+
+
+def test_rows_are_the_same_only_when_every_input_holds_the_same_values() -> None:
+    ids = torch.tensor([[1, 2], [1, 2]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    a, b = row_keys((ids, mask))
+    assert a != b  # same first input, another second one
+    assert row_keys((torch.tensor([[0.0]]),)) == row_keys((torch.tensor([[-0.0]]),))
+    assert row_keys((torch.tensor([[1.0]]),)) != row_keys((torch.tensor([[1.0]], dtype=torch.float64),))
+
+
+def test_text_rows_are_compared_by_their_text_and_text_pair_when_keys_are_given() -> None:
+    ids = torch.zeros(8, 3, dtype=torch.long)  # the same tokens everywhere: only the keys tell rows apart
+    eval_keys = [(t, None) for t in "abcdefgh"]
+    train = TrainRows((ids[:3],), None, "t.jsonl", keys=[("a", None), ("a", "x"), ("z", None)])
+    td = make_task_data((ids,), None, None, what="e.jsonl", train=train, eval_keys=eval_keys)
+    assert td.train_inputs.shape[0] == 2 and "1 also in the eval file dropped" in td.description
+
+
+def test_a_train_folders_class_subfolders_are_indexed_by_the_eval_folders_class_names() -> None:
+    assert align_class_labels(torch.tensor([0, 1, 1]), ["cat", "fish"], ["cat", "dog", "fish"], "t").tolist() == [
+        0, 2, 2]
+    assert align_class_labels(torch.tensor([1]), ["b"], [], "t").tolist() == [1]  # flat eval: own indices
+    with pytest.raises(DataError, match=r"image folder t: class subfolder\(s\) \['cow'\] are not among"):
+        align_class_labels(torch.tensor([0]), ["cow"], ["cat", "dog"], "image folder t")
+
+
+def test_train_tensors_in_another_format_than_the_eval_datas_are_refused() -> None:
+    check_train_format((torch.zeros(2, 4),), (torch.zeros(9, 4),), ["features"], "train data t.npz")
+    with pytest.raises(DataError, match=r"train data t.npz: tensor 'features' is float64 with rows of shape \[4\], "
+                                        r"but the eval data's is float32"):
+        check_train_format((torch.zeros(2, 4, dtype=torch.float64),), (torch.zeros(9, 4),), ["features"],
+                           "train data t.npz")
+    with pytest.raises(DataError, match=r"rows of shape \[5\]"):
+        check_train_format((torch.zeros(2, 5),), (torch.zeros(9, 4),), ["features"], "t")

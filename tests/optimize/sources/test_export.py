@@ -143,3 +143,79 @@ def test_an_artifact_reloads_on_a_machine_without_the_workers_copies(export_mode
 
     again = load_artifact(r.artifact_path, resolve_ref=resolve).model(x)
     assert fetched == [staged.path] and torch.equal(measured, again)
+
+
+# ----------------------------------------------------------------------------- the train split
+def _tiny_export_data(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A tiny .pt2, its eval tensors (40 rows, labels) and a ref naming them."""
+    from safetensors.torch import save_file
+
+    from modelpress.optimize.sources import parse_model_ref
+    from tests.optimize.sources.conftest import tiny_export
+
+    program = tiny_export(tmp_path)
+    torch.manual_seed(1)
+    x = torch.randn(40, 4)
+    save_file({"features": x, "labels": torch.arange(40) % 3}, str(tmp_path / "eval.safetensors"))
+    ref = parse_model_ref(f"export:{program}", data={"eval": str(tmp_path / "eval.safetensors")}, latency_batches=(1,))
+    return ref, x
+
+
+def _with_train(ref, path: Path):  # type: ignore[no-untyped-def]
+    return ref.with_paths(data={"eval": ref.data.eval, "train": str(path)})
+
+
+def test_a_train_tensor_file_is_read_with_or_without_labels_and_its_eval_rows_are_dropped(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from modelpress.optimize.sources import get_source
+
+    ref, x = _tiny_export_data(tmp_path)
+    fresh = torch.randn(30, 4) + 10.0
+    train = torch.cat([fresh, x[[0, 5, 39]]])
+    save_file({"features": train, "labels": torch.arange(33) % 3}, str(tmp_path / "train.safetensors"))
+    td = get_source("export").load(_with_train(ref, tmp_path / "train.safetensors")).spec.data()
+    assert torch.equal(td.train_inputs, fresh) and td.train_labels.tolist() == (torch.arange(30) % 3).tolist()
+    assert "train: 30 rows from train.safetensors, 3 also in the eval file dropped" in td.description
+    np.savez(tmp_path / "unlabelled.npz", features=fresh.numpy())  # .npz, like eval files may be
+    td = get_source("export").load(_with_train(ref, tmp_path / "unlabelled.npz")).spec.data()
+    assert torch.equal(td.train_inputs, fresh) and td.train_labels is None
+    assert "none also in the eval file" in td.description
+
+
+def test_a_train_tensor_file_of_eval_rows_only_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from modelpress.optimize.sources import get_source
+
+    ref, x = _tiny_export_data(tmp_path)
+    save_file({"features": x[:8]}, str(tmp_path / "train.safetensors"))
+    with pytest.raises(DataError, match="train data train.safetensors: all 8 of its rows are also in the eval data"):
+        get_source("export").load(_with_train(ref, tmp_path / "train.safetensors"))
+
+
+def test_a_train_label_outside_the_outputs_is_refused_naming_the_train_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from modelpress.optimize.sources import get_source
+
+    ref, _ = _tiny_export_data(tmp_path)
+    save_file({"features": torch.randn(4, 4) + 10, "labels": torch.tensor([0, 1, 3, 2])},
+              str(tmp_path / "train.safetensors"))
+    with pytest.raises(DataError, match="train.safetensors: label 3 in row 3 is outside the model's 3 classes"):
+        get_source("export").load(_with_train(ref, tmp_path / "train.safetensors"))
+
+
+def test_a_training_step_runs_on_an_exported_program_given_a_train_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    ref, x = _tiny_export_data(tmp_path)
+    with pytest.raises(UserInputError, match=r"no training set; add data: \{train: \.\.\.\}"):
+        run(ref, "qat-int8", tmp_path / "refused")
+    save_file({"features": torch.cat([torch.randn(24, 4) + 3, x[:6]]), "labels": torch.arange(30) % 3},
+              str(tmp_path / "train.safetensors"))
+    r = run(_with_train(ref, tmp_path / "train.safetensors"), "qat-int8", tmp_path / "store", warmup=1, runs=3)
+    assert r.status == "succeeded", r.reason
+    assert r.steps_meta[0]["train_samples"] == 24  # the 6 eval rows were not trained on
+    assert "6 also in the eval file dropped" in r.eval_description

@@ -154,3 +154,52 @@ def test_a_tokenizer_class_that_is_not_a_transformers_tokenizer_is_refused_on_th
     (folder / "tokenizer_config.json").write_text(json.dumps({**tok, "tokenizer_class": "AutoModel"}))
     with pytest.raises(ModelLoadError, match="tokenizer_class to 'AutoModel', which is not a tokenizer class built"):
         get_source("hf").tokenizer(str(folder))
+
+
+# ----------------------------------------------------------------------------- the train split
+def _tiny_text_ref(tmp_path: Path, train_rows: list[dict] | None):  # type: ignore[no-untyped-def]
+    """A tiny BERT folder, 20 eval sentences ``"goal rain song i"`` and, when given, a train JSONL."""
+    from modelpress.optimize.sources import parse_model_ref
+    from tests.optimize.sources.conftest import tiny_bert
+
+    folder = tiny_bert(tmp_path)
+    ev = write_jsonl(tmp_path / "eval.jsonl", [{"text": f"goal rain song {i}", "label": i % 3} for i in range(20)])
+    data = {"eval": str(ev)}
+    if train_rows is not None:
+        data["train"] = str(write_jsonl(tmp_path / "train.jsonl", train_rows))
+    return parse_model_ref(f"hf:{folder}", data=data, latency_batches=(1,))
+
+
+def test_a_train_jsonl_is_read_with_label_names_or_indices_and_rows_whose_text_is_in_eval_are_dropped(tmp_path):
+    from modelpress.optimize.sources import get_source
+
+    rows = [{"text": f"match storm band {i}", "label": ["LABEL_0", 1, "LABEL_2"][i % 3]} for i in range(12)]
+    rows += [{"text": "goal rain song 3", "label": 0}, {"text": "goal rain song 17", "label": 2}]  # eval rows
+    td = get_source("hf").load(_tiny_text_ref(tmp_path, rows)).spec.data()
+    input_ids = td.train_inputs[0]
+    assert input_ids.shape == (12, 16)  # padded to the eval rows' max_length
+    assert td.train_labels.tolist() == [0, 1, 2] * 4
+    assert "train: 12 rows from train.jsonl, 2 also in the eval file dropped" in td.description
+
+
+def test_a_train_jsonl_without_labels_gives_no_train_labels(tmp_path):
+    from modelpress.optimize.sources import get_source
+
+    td = get_source("hf").load(_tiny_text_ref(tmp_path, [{"text": f"band {i}"} for i in range(5)])).spec.data()
+    assert td.train_inputs[0].shape[0] == 5 and td.train_labels is None
+
+
+def test_a_train_jsonl_of_eval_sentences_only_is_refused(tmp_path):
+    from modelpress.optimize.sources import get_source
+
+    rows = [{"text": f"goal rain song {i}"} for i in (1, 2, 2)]
+    with pytest.raises(DataError, match="train data train.jsonl: all 3 of its rows are also in the eval data"):
+        get_source("hf").load(_tiny_text_ref(tmp_path, rows))
+
+
+def test_a_train_label_that_is_not_one_of_the_models_labels_is_refused_on_the_worker_naming_the_file(tmp_path):
+    from modelpress.optimize.sources import get_source
+
+    rows = [{"text": "band", "label": 1}, {"text": "storm", "label": "jazz"}]
+    with pytest.raises(DataError, match="train.jsonl: label 'jazz' in row 2 is not one of the model's labels"):
+        get_source("hf").load(_tiny_text_ref(tmp_path, rows))

@@ -60,3 +60,27 @@ def test_training_steps_and_structured_pruning_of_graphs_are_refused_with_a_reas
     assert "graph" in (unsupported_reason("export", "prune_structured") or "")
     assert unsupported_reason("torchvision", "prune_structured") is None
     assert unsupported_reason("registered", "qat") is None
+
+
+@pytest.mark.parametrize("kind", ["hf", "torchvision", "timm", "export"])
+@pytest.mark.parametrize("step", ["finetune", "qat", "distill", "distill_float"])
+def test_training_steps_run_on_a_users_model_only_with_a_train_file_and_the_refusal_says_how(kind, step) -> None:
+    refusal = unsupported_reason(kind, step) or ""
+    assert f"step {step!r} trains the model" in refusal and "add data: {train: ...}" in refusal
+    assert unsupported_reason(kind, step, has_train=True) is None
+
+
+def test_a_train_file_does_not_lift_the_structural_refusal_of_exported_graphs() -> None:
+    assert "graph" in (unsupported_reason("export", "prune_structured", has_train=True) or "")
+
+
+def test_a_train_file_is_part_of_the_reference_and_of_its_json() -> None:
+    ref = parse_model_ref("hf:m", data={"eval": "e.jsonl", "train": "t.jsonl"})
+    assert ref.has_train and ref.data.train == "t.jsonl"
+    assert ModelRef.from_dict(ref.to_dict()) == ref
+    assert not parse_model_ref("hf:m", data={"eval": "e.jsonl"}).has_train
+    assert not parse_model_ref("mlp").has_train
+    # A job row written before the train split (no "train" key) still reads.
+    old = ref.to_dict()
+    old["data"] = {"eval": "e.jsonl", "calibration": None}
+    assert ModelRef.from_dict(old).data.train is None

@@ -32,3 +32,43 @@ def test_steps_an_exported_graph_cannot_take_are_refused_at_submit_naming_the_re
     finally:
         producer.close()
     assert req.model == "export:m.pt2" and req.ref is not None and req.ref.path == str(tmp_path / "m.pt2")
+
+
+def _own_model(kind: str, root: Path) -> tuple[str, dict, str | None]:
+    """(model, data with eval and train, weights) of tiny stand-in files for a model of ``kind``."""
+    from tests.tiny_model_files import hf_folder
+
+    if kind == "hf":
+        for name in ("eval", "train"):
+            (root / f"{name}.jsonl").write_text('{"text": "goal", "label": "sports"}\n')
+        return f"hf:{hf_folder(root)}", {"eval": "eval.jsonl", "train": "train.jsonl"}, None
+    if kind == "torchvision":
+        for name in ("eval", "train"):
+            (root / name).mkdir()
+            (root / name / "a.png").write_bytes(b"not decoded at submit")
+        weights = safetensors_file(root / "w.safetensors", {"fc.weight": [4, 8], "fc.bias": [4]})
+        return "torchvision:resnet18", {"eval": "eval", "train": "train"}, str(weights)
+    for name in ("eval", "train"):
+        safetensors_file(root / f"{name}.safetensors", {"features": [2, 4]})
+    return f"export:{pt2_file(root / 'm.pt2')}", {"eval": "eval.safetensors", "train": "train.safetensors"}, None
+
+
+@pytest.mark.parametrize("kind", ["hf", "torchvision", "export"])
+def test_a_training_step_is_refused_at_submit_without_a_train_file_and_accepted_with_one(tmp_path: Path, kind: str):
+    from modelpress.optimize.recipes import Recipe
+
+    settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
+    model, data, weights = _own_model(kind, tmp_path)
+    finetune = Recipe.from_dict({"name": "tune", "steps": [{"type": "finetune", "epochs": 1}]})
+    producer = Producer(settings)
+    try:
+        for recipe in (finetune, "qat-int8"):
+            with pytest.raises(IntakeError, match=r"trains the model, and this \w+ model comes with no training set; "
+                                                  r"add data: \{train: \.\.\.\}"):
+                producer.validate(model=model, weights=weights, data={"eval": data["eval"]}, recipe=recipe,
+                                  backend="fbgemm", base_dir=tmp_path)
+            req = producer.validate(model=model, weights=weights, data=data, recipe=recipe, backend="fbgemm",
+                                    base_dir=tmp_path)
+            assert req.ref is not None and req.ref.data.train == str(tmp_path / data["train"])
+    finally:
+        producer.close()

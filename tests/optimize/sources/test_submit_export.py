@@ -25,3 +25,21 @@ def test_tensor_names_that_are_not_the_programs_inputs_are_refused_naming_both(t
     assert "holds tensors feats but the program's inputs are features (missing: features)" in message
     good = safetensors_file(tmp_path / "good.safetensors", {"features": [2, 4], "labels": [2]})
     assert submit_check(ref.with_paths(data={"eval": str(good)}), max_bytes=MB) == []
+
+
+def test_train_tensors_whose_labels_are_not_class_indices_are_refused_at_submit_naming_the_file(tmp_path):
+    data = safetensors_file(tmp_path / "eval.safetensors", {"features": [2, 4], "labels": [2]})
+    train = safetensors_file(tmp_path / "train.safetensors", {"features": [3, 4], "labels": [3]},
+                             dtypes={"labels": "F32"})
+    ref = parse_model_ref(f"export:{pt2_file(tmp_path / 'm.pt2')}", data={"eval": str(data), "train": str(train)})
+    assert submit_check(ref, max_bytes=MB) == [
+        (("data", "train"), "data file train.safetensors: 'labels' must be a 1-D integer tensor of class indices "
+                            "(got float, shape [3])")]
+    safetensors_file(train, {"features": [3, 4], "labels": [2]})
+    assert submit_check(ref, max_bytes=MB) == [
+        (("data", "train"), "data file train.safetensors: every tensor needs the same number of rows (first "
+                            "dimension); got features [3, 4], labels [2]")]
+    safetensors_file(train, {"feats": [3, 4]})
+    assert [loc for loc, _ in submit_check(ref, max_bytes=MB)] == [("data", "train")]  # named like eval's tensors
+    safetensors_file(train, {"features": [3, 4]})  # labels are optional
+    assert submit_check(ref, max_bytes=MB) == []

@@ -26,3 +26,32 @@ def test_an_image_folder_with_more_classes_than_the_weights_classifier_is_refuse
     assert submit_check(ref, max_bytes=MB) == [
         (("data", "eval"), f"data folder {tmp_path / 'imgs'} has 5 class subfolders but the weights' classifier "
                            "has 4 outputs")]
+
+
+def test_a_train_image_folder_with_a_class_the_eval_folder_lacks_is_refused_at_submit(tmp_path):
+    weights = safetensors_file(tmp_path / "w.safetensors", {"fc.weight": [4, 8], "fc.bias": [4]})
+    for folder, classes in (("eval", ("cat", "dog")), ("train", ("cat", "cow"))):
+        for c in classes:
+            (tmp_path / folder / c).mkdir(parents=True)
+            (tmp_path / folder / c / "a.png").write_bytes(b"not decoded at submit")
+    ref = parse_model_ref("timm:resnet18", weights=str(weights),
+                          data={"eval": str(tmp_path / "eval"), "train": str(tmp_path / "train")})
+    assert submit_check(ref, max_bytes=MB) == [
+        (("data", "train"), f"data folder {tmp_path / 'train'}: class subfolder(s) cow are not among the eval "
+                            "folder's classes (cat, dog); class indices come from the eval folder's subfolder names")]
+    (tmp_path / "train" / "cow").rename(tmp_path / "train" / "dog")
+    assert submit_check(ref, max_bytes=MB) == []
+
+
+def test_a_train_image_folder_with_more_classes_than_the_classifier_is_refused_at_submit(tmp_path):
+    weights = safetensors_file(tmp_path / "w.safetensors", {"fc.weight": [2, 8], "fc.bias": [2]})
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "a.png").write_bytes(b"x")
+    for c in ("a", "b", "c"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        (tmp_path / "train" / c / "1.png").write_bytes(b"x")
+    ref = parse_model_ref("torchvision:resnet18", weights=str(weights),
+                          data={"eval": str(tmp_path / "eval"), "train": str(tmp_path / "train")})
+    assert submit_check(ref, max_bytes=MB) == [
+        (("data", "train"), f"data folder {tmp_path / 'train'} has 3 class subfolders but the weights' classifier "
+                            "has 2 outputs")]

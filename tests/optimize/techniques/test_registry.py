@@ -7,10 +7,12 @@ import sys
 
 import pytest
 
-TECHNIQUES = ("quantization", "pruning", "distillation", "sensitivity", "training")
+TECHNIQUES = ("quantization", "pruning", "distillation", "sensitivity", "training", "transformer_pruning",
+              "transformer_graph", "prune_level", "distill_float")
 
 
-@pytest.mark.parametrize("module", ["quantization", "pruning", "distillation"])
+@pytest.mark.parametrize("module", ["quantization", "pruning", "distillation", "transformer_pruning", "distill_float",
+                                    "prune_level"])
 def test_a_technique_module_imported_alone_finds_every_handler_registered(module: str) -> None:
     code = (f"import sys, modelpress.optimize.techniques.{module}; "
             "from modelpress.optimize.techniques.registry import handler_for; "
@@ -37,7 +39,7 @@ def test_the_registry_imports_no_technique_module() -> None:
 
 
 def test_the_registry_registers_every_built_in_step() -> None:
-    from modelpress.optimize.recipes import _STEP_TYPES
+    from modelpress.optimize.recipes import step_types
     from modelpress.optimize.techniques.registry import handlers
 
-    assert set(_STEP_TYPES.values()) <= set(handlers())
+    assert set(step_types().values()) <= set(handlers())

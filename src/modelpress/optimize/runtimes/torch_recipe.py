@@ -106,7 +106,8 @@ def build_torch_recipe(plan: JobPlan, extra: dict[str, Any]) -> dict[str, Any]:
     """
     spec, recipe, data, base, log = plan.spec, plan.recipe, plan.rows(), plan.baseline(), plan.log
     eval_bs = plan.eval_bs
-    ctx = StepContext(spec=spec, data=data, engine=plan.engine, reference=plan.float_model, log=log)
+    ctx = StepContext(spec=spec, data=data, engine=plan.engine, reference=plan.float_model, log=log,
+                      progress=plan.progress, checkpoint_dir=plan.checkpoint_dir)
     chain = run_steps(StepChain([plan.float_model], []), recipe.steps, 0, ctx, log)
     out_after = predict(chain.model, data.eval_inputs, batch_size=eval_bs)
     metric_after = compute_metric(spec.metric, out_after, labels=data.eval_labels, reference=base.outputs)

@@ -65,17 +65,24 @@ class ModelSource:
             out.append(("eval data", ref.data.eval))
             if ref.data.calibration:
                 out.append(("calibration data", ref.data.calibration))
+            if ref.data.train:
+                out.append(("train data", ref.data.train))
         return out
 
-    def supports(self, step_type: str) -> str | None:
-        """Why ``step_type`` cannot run on this source, or None."""
-        return unsupported_reason(self.kind, step_type)
+    def supports(self, step_type: str, *, has_train: bool = False) -> str | None:
+        """Why ``step_type`` cannot run on this source (``has_train``: the ref has ``data.train``), or None.
+
+        Example:
+            >>> ModelSource("hf").supports("qat", has_train=True) is None
+            True
+        """
+        return unsupported_reason(self.kind, step_type, has_train=has_train)
 
     def load(self, ref: ModelRef) -> LoadedModel:
         raise NotImplementedError
 
     def content_id(self, ref: ModelRef) -> str:
-        """sha256 over the model's files, weights, data, kind, name and source version.
+        """sha256 over the model's files, weights, data (eval, calibration, train), kind, name and source version.
 
         ``ref.content_sha256`` (set at staging) is used as is when present; otherwise it is computed from
         the local files, in the same way.

@@ -14,6 +14,10 @@ calibration rows. With a calibration file, calibration uses that file only. So t
 measured on rows that neither calibrated nor chose anything. Data too small to split is refused with
 the numbers needed.
 
+A **train** file (optional, in the eval file's format) is what training steps learn from. Its rows that
+also appear in the eval file, by content (``TrainRows``, ``drop_eval_rows``), are dropped and counted in
+the description: a model trained on a row it is then measured on would report a metric it memorised.
+
 Example:
     >>> s = split_rows(100, calibration_file=False)
     >>> len(s.eval), len(s.validation), len(s.calibration)
@@ -24,11 +28,12 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
 
@@ -112,14 +117,100 @@ def _one(x: tuple[torch.Tensor, ...]) -> Any:
     return x[0] if len(x) == 1 else x
 
 
+@dataclass(frozen=True)
+class TrainRows:
+    """A train file's rows, read like the eval file's: inputs, labels (or None), and what each row is.
+
+    ``keys`` are the rows' contents as read from the file (a text row's ``(text, text_pair)``); None keys
+    each row by its tensor values (``row_keys``), which is what an image (decoded pixels) or a tensor row is.
+
+    Example:
+        >>> TrainRows((torch.zeros(3, 2),), None, "train.npz").name
+        'train.npz'
+    """
+
+    inputs: tuple[torch.Tensor, ...]
+    labels: torch.Tensor | None
+    name: str
+    keys: Sequence[Hashable] | None = None
+
+
+def row_keys(x: tuple[torch.Tensor, ...], *, chunk: int = 4096) -> list[bytes]:
+    """One digest per row of the values in every input tensor (with each tensor's dtype and row shape).
+
+    Two rows get the same key when every input holds the same values; -0.0 and 0.0 count as the same.
+    Read in chunks, so the copies made on the way are a few thousand rows, never the whole file.
+
+    Example:
+        >>> a = row_keys((torch.tensor([[1.0, 2.0], [0.0, 0.0]]),))
+        >>> b = row_keys((torch.tensor([[-0.0, 0.0], [1.0, 2.0]]),))
+        >>> a[0] == b[1], a[1] == b[0], a[0] == a[1]
+        (True, True, False)
+    """
+    n = int(x[0].shape[0])
+    digests = [hashlib.blake2b(digest_size=16) for _ in range(n)]
+    for t in x:
+        head = f"{t.dtype}{tuple(t.shape[1:])};".encode()
+        for start in range(0, n, chunk):
+            part = t[start:start + chunk]
+            if part.is_floating_point():
+                part = part + 0.0  # -0.0 + 0.0 is 0.0: the same value, the same bytes
+            raw = part.reshape(len(part), math.prod(part.shape[1:])).contiguous().view(torch.uint8).numpy()
+            for i, row in enumerate(raw, start):
+                digests[i].update(head)
+                digests[i].update(row.tobytes())
+    return [d.digest() for d in digests]
+
+
+def drop_eval_rows(train: TrainRows, eval_keys: Sequence[Hashable], *, eval_name: str
+                   ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, str]:
+    """The train rows that are not in the eval file, their labels, and a sentence saying how many were dropped.
+
+    ``eval_keys`` are the keys of *every* row of the eval file, not only of the rows the split reports: the
+    validation rows (and, without a calibration file, the calibration rows) are cut from it too, and they
+    choose what is kept, so a row trained on should judge nothing. A separate calibration file is not
+    compared: its rows are neither reported nor used for choices. A train file whose every row is an eval
+    row is refused: there would be nothing to train on.
+
+    Example:
+        >>> tr = TrainRows((torch.tensor([[1.0], [2.0], [3.0]]),), torch.tensor([0, 1, 0]), "t.npz")
+        >>> x, y, note = drop_eval_rows(tr, row_keys((torch.tensor([[2.0], [9.0]]),)), eval_name="e.npz")
+        >>> x[0].flatten().tolist(), y.tolist(), note
+        ([1.0, 3.0], [0, 0], 'train: 2 rows from t.npz, 1 also in the eval file dropped')
+    """
+    keys = list(train.keys) if train.keys is not None else row_keys(train.inputs)
+    in_eval = set(eval_keys)
+    keep = [i for i, k in enumerate(keys) if k not in in_eval]
+    dropped = len(keys) - len(keep)
+    if not keep:
+        raise DataError(f"train data {train.name}: all {len(keys)} of its rows are also in the eval data {eval_name}; "
+                        "give training rows that are not the rows the metric is measured on")
+    x, y = train.inputs, train.labels
+    if dropped:
+        x = _take(x, keep)
+        y = y[keep] if y is not None else None
+    note = f"train: {len(keep)} rows from {train.name}, " + (f"{dropped} also in the eval file dropped" if dropped
+                                                                else "none also in the eval file")
+    return x, y, note
+
+
 def make_task_data(eval_inputs: tuple[torch.Tensor, ...], eval_labels: torch.Tensor | None,
-                   calib: tuple[tuple[torch.Tensor, ...], torch.Tensor | None] | None, *, what: str) -> TaskData:
-    """Build ``TaskData`` from the eval file's rows and optional calibration rows (``split_rows``).
+                   calib: tuple[tuple[torch.Tensor, ...], torch.Tensor | None] | None, *, what: str,
+                   train: TrainRows | None = None, eval_keys: Sequence[Hashable] | None = None) -> TaskData:
+    """Build ``TaskData`` from the eval file's rows, optional calibration rows (``split_rows``) and optional
+    train rows (without the eval file's rows: ``drop_eval_rows``).
+
+    ``eval_keys`` are the eval rows' contents when the reader has them (text rows); else the rows are compared
+    by their tensor values.
 
     Example:
         >>> td = make_task_data((torch.zeros(10, 3),), None, None, what="x.npz")
         >>> [t.shape[0] for t in (td.eval_inputs, td.val_inputs, td.calib_inputs)]
         [6, 2, 2]
+        >>> td = make_task_data((torch.zeros(10, 3),), None, None, what="x.npz",
+        ...                     train=TrainRows((torch.ones(4, 3),), None, "t.npz"))
+        >>> td.train_inputs.shape[0], td.description.endswith("train: 4 rows from t.npz, none also in the eval file")
+        (4, True)
     """
     n = int(eval_inputs[0].shape[0])
     split = split_rows(n, calibration_file=calib is not None)
@@ -133,9 +224,57 @@ def make_task_data(eval_inputs: tuple[torch.Tensor, ...], eval_labels: torch.Ten
     else:
         cx = _take(eval_inputs, split.calibration)
         desc = split.describe(what)
+    train_x: Any = None
+    train_y = None
+    if train is not None:
+        # Against the whole eval file, before its split: only eval rows are reported, and the file's validation
+        # rows choose what is kept, so none of its rows may be trained on (drop_eval_rows).
+        tx, train_y, note = drop_eval_rows(train, eval_keys if eval_keys is not None else row_keys(eval_inputs),
+                                           eval_name=what)
+        train_x = _one(tx)
+        desc = f"{desc}; {note}"
     return TaskData(eval_inputs=_one(_take(eval_inputs, split.eval)), eval_labels=labels(split.eval),
                     calib_inputs=_one(cx), val_inputs=_one(_take(eval_inputs, split.validation)),
-                    val_labels=labels(split.validation), description=desc)
+                    val_labels=labels(split.validation), train_inputs=train_x, train_labels=train_y,
+                    description=desc)
+
+
+def check_train_format(train: tuple[torch.Tensor, ...], eval_inputs: tuple[torch.Tensor, ...], names: Sequence[str],
+                       where: str) -> None:
+    """Refuse train tensors whose dtype or row shape differs from the eval data's: the train file is in the
+    eval file's format, and a model measured on one shape is not trained on another.
+
+    Example:
+        >>> check_train_format((torch.zeros(2, 3),), (torch.zeros(5, 3),), ["x"], "t.npz")  # same format
+    """
+    for name, t, e in zip(names, train, eval_inputs):
+        if t.dtype != e.dtype or t.shape[1:] != e.shape[1:]:
+            raise DataError(f"{where}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')} with rows of shape "
+                            f"{list(t.shape[1:])}, but the eval data's is {str(e.dtype).removeprefix('torch.')} with "
+                            f"rows of shape {list(e.shape[1:])}; give train data in the eval data's format")
+
+
+def align_class_labels(labels: torch.Tensor | None, classes: Sequence[str], eval_classes: Sequence[str],
+                       where: str) -> torch.Tensor | None:
+    """A labelled image folder's labels as indices of the eval folder's classes (its sorted subfolder names).
+
+    A train folder may lack some of the eval folder's classes, so its own sorted subfolder indices would mean
+    other classes; a subfolder that is not an eval class has no index and is refused. Without eval classes
+    (a flat eval folder) the folder's own sorted indices stand.
+
+    Example:
+        >>> align_class_labels(torch.tensor([0, 1]), ["cat", "fish"], ["cat", "dog", "fish"], "train").tolist()
+        [0, 2]
+    """
+    if labels is None or not eval_classes:
+        return labels
+    index = {c: i for i, c in enumerate(eval_classes)}
+    unknown = [c for c in classes if c not in index]
+    if unknown:
+        raise DataError(f"{where}: class subfolder(s) {unknown[:5]} are not among the eval folder's classes "
+                        f"{list(eval_classes)[:20]}; class indices come from the eval folder's subfolder names")
+    remap = torch.tensor([index[c] for c in classes], dtype=torch.long)
+    return remap[labels]
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -383,5 +522,6 @@ def read_images(root: str | Path, pre: dict[str, Any]) -> tuple[torch.Tensor, to
     return out, labels, classes
 
 
-__all__ = ["check_labels", "image_files", "label_indices", "make_task_data", "preprocess_image", "read_images",
-           "read_jsonl", "read_tensors", "RowSplit", "split_rows"]
+__all__ = ["align_class_labels", "check_labels", "check_train_format", "drop_eval_rows", "image_files", "label_indices",
+           "make_task_data", "preprocess_image", "read_images", "read_jsonl", "read_tensors", "row_keys", "RowSplit",
+           "split_rows", "TrainRows"]

@@ -63,6 +63,20 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[list[int], int]]:
         >>> tensor_shapes(f)
         {'x': ([4, 3], 4)}
     """
+    return {k: (shape, size) for k, (shape, size, _) in tensor_headers(path).items()}
+
+
+def tensor_headers(path: str | Path) -> dict[str, tuple[list[int], int, str]]:
+    """Each tensor's (shape, bytes per element, kind) from the headers only; kind is ``"int"``, ``"float"``,
+    ``"bool"`` or ``"other"``.
+
+    Example:
+        >>> import tempfile, os, numpy as np
+        >>> f = os.path.join(tempfile.mkdtemp(), "d.npz")
+        >>> np.savez(f, labels=np.arange(4, dtype=np.uint8))
+        >>> tensor_headers(f)
+        {'labels': ([4], 1, 'int')}
+    """
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
@@ -74,9 +88,15 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[list[int], int]]:
 
 _ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_KINDS = {"i": "int", "u": "int", "f": "float", "b": "bool"}  # numpy dtype.kind → ours
 
 
-def _safetensors_shapes(p: Path) -> dict[str, tuple[list[int], int]]:
+def _st_kind(dtype: str) -> str:
+    return ("bool" if dtype == "BOOL" else "int" if dtype[:1] in ("I", "U") else "float" if dtype[:1] in ("F", "B")
+            else "other")
+
+
+def _safetensors_shapes(p: Path) -> dict[str, tuple[list[int], int, str]]:
     try:
         with p.open("rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
@@ -92,13 +112,14 @@ def _safetensors_shapes(p: Path) -> dict[str, tuple[list[int], int]]:
             shape = meta.get("shape") if isinstance(meta, dict) else None
             if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
                 raise ValueError(f"tensor {name!r} has no valid shape")
-            out[name] = (shape, _ST_ITEMSIZE.get(str(meta.get("dtype")), 8))
+            dtype = str(meta.get("dtype"))
+            out[name] = (shape, _ST_ITEMSIZE.get(dtype, 8), _st_kind(dtype))
         return out
     except (OSError, struct.error, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"data file {p.name} is not a readable safetensors file ({e})") from None
 
 
-def _npz_shapes(p: Path) -> dict[str, tuple[list[int], int]]:
+def _npz_shapes(p: Path) -> dict[str, tuple[list[int], int, str]]:
     import numpy as np
     from numpy.lib import format as npy
 
@@ -115,7 +136,8 @@ def _npz_shapes(p: Path) -> dict[str, tuple[list[int], int]]:
                         shape, _, dtype = npy.read_array_header_1_0(member, max_header_size=_NPY_HEADER_MAX)
                     else:
                         shape, _, dtype = npy.read_array_header_2_0(member, max_header_size=_NPY_HEADER_MAX)
-                out[info.filename[:-4]] = ([int(d) for d in shape], int(np.dtype(dtype).itemsize) or 1)
+                dt = np.dtype(dtype)
+                out[info.filename[:-4]] = ([int(d) for d in shape], int(dt.itemsize) or 1, _KINDS.get(dt.kind, "other"))
         return out
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, SyntaxError, TypeError) as e:
         raise DataError(f"data file {p.name} is not a readable .npz archive ({e})") from None
@@ -301,6 +323,35 @@ def tensor_limit_problems(path: str | Path, limits: DecodedLimits | None = None)
     return []
 
 
+def tensor_label_problems(path: str | Path) -> list[str]:
+    """A tensor file's ``labels`` as the worker's reader would refuse them, from the headers: not a 1-D integer
+    tensor, or not one per row of the inputs; also inputs of differing row counts. ``[]`` when fine, when there
+    are no labels, or when the headers cannot be read (the file's own checks name that).
+
+    Example:
+        >>> import tempfile, os, numpy as np
+        >>> f = os.path.join(tempfile.mkdtemp(), "t.npz")
+        >>> np.savez(f, x=np.zeros((4, 3), np.float32), labels=np.zeros(4, np.float32))
+        >>> tensor_label_problems(f)
+        ["data file t.npz: 'labels' must be a 1-D integer tensor of class indices (got float, shape [4])"]
+    """
+    p = Path(path)
+    try:
+        headers = tensor_headers(p)
+    except DataError:
+        return []
+    rows = {name: shape[0] if shape else None for name, (shape, _, _) in headers.items()}
+    if len(set(rows.values())) > 1:
+        return [f"data file {p.name}: every tensor needs the same number of rows (first dimension); got "
+                + ", ".join(f"{name} {list(headers[name][0])}" for name in sorted(headers))]
+    if "labels" in headers:
+        shape, _, kind = headers["labels"]
+        if len(shape) != 1 or kind != "int":
+            return [f"data file {p.name}: 'labels' must be a 1-D integer tensor of class indices "
+                    f"(got {kind}, shape {shape})"]
+    return []
+
+
 def jsonl_limit_problems(path: str | Path) -> list[str]:
     """A JSONL file with more rows than the worker reads (``MAX_ROWS``), counted without parsing.
 
@@ -403,7 +454,8 @@ def decoded_size_problems(ref: "ModelRef", limits: DecodedLimits | None = None) 
     limits = limits or current_limits()
     if ref.data is None:
         return []
-    files = [(name, Path(p)) for name, p in (("eval", ref.data.eval), ("calibration", ref.data.calibration)) if p]
+    files = [(name, Path(p)) for name, p in (("eval", ref.data.eval), ("calibration", ref.data.calibration),
+                                             ("train", ref.data.train)) if p]
     biggest = max(ref.latency_batches)
     problems: list[Problem] = []
 
@@ -455,4 +507,4 @@ def decoded_size_problems(ref: "ModelRef", limits: DecodedLimits | None = None) 
 __all__ = ["IMAGENET", "IMAGE_SUFFIXES", "MAX_IMAGES", "MAX_ROWS", "check_image_files", "check_tensor_file",
            "decoded_size_problems", "hf_default_max_length", "image_files", "image_folder_limit_problems",
            "image_header_size", "jsonl_limit_problems", "jsonl_problems", "jsonl_rows", "preprocess_sides",
-           "tensor_limit_problems", "tensor_row_bytes", "tensor_shapes"]
+           "tensor_headers", "tensor_label_problems", "tensor_limit_problems", "tensor_row_bytes", "tensor_shapes"]

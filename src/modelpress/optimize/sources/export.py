@@ -41,7 +41,7 @@ from torch import fx, nn
 from modelpress.errors import ModelLoadError, is_task_control
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
-from modelpress.optimize.sources.data import check_labels, make_task_data, read_tensors
+from modelpress.optimize.sources.data import TrainRows, check_labels, check_train_format, make_task_data, read_tensors
 from modelpress.optimize.sources.pt2_archive import (
     MAX_PT2_BYTES,
     check_archive,
@@ -282,7 +282,8 @@ def modularize(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 class ExportSource(ModelSource):
-    """``export:FILE.pt2`` written by ``torch.export.save``, with tensor data named after its inputs."""
+    """``export:FILE.pt2`` written by ``torch.export.save``, with tensor data (eval, and optionally calibration and
+    train, each in the same format) named after its inputs."""
 
     def check(self, ref: ModelRef) -> list[str]:
         problems = super().check(ref)
@@ -304,6 +305,11 @@ class ExportSource(ModelSource):
         model = modularize(program.module())
         x, y = read_tensors(ref.data.eval, names)
         calib = read_tensors(ref.data.calibration, names) if ref.data.calibration else None
+        train = None
+        if ref.data.train:
+            tx, ty = read_tensors(ref.data.train, names)
+            check_train_format(tx, x, names, f"train data {Path(ref.data.train).name}")
+            train = TrainRows(tx, ty, Path(ref.data.train).name)
         with torch.no_grad():
             try:
                 probe = model(*(t[:2] for t in x))
@@ -316,7 +322,9 @@ class ExportSource(ModelSource):
         check_labels(y, classes, Path(ref.data.eval).name)
         if calib is not None:
             check_labels(calib[1], classes, Path(ref.data.calibration or "").name)
-        td = make_task_data(x, y, calib, what=Path(ref.data.eval).name)
+        if train is not None:
+            check_labels(train.labels, classes, train.name)
+        td = make_task_data(x, y, calib, what=Path(ref.data.eval).name, train=train)
         metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
         spec = ModelSpec(
             name=ref.display_name, version=1, build=lambda: self.build(ref), data=lambda: td, metric=metric,

@@ -7,7 +7,9 @@ name only files beside them, no tokenizer code); the attention implementation is
 file's; weights must be ``model.safetensors`` or its shards (a ``pytorch_model.bin`` is a pickle).
 ``*ForSequenceClassification`` → logits, judged by accuracy when
 the JSONL has labels, else by top-1 agreement with the float model; any other architecture → its base
-encoder's mean-pooled, L2-normalised embedding, judged by cosine similarity to the float model.
+encoder's mean-pooled, L2-normalised embedding, judged by cosine similarity to the float model. A ``train``
+JSONL (for training steps) is read like the eval one, its labels optional; its rows whose text is also in
+the eval file are dropped.
 
 Inputs are the tokenizer's tensors (``input_ids``, ``attention_mask``, ``token_type_ids`` when it makes
 them), padded to ``max_length`` (the ref's, else the tokenizer's ``model_max_length`` capped at 512) so
@@ -32,7 +34,7 @@ from torch import nn
 from modelpress.errors import DataError, ModelLoadError
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
-from modelpress.optimize.sources.data import label_indices, make_task_data, read_jsonl
+from modelpress.optimize.sources.data import TrainRows, label_indices, make_task_data, read_jsonl
 from modelpress.optimize.sources.hf_files import ATTN_IMPLEMENTATIONS, check_folder, read_json_object
 from modelpress.optimize.sources.ref import ModelRef
 from modelpress.optimize.spec import ModelSpec
@@ -140,7 +142,7 @@ class MeanPooledEncoder(nn.Module):
         return nn.functional.normalize(e, dim=-1)
 
 
-def as_graph(eager: nn.Module, max_length: int, n_inputs: int) -> tuple[nn.Module, str]:
+def as_graph(eager: nn.Module, max_length: int, n_inputs: int, *, dynamic_length: bool = False) -> tuple[nn.Module, str]:
     """The wrapped model as an exported, re-modularized graph (FX-traceable, so static int8 works).
 
     transformers models do not trace with FX's symbolic tracer (data-dependent slicing); ``torch.export``
@@ -151,9 +153,12 @@ def as_graph(eager: nn.Module, max_length: int, n_inputs: int) -> tuple[nn.Modul
 
     example = tuple(torch.ones(2, max_length, dtype=torch.long) for _ in range(n_inputs))
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # dynamic_length: the training view (``HFSource.training_view``), which trains on rows trimmed to their batch's
+    # longest; the deployed graph keeps max_length fixed, the shape it is measured and served at.
+    dims: dict[int, Any] = {0: batch, 1: torch.export.Dim("seq", min=2, max=max_length)} if dynamic_length else {0: batch}
     try:
         with torch.no_grad():
-            program = torch.export.export(eager, example, dynamic_shapes=tuple({0: batch} for _ in example))
+            program = torch.export.export(eager, example, dynamic_shapes=tuple(dict(dims) for _ in example))
         return modularize(program.module()), "exported"
     except Exception as e:  # noqa: BLE001 - export failing is a property of the model, not an error
         if type(e).__module__.startswith(("billiard", "celery")):
@@ -186,7 +191,7 @@ class HFSource(ModelSource):
         cfg._attn_implementation = _attention(raw, cfg)
         return cfg
 
-    def build(self, ref: ModelRef) -> nn.Module:
+    def build(self, ref: ModelRef, *, dynamic_length: bool = False) -> nn.Module:
         """The wrapped architecture from ``config.json`` alone, weights uninitialised-but-seeded."""
         assert ref.path
         cfg = self._config(ref.path)
@@ -200,7 +205,34 @@ class HFSource(ModelSource):
         else:
             eager = MeanPooledEncoder(AutoModel.from_config(cfg)).eval()
         tok = self.tokenizer(ref.path)
-        return as_graph(eager, self._max_length(ref, tok, cfg), len(self._input_names(tok)))[0]
+        return as_graph(eager, self._max_length(ref, tok, cfg), len(self._input_names(tok)),
+                        dynamic_length=dynamic_length)[0]
+
+    def training_view(self, ref: ModelRef) -> tuple[nn.Module, Any]:
+        """The architecture exported with a dynamic sequence length (same parameter names as ``build``) and a
+        function trimming a batch of right-padded rows to its longest row (``ModelSpec.training_view``).
+
+        Example:
+            >>> view, trim = HFSource("hf").training_view(ref)  # doctest: +SKIP
+            >>> trim((ids, mask))[0].shape[1] <= ids.shape[1]  # doctest: +SKIP
+            True
+        """
+        assert ref.path
+        tok = self.tokenizer(ref.path)
+        view = self.build(ref, dynamic_length=True)
+        if not isinstance(view, torch.fx.GraphModule):
+            raise ModelLoadError("the model does not export with a dynamic sequence length")
+        left = getattr(tok, "padding_side", "right") != "right"
+
+        def trim(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            # attention_mask is the second input; rows are padded on the right, so the columns after the longest
+            # row's last real token are padding in every row of the batch.
+            if left or len(batch) < 2:
+                return batch
+            n = max(2, int(batch[1].sum(1).max()))
+            return tuple(t[:, :n] for t in batch)
+
+        return view, trim
 
     def _max_length(self, ref: ModelRef, tok: Any, cfg: Any) -> int:
         """Tokens per row: the ref's ``max_length``, else the tokenizer's capped at 512 and at the model's
@@ -258,6 +290,12 @@ class HFSource(ModelSource):
 
     def _encode(self, tok: Any, path: str, max_length: int, label2id: dict[str, int] | None,
                 num_labels: int | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        x, y, _ = self._encode_rows(tok, path, max_length, label2id, num_labels)
+        return x, y
+
+    def _encode_rows(self, tok: Any, path: str, max_length: int, label2id: dict[str, int] | None,
+                     num_labels: int | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, list[Any]]:
+        """(token tensors, label indices or None, each row's ``(text, text_pair)``: what the row is)."""
         from modelpress.optimize.limits import check_text_tokens, current_limits
 
         texts, pairs, labels = read_jsonl(path)
@@ -282,7 +320,7 @@ class HFSource(ModelSource):
                 raise DataError(f"{Path(path).name}: rows have 'label', but the model is an encoder without "
                                 "classes (its metric is cosine to the float model); drop the labels")
             y = label_indices(labels, num_classes=num_labels, label2id=label2id, where=Path(path).name)
-        return x, y
+        return x, y, list(zip(texts, pairs or [None] * len(texts)))
 
     def load(self, ref: ModelRef) -> LoadedModel:
         assert ref.path and ref.data
@@ -294,9 +332,14 @@ class HFSource(ModelSource):
         max_length = self._max_length(ref, tok, cfg)
         num_labels = int(cfg.num_labels) if classifier else None
         label2id = {str(k): int(v) for k, v in (getattr(cfg, "label2id", None) or {}).items()}
-        x, y = self._encode(tok, ref.data.eval, max_length, label2id, num_labels)
+        x, y, eval_keys = self._encode_rows(tok, ref.data.eval, max_length, label2id, num_labels)
         calib = self._encode(tok, ref.data.calibration, max_length, label2id, num_labels) if ref.data.calibration else None
-        td = make_task_data(x, y, calib, what=f"{Path(ref.data.eval).name}")
+        train = None
+        if ref.data.train:
+            # Rows are compared by their text, as written: the same sentence in both files is the same row.
+            tx, ty, train_keys = self._encode_rows(tok, ref.data.train, max_length, label2id, num_labels)
+            train = TrainRows(tx, ty, Path(ref.data.train).name, keys=train_keys)
+        td = make_task_data(x, y, calib, what=f"{Path(ref.data.eval).name}", train=train, eval_keys=eval_keys)
         model, graph_note = as_graph(model, max_length, len(x))
         if classifier:
             metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
@@ -306,6 +349,7 @@ class HFSource(ModelSource):
             raise DataError(f"metric 'accuracy' needs a 'label' on every row of {Path(ref.data.eval).name}")
         spec = ModelSpec(
             name=ref.display_name, version=1, build=lambda: self.build(ref), data=lambda: td, metric=metric,
+            training_view=lambda: self.training_view(ref),
             make_input=tiled_input(td.eval_inputs), latency_batches=ref.latency_batches,
             description=(f"transformers {type(model.model).__name__} ({'logits' if classifier else 'mean-pooled embedding'}),"
                          f" max_length {max_length}; {td.description}"),

@@ -3,7 +3,7 @@
 A ``ModelRef`` names where a model comes from (``kind``) and the files it needs. The same frozen object
 travels three stages, only its path fields change: the user's paths at submit, content-addressed store
 refs in the job row, local cache paths on the worker (``with_paths``). ``DataRef`` names the held-out
-evaluation file and, optionally, a separate calibration file.
+evaluation file and, optionally, a separate calibration file and a training file.
 
 This module imports no torch: the CLI and the API build and validate refs cheaply.
 
@@ -37,15 +37,22 @@ class ModelRefError(UserInputError, ValueError):
 
 
 class DataRef(BaseModel):
-    """Held-out evaluation data and, optionally, a separate calibration file.
+    """Held-out evaluation data and, optionally, a separate calibration file and a training file.
 
     Without ``calibration``, a seeded part of ``eval`` is set aside for calibration and validation (and is
-    then not part of the reported metric); see ``optimize.sources.data``.
+    then not part of the reported metric); see ``optimize.sources.data``. ``train`` is in the eval data's
+    format (labels optional) and is what training steps (``finetune``, ``qat``, ``distill``...) learn from;
+    its rows that also appear in the eval file are dropped on the worker.
+
+    Example:
+        >>> DataRef(eval="eval.jsonl", train="train.jsonl").calibration is None
+        True
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     eval: str = Field(min_length=1)
     calibration: str | None = None
+    train: str | None = Field(default=None, min_length=1)
 
 
 class ModelRef(BaseModel):
@@ -123,6 +130,11 @@ class ModelRef(BaseModel):
         return ModelRef.from_dict({**self.to_dict(), **fields})
 
     @property
+    def has_train(self) -> bool:
+        """Whether the ref comes with a training file (``data.train``): training steps need one."""
+        return self.data is not None and self.data.train is not None
+
+    @property
     def display_name(self) -> str:
         """A short name for tables: ``hf:bert``, ``torchvision:resnet18``, ``mlp``."""
         if self.kind == "registered":
@@ -175,31 +187,41 @@ def parse_model_ref(text: str, **fields: Any) -> ModelRef:
 
 # Steps that need something a source does not have. Torch-free so that submit can refuse early;
 # the sources' ``supports`` methods answer from this table.
-_NEEDS_TRAINING = ("finetune", "qat", "distill")
+NEEDS_TRAINING: tuple[str, ...] = ("finetune", "qat", "distill", "distill_float")
 
 
-def unsupported_reason(kind: str, step_type: str) -> str | None:
+def unsupported_reason(kind: str, step_type: str, *, has_train: bool = False) -> str | None:
     """Why ``step_type`` cannot run on a model of ``kind``, or None when it can.
+
+    ``has_train`` says whether the model comes with a training file (``ModelRef.has_train``): steps that
+    train (``NEEDS_TRAINING``) run on a user's model only with one. A registered model brings its own data.
 
     Example:
         >>> unsupported_reason("export", "prune_structured") is not None
         True
         >>> unsupported_reason("torchvision", "quantize_static") is None
         True
+        >>> unsupported_reason("hf", "finetune", has_train=True) is None
+        True
     """
     if kind == "registered":
         return None
-    if step_type in _NEEDS_TRAINING:
-        return (f"step {step_type!r} trains the model, and a {kind} model comes with evaluation and calibration "
-                "data only (no training set); use quantize_dynamic, quantize_static or prune_l1_unstructured")
-    if step_type == "prune_structured" and kind == "export":
-        return ("step 'prune_structured' removes channels from module attributes, and an exported program is a "
-                "flat graph whose shapes are fixed; prune before exporting, or use prune_l1_unstructured")
+    if step_type in NEEDS_TRAINING and not has_train:
+        return (f"step {step_type!r} trains the model, and this {kind} model comes with no training set; add "
+                "data: {train: ...} (in the eval data's format, labels optional), or use quantize_dynamic, "
+                "quantize_static or prune_l1_unstructured")
+    if step_type in ("prune_structured", "prune", "prune_transformer") and kind == "export":
+        return (f"step {step_type!r} removes channels, heads or layers, and an exported program is a flat graph "
+                "whose shapes are fixed where it was exported; prune before exporting, or use prune_l1_unstructured "
+                "(fine-tuning and distill_float do run on it, with a train file)")
     if step_type == "prune_structured" and kind == "hf":
         return ("step 'prune_structured' is not supported on transformers models (attention heads are coupled "
-                "across reshapes); use quantize_dynamic or prune_l1_unstructured")
+                "across reshapes); use prune_transformer (layers, heads, FFN neurons) or prune (one level)")
+    if step_type == "prune_transformer" and kind in ("torchvision", "timm"):
+        return (f"step 'prune_transformer' cuts attention layers, and a {kind} model is pruned by its channels: "
+                "use prune_structured or prune (one level)")
     return None
 
 
-__all__ = ["DataRef", "ModelRef", "ModelRefError", "REF_VERSION", "USER_KINDS", "parse_model_ref",
+__all__ = ["DataRef", "ModelRef", "ModelRefError", "NEEDS_TRAINING", "REF_VERSION", "USER_KINDS", "parse_model_ref",
            "unsupported_reason"]

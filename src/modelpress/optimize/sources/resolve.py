@@ -48,14 +48,14 @@ def as_ref(model_ref: ModelRef | dict[str, Any] | str) -> ModelRef:
 
 
 def refuse_unsupported_steps(ref: ModelRef, step_types: list[str]) -> None:
-    """Raise ``UserInputError`` naming the first step this source cannot take.
+    """Raise ``UserInputError`` naming the first step this source cannot take (training steps need ``data.train``).
 
     Example:
         >>> refuse_unsupported_steps(as_ref("mlp"), ["qat"])  # registered models take every step
     """
     src = get_source(ref.kind)
     for t in step_types:
-        reason = src.supports(t)
+        reason = src.supports(t, has_train=ref.has_train)
         if reason:
             raise UserInputError(f"model {ref.display_name}: {reason}")
 

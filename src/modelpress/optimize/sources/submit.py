@@ -3,7 +3,7 @@
 What lives here: ``SUBMIT_CHECKS`` (ref kind → that source's ``submit_check``, one module per source:
 ``submit_hf``, ``submit_vision``, ``submit_export``, ``submit_registered``), ``check_ref`` (the kind's
 check, then the decoded-size limits every kind shares, ``data_checks.decoded_size_problems``) and
-``step_problems`` (the recipe steps a kind of model cannot take). The producer runs both before any row
+``step_problems`` (the recipe steps a kind of model cannot take, or cannot take without a training file). The producer runs both before any row
 exists (``api.Producer.model_ref`` / ``validate``); each problem names its field, so a manifest can point
 at its line.
 
@@ -58,7 +58,8 @@ def check_ref(ref: "ModelRef", *, max_bytes: int) -> list[Problem]:
 
 
 def step_problems(ref: "ModelRef", recipe: "Recipe") -> list[Problem]:
-    """The recipe's steps that cannot run on this kind of model, with the reason (torch-free).
+    """The recipe's steps that cannot run on this model, with the reason (torch-free); training steps run on a
+    user's model only when its ref has ``data.train``.
 
     Example:
         >>> from modelpress.optimize.recipes import resolve_recipe
@@ -68,7 +69,7 @@ def step_problems(ref: "ModelRef", recipe: "Recipe") -> list[Problem]:
         "recipe 'prune50-finetune': step 'prune_s"
     """
     return [(("recipes",), f"recipe {recipe.name!r}: {why}") for step in recipe.steps
-            if (why := unsupported_reason(ref.kind, step.type))]
+            if (why := unsupported_reason(ref.kind, step.type, has_train=ref.has_train))]
 
 
 __all__ = ["SUBMIT_CHECKS", "check_ref", "step_problems"]

@@ -2,8 +2,9 @@
 
 What lives here: ``check_data_file`` (one file or image folder, for a model of a given kind: missing,
 over the size limit, empty, an unsupported format, unreadable headers, JSONL labels outside the model's
-classes, an image folder with more classes than the classifier) and ``data_problems`` (both of a ref's
-data files, each problem at its field). The per-source checks (``submit_hf``, ``submit_vision``,
+classes, tensor ``labels`` that are not 1-D integers, an image folder with more classes than the
+classifier) and ``data_problems`` (each of a ref's data files, eval, calibration and train, each problem
+at its field; a train image folder's classes must be the eval folder's). The per-source checks (``submit_hf``, ``submit_vision``,
 ``submit_export``, ``submit_registered``) call ``data_problems`` with what they learnt from the model's
 own files: its class count, its label names, or a further check of their own.
 
@@ -25,6 +26,7 @@ from modelpress.errors import ModelLoadError
 from modelpress.optimize.sources.data_checks import (
     image_folder_limit_problems,
     jsonl_problems,
+    tensor_label_problems,
     tensor_limit_problems,
 )
 from modelpress.optimize.sources.weights_file import check_safetensors, file_size_problem, safetensors_header
@@ -43,7 +45,10 @@ JSONL_CHECK_BYTES = 64 * 1024 * 1024
 def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None,
                   label_names: set[str] | frozenset[str] = frozenset(),
                   also: Callable[[Path], list[str]] | None = None) -> list[Problem]:
-    """Every problem of the ref's eval and calibration files, as ((``"data"``, role), message).
+    """Every problem of the ref's eval, calibration and train files, as ((``"data"``, role), message).
+
+    Each is checked the same way: the train file is in the eval file's format, its labels optional and, when
+    given, valid like the eval file's.
 
     ``classes`` and ``label_names`` come from the model's files (a classifier's output count, an HF
     config's ``id2label``); ``also`` is the source's own check of a file that passed these (an exported
@@ -58,7 +63,7 @@ def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None
     problems: list[Problem] = []
     if ref.data is None:
         return problems
-    for role in ("eval", "calibration"):
+    for role in ("eval", "calibration", "train"):
         path = getattr(ref.data, role)
         if path is None:
             continue
@@ -66,8 +71,33 @@ def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None
                                 max_bytes=max_bytes)
         if not found and also is not None:
             found = also(Path(path))
+        if not found and role == "train":
+            found = train_class_problems(Path(path), Path(ref.data.eval))
         problems += [(("data", role), m) for m in found]
     return problems
+
+
+def train_class_problems(train: Path, eval_data: Path) -> list[str]:
+    """A train image folder's class subfolders that the eval folder does not have (labels come from the eval
+    folder's sorted subfolder names, ``data.align_class_labels``); ``[]`` unless both are labelled folders.
+
+    Example:
+        >>> train_class_problems(Path("/nope/train"), Path("/nope/eval"))
+        []
+    """
+    if not (train.is_dir() and eval_data.is_dir()):
+        return []
+    eval_classes = _class_folders(eval_data)
+    unknown = [c for c in _class_folders(train) if c not in eval_classes]
+    if not eval_classes or not unknown:
+        return []
+    return [f"data folder {train}: class subfolder(s) {', '.join(unknown[:5])} are not among the eval folder's "
+            f"classes ({', '.join(eval_classes[:20])}); class indices come from the eval folder's subfolder names"]
+
+
+def _class_folders(folder: Path) -> list[str]:
+    # As the worker lists them (data_checks.image_files): sorted subfolders, dot-names skipped.
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def check_data_file(path: Path, *, kind: str, classes: int | None = None,
@@ -86,7 +116,7 @@ def check_data_file(path: Path, *, kind: str, classes: int | None = None,
         return [f"data file {path.name} is empty"]
     suffix = path.suffix.lower()
     # Shapes in the headers first: a header declaring a huge shape is refused by the limit it breaks.
-    if suffix in (".safetensors", ".npz") and (over := tensor_limit_problems(path)):
+    if suffix in (".safetensors", ".npz") and (over := tensor_limit_problems(path) or tensor_label_problems(path)):
         return over
     if suffix == ".jsonl":
         if kind != "hf":
@@ -140,4 +170,4 @@ def _check_image_folder(folder: Path, *, kind: str, classes: int | None, max_byt
     return image_folder_limit_problems(folder)  # image count, then each header: pixels and aspect ratio
 
 
-__all__ = ["IMAGE_SUFFIXES", "JSONL_CHECK_BYTES", "check_data_file", "data_problems"]
+__all__ = ["IMAGE_SUFFIXES", "JSONL_CHECK_BYTES", "check_data_file", "data_problems", "train_class_problems"]

@@ -4,7 +4,9 @@ Weights come only from the file (``weights_only`` / safetensors, never a downloa
 read from the weights' classifier (the last 2-D ``*.weight``), so a 4-class fine-tune loads as 4 classes.
 Images are preprocessed with the ref's ``preprocess`` ({resize, crop, mean, std}) or else timm's
 pretrained config for that architecture, or else ImageNet's usual 256/224 and mean/std. The metric is
-accuracy when the folder has class subfolders, else top-1 agreement with the float model.
+accuracy when the folder has class subfolders, else top-1 agreement with the float model. A ``train`` folder
+(for training steps) is read the same way; its class subfolders are labelled by the eval folder's class
+names, and its images whose decoded pixels are also in the eval folder are dropped.
 
 Example:
     >>> from modelpress.optimize.sources import get_source, parse_model_ref  # doctest: +SKIP
@@ -31,7 +33,14 @@ from modelpress.optimize.limits import (
 )
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
-from modelpress.optimize.sources.data import check_labels, image_files, make_task_data, read_images
+from modelpress.optimize.sources.data import (
+    TrainRows,
+    align_class_labels,
+    check_labels,
+    image_files,
+    make_task_data,
+    read_images,
+)
 from modelpress.optimize.sources.data_checks import IMAGENET
 from modelpress.optimize.sources.ref import ModelRef
 from modelpress.optimize.spec import ModelSpec
@@ -168,7 +177,7 @@ class VisionSource(ModelSource):
         assert ref.data
         limits = current_limits()
         crop = int(pre["crop"])
-        for folder in (ref.data.eval, ref.data.calibration):
+        for folder in (ref.data.eval, ref.data.calibration, ref.data.train):
             if folder:
                 files, _ = image_files(folder)
                 check_image_data(len(files), crop, f"image folder {folder}", limits)
@@ -191,7 +200,16 @@ class VisionSource(ModelSource):
             cx, cy, _ = read_images(ref.data.calibration, pre)
             check_labels(cy, classes, f"image folder {ref.data.calibration}")
             calib = ((cx,), cy)
-        td = make_task_data((x,), y, calib, what=f"image folder {ref.data.eval}")
+        train = None
+        if ref.data.train:
+            tx, ty, train_names = read_images(ref.data.train, pre)
+            where = f"image folder {ref.data.train}"
+            ty = align_class_labels(ty, train_names, names, where)
+            check_labels(ty, classes, where)
+            # Keyed by decoded pixels: the same image bytes decode the same, and so do copies re-encoded
+            # losslessly or cropped to the same pixels.
+            train = TrainRows((tx,), ty, where)
+        td = make_task_data((x,), y, calib, what=f"image folder {ref.data.eval}", train=train)
         metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
         if metric == "accuracy" and y is None:
             raise DataError(f"metric 'accuracy' needs labels: put the images of {ref.data.eval} in class subfolders")

@@ -7,6 +7,10 @@ What lives here:
   It imports none of the technique modules, not even inside a function.
 - ``quantization``, ``pruning``, ``distillation``: the technique modules; each registers its handlers
   with ``registry.register_handler`` when it is imported.
+- ``transformer_pruning`` (``prune_transformer``: layers, heads, FFN neurons by importance on data) over
+  ``transformer_graph`` (finding and cutting them in an FX graph), and ``distill_float`` (distillation from the
+  float model for any source, with hidden-state matching, validation, progress and resume); ``prune_level``
+  (``prune``: one level, handed to ``prune_transformer`` or ``prune_structured`` by what the model is).
 - ``sensitivity`` (per-layer quantization sensitivity) and ``training`` (the shared training loop):
   helpers of the techniques.
 
@@ -27,6 +31,7 @@ Example:
 from __future__ import annotations
 
 # Each technique registers its handlers on import.
-from modelpress.optimize.techniques import distillation, pruning, quantization  # noqa: F401
+from modelpress.optimize.techniques import (distill_float, distillation, prune_level, pruning,  # noqa: F401
+                                            quantization, transformer_pruning)
 
-__all__ = ["distillation", "pruning", "quantization"]
+__all__ = ["distill_float", "distillation", "prune_level", "pruning", "quantization", "transformer_pruning"]

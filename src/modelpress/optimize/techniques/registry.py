@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
@@ -42,6 +43,13 @@ class StepContext:
     seed: int = 0
     reference: nn.Module | None = None
     log: Callable[[str], None] = lambda msg: None
+    #: Called by a training step as it goes with one JSON-able dict, e.g. ``{"step": "distill_float",
+    #: "iteration": 120, "of": 600, "loss": 0.031, "validation": 0.982, "elapsed_s": 41.2}``; the task shows the
+    #: last one in the job row (``modelpress show``/``wait``) and in Flower.
+    progress: Callable[[dict[str, Any]], None] = lambda p: None
+    #: A folder that survives a worker restart, one per job (keyed by the artifact key): a training step saves
+    #: its state there and resumes from it, so a redelivered job does not train from the start. None: no resume.
+    checkpoint_dir: Path | None = None
 
 
 @dataclass

@@ -1,0 +1,338 @@
+"""``distill_float``: train the current model (pruned, typically) to reproduce the user's float model.
+
+The teacher is the float model the job started from (``StepContext.reference``), so any source can be
+distilled: it needs train rows (``data: {train: ...}``), labels optional. The loss is
+
+* on the outputs: KL divergence at a temperature for logits (``T²``-scaled, Hinton et al.), 1 − cosine for
+  embeddings judged by cosine, MSE otherwise; plus cross-entropy on train labels when there are any;
+* on hidden states, wherever student and teacher have a layer of the same name whose input has the same shape
+  (a transformer's layers keep their names when others are dropped, so the student's layer 3 is matched to
+  the teacher's layer 3): MSE normalised by the teacher's mean square.
+
+Bounded by ``max_steps`` and ``max_seconds``. Every ``validate_every`` steps the metric is measured on the
+validation rows (never the eval rows), the best weights so far are kept, ``StepContext.progress`` is told,
+and the state is checkpointed in ``StepContext.checkpoint_dir`` (written to a temporary file, then renamed):
+a worker restart resumes from the last checkpoint with the same batches, it does not train again from the
+start. At the end the best weights on validation are returned.
+
+Example:
+    >>> from modelpress.optimize.recipes import DistillFloatConfig
+    >>> from modelpress.optimize.techniques.registry import handlers
+    >>> DistillFloatConfig in handlers()
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from modelpress.errors import UserInputError
+from modelpress.optimize.measure import as_tuple, compute_metric, count_params, n_samples
+from modelpress.optimize.recipes import DistillFloatConfig
+from modelpress.optimize.techniques.distillation import hinton_loss
+from modelpress.optimize.techniques.registry import StepContext, StepOutput, register_handler
+from modelpress.optimize.techniques.training import require_trainable
+from modelpress.optimize.techniques.transformer_graph import find_blocks
+from modelpress.optimize.techniques.transformer_pruning import training_view
+
+MAX_MATCH_POINTS = 8
+CHECKPOINT_VERSION = 1
+
+
+def output_loss_kind(cfg: DistillFloatConfig, metric: str) -> str:
+    """The output loss ``auto`` stands for, by the model's metric.
+
+    Example:
+        >>> output_loss_kind(DistillFloatConfig(), "cosine"), output_loss_kind(DistillFloatConfig(), "accuracy")
+        ('cosine', 'kl')
+    """
+    if cfg.loss != "auto":
+        return cfg.loss
+    return {"cosine": "cosine", "accuracy": "kl", "top1_agreement": "kl"}.get(metric, "mse")
+
+
+def output_loss(kind: str, s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, cfg: DistillFloatConfig) -> torch.Tensor:
+    """Student outputs ``s`` against teacher outputs ``t`` (and labels, when given and the outputs are logits).
+
+    Example:
+        >>> t = torch.tensor([[1.0, 0.0]])
+        >>> float(output_loss("cosine", t, t, None, DistillFloatConfig()))
+        0.0
+    """
+    if kind == "kl":
+        alpha = 1.0 - cfg.label_weight if labels is not None else 1.0
+        return hinton_loss(s, t, labels, temperature=cfg.temperature, alpha=alpha)
+    if kind == "cosine":
+        return (1 - nn.functional.cosine_similarity(s.flatten(1), t.flatten(1), dim=-1)).mean()
+    return nn.functional.mse_loss(s, t)
+
+
+class _Taps:
+    """Forward pre-hooks that keep the input of named modules during one forward."""
+
+    def __init__(self, model: nn.Module, names: list[str], *, detach: bool) -> None:
+        self.seen: dict[str, torch.Tensor] = {}
+        self._hooks = [model.get_submodule(n).register_forward_pre_hook(self._tap(n, detach)) for n in names]
+
+    def _tap(self, name: str, detach: bool) -> Callable[..., None]:
+        def f(m: nn.Module, a: tuple[Any, ...]) -> None:
+            if a and isinstance(a[0], torch.Tensor):
+                self.seen[name] = a[0].detach() if detach else a[0]
+        return f
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def match_points(student: nn.Module, teacher: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[str]:
+    """Module names whose input has the same shape in student and teacher (hidden states to match).
+
+    A transformer: the input of each kept layer's query projection (the layer's hidden state). Otherwise every
+    Linear/Conv module of the same name, the first (the raw input) left out and at most ``MAX_MATCH_POINTS``
+    evenly spaced.
+
+    Example:
+        >>> match_points(student, teacher, batch)  # doctest: +SKIP
+        ['model.encoder.layer.1.attention.self.query', ...]
+    """
+    if isinstance(student, torch.fx.GraphModule) and (blocks := find_blocks(student)):
+        names = [b.q for b in blocks[1:]]  # layer 0's input is the embeddings, the same in both
+    else:
+        t_mods = dict(teacher.named_modules())
+        names = [n for n, m in student.named_modules()
+                 if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and n in t_mods][1:]
+    if not names:
+        return []
+    ts, tt = _Taps(student, names, detach=True), _Taps(teacher, names, detach=True)
+    try:
+        student(*probe)
+        teacher(*probe)
+    finally:
+        ts.close()
+        tt.close()
+    ok, seen_ptr = [], set()
+    for n in names:
+        a, b = ts.seen.get(n), tt.seen.get(n)
+        if a is None or b is None or a.shape != b.shape or b.data_ptr() in seen_ptr:
+            continue
+        seen_ptr.add(b.data_ptr())
+        ok.append(n)
+    if len(ok) > MAX_MATCH_POINTS:
+        step = len(ok) / MAX_MATCH_POINTS
+        ok = [ok[int(i * step)] for i in range(MAX_MATCH_POINTS)]
+    return ok
+
+
+def _row_lengths(inputs: tuple[torch.Tensor, ...], trim: Callable[..., tuple[torch.Tensor, ...]]) -> torch.Tensor | None:
+    """Each row's length once trimmed (None when trimming keeps every row whole): for batching by length."""
+    n = n_samples(inputs)
+    if trim(tuple(t[:1] for t in inputs))[0].shape == inputs[0][:1].shape and n and \
+            trim(tuple(t[:n] for t in inputs))[0].shape == inputs[0].shape:
+        return None
+    return torch.tensor([trim(tuple(t[i:i + 1] for t in inputs))[0].shape[1] for i in range(n)])
+
+
+def epoch_batches(n: int, size: int, lengths: torch.Tensor | None, *, seed: int) -> list[torch.Tensor]:
+    """One epoch's batches of row indices, from ``seed`` alone (a resumed run sees the batches it would have).
+
+    With row lengths, rows are shuffled, then sorted by length within groups of 50 batches, so a batch holds
+    rows of similar length and trimming removes most padding; the batches are then shuffled.
+
+    Example:
+        >>> [b.tolist() for b in epoch_batches(5, 2, None, seed=0)]
+        [[4, 0], [1, 3], [2]]
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    if lengths is not None:
+        group = size * 50
+        parts = [perm[i:i + group] for i in range(0, n, group)]
+        perm = torch.cat([p[torch.argsort(lengths[p], stable=True)] for p in parts])
+    batches = [perm[i:i + size] for i in range(0, n, size)]
+    if lengths is not None:
+        batches = [batches[int(i)] for i in torch.randperm(len(batches), generator=g)]
+    return batches
+
+
+def _signature(model: nn.Module, cfg: DistillFloatConfig, n_rows: int) -> str:
+    """What a checkpoint must match to be resumed: the step's config, the student it started from, the rows."""
+    h = hashlib.sha256(f"v{CHECKPOINT_VERSION}\n{cfg.model_dump_json()}\n{n_rows}\n".encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:".encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a reader sees the previous checkpoint or this one, never half of one
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@register_handler(DistillFloatConfig)
+class DistillFloatHandler:
+    """Distillation from the float model, with hidden-state matching, validation, progress and resume."""
+
+    def apply(self, model: nn.Module, cfg: DistillFloatConfig, ctx: StepContext) -> StepOutput:
+        require_trainable(model, "distill_float")
+        if ctx.reference is None:
+            raise UserInputError("distill_float needs the float model as teacher, which this run does not provide")
+        inputs, labels = ctx.data.train_inputs, ctx.data.train_labels
+        if inputs is None or n_samples(inputs) == 0:
+            raise UserInputError(f"distill_float: model {ctx.spec.name!r} has no train rows; give them as "
+                                 "data: {train: FILE} (labels optional)")
+        inputs = as_tuple(inputs)
+        n = n_samples(inputs)
+        kind = output_loss_kind(cfg, ctx.spec.metric)
+        if labels is not None and kind != "kl":
+            labels = None  # labels mean classes: they add a task loss to logits only
+        started = time.monotonic()
+        student, trim, view_note = training_view(model, ctx)
+        teacher, _, _ = training_view(copy.deepcopy(ctx.reference).eval(), ctx)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        probe = trim(tuple(t[: min(4, n)] for t in inputs))
+        points = match_points(student, teacher, probe) if cfg.intermediate_weight > 0 else []
+        val_x, val_y = ctx.data.val_inputs, ctx.data.val_labels
+        if val_x is None:  # no validation rows (a registered model's spec): calibration rows, fidelity only
+            val_x, val_y = ctx.data.calib_inputs, None
+        val_x = as_tuple(val_x)
+        t_val = self._outputs(teacher, val_x, trim)
+        metric_name = ctx.spec.metric if (ctx.spec.metric != "accuracy" or val_y is not None) else "top1_agreement"
+
+        def validate() -> float:
+            return compute_metric(metric_name, self._outputs(student, val_x, trim), labels=val_y, reference=t_val)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(1, min(100, cfg.max_steps // 20))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min(1.0, (i + 1) / warm) * max(0.1, 1 - i / cfg.max_steps))
+        sig = _signature(model, cfg, n)
+        ckpt = (ctx.checkpoint_dir / f"distill_float-{sig}.pt") if ctx.checkpoint_dir is not None else None
+        state = {"step": 0, "elapsed_s": 0.0, "history": [], "best": None, "best_step": 0}
+        best_weights: dict[str, torch.Tensor] | None = None
+        resumed_from = None
+        if ckpt is not None and ckpt.is_file():
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True)  # our own file, read as data anyway
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            best_weights = saved["best_weights"]
+            state = saved["state"]
+            resumed_from = state["step"]
+            ctx.log(f"distill_float: resuming at step {resumed_from} from {ckpt.name}")
+        metric_start = state.get("metric_start")
+        if metric_start is None:
+            metric_start = validate()
+            state["metric_start"] = metric_start
+            # Step 0 is a candidate too: if no step beats the starting weights on validation, they are returned.
+            state["best"], state["best_step"] = metric_start, 0
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        base_elapsed = float(state["elapsed_s"])
+        t0 = time.monotonic()
+        student.train()
+        step, stopped_by, last_loss = int(state["step"]), "max_steps", float("nan")
+        lengths = _row_lengths(inputs, trim)
+        batches_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+        plan: tuple[int, list[torch.Tensor]] = (-1, [])
+        s_taps = _Taps(student, points, detach=False)
+        t_taps = _Taps(teacher, points, detach=True)
+        try:
+            while step < cfg.max_steps:
+                if base_elapsed + time.monotonic() - t0 >= cfg.max_seconds:
+                    stopped_by = "max_seconds"
+                    break
+                epoch, pos = divmod(step, batches_per_epoch)
+                if plan[0] != epoch:
+                    plan = (epoch, epoch_batches(n, cfg.batch_size, lengths, seed=ctx.seed * 100_003 + epoch))
+                idx = plan[1][pos]
+                x = trim(tuple(t[idx] for t in inputs))
+                with torch.no_grad():
+                    t_out = teacher(*x)
+                s_out = student(*x)
+                loss = output_loss(kind, s_out, t_out, labels[idx] if labels is not None else None, cfg)
+                if points:
+                    hid = [nn.functional.mse_loss(s_taps.seen[p], t_taps.seen[p]) / (t_taps.seen[p].pow(2).mean() + 1e-6)
+                           for p in points]
+                    loss = loss + cfg.intermediate_weight * torch.stack(hid).mean()
+                if not torch.isfinite(loss):
+                    raise UserInputError(f"distill_float diverged (loss {float(loss)} at step {step + 1}); lower lr={cfg.lr}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                last_loss = float(loss.detach())
+                if step % cfg.validate_every == 0 or step == cfg.max_steps:
+                    student.eval()
+                    m = validate()
+                    student.train()
+                    elapsed = base_elapsed + time.monotonic() - t0
+                    state["history"].append({"step": step, "loss": round(last_loss, 6), "validation": round(m, 6),
+                                             "elapsed_s": round(elapsed, 1)})
+                    if m > state["best"]:
+                        state["best"], state["best_step"] = m, step
+                        best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    state.update(step=step, elapsed_s=elapsed)
+                    if ckpt is not None:  # before reporting: a step shown as done is one a restart resumes after
+                        _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), "best_weights": best_weights, "state": state})
+                    ctx.progress({"step": "distill_float", "iteration": step, "of": cfg.max_steps, "loss": last_loss,
+                                  "validation": m, "metric": metric_name, "elapsed_s": round(elapsed, 1)})
+                    ctx.log(f"distill_float step {step}/{cfg.max_steps}: loss {last_loss:.4f}, validation "
+                            f"{metric_name} {m:.4f} ({elapsed:.0f} s)")
+        finally:
+            s_taps.close()
+            t_taps.close()
+            student.eval()
+            model.eval()
+        if best_weights is not None:
+            model.load_state_dict(best_weights)
+        elapsed = base_elapsed + time.monotonic() - t0
+        meta = {"loss": kind, "temperature": cfg.temperature if kind == "kl" else None,
+                "labels_used": labels is not None, "train_rows": n, "matched_layers": points,
+                "trained_through": view_note, "steps_run": step, "stopped_by": stopped_by,
+                "seconds": round(elapsed, 1), "setup_seconds": round(t0 - started, 1),
+                "peak_rss_mb": round(_peak_rss_mb(), 1), "resumed_from_step": resumed_from,
+                "validation_metric_name": metric_name, "validation_before": state["metric_start"],
+                "validation_best": state["best"], "best_step": state["best_step"], "history": state["history"],
+                "params": count_params(model)}
+        ctx.log(f"distill_float: {step} steps in {elapsed:.0f} s ({stopped_by}); validation {metric_name} "
+                f"{state['metric_start']:.4f} → {state['best']:.4f} (step {state['best_step']})")
+        return StepOutput(model, meta)
+
+    @staticmethod
+    @torch.no_grad()
+    def _outputs(model: nn.Module, x: tuple[torch.Tensor, ...], trim: Callable[..., tuple[torch.Tensor, ...]],
+                 batch: int = 64) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        try:
+            outs = [model(*trim(tuple(t[i:i + batch] for t in x))) for i in range(0, n_samples(x), batch)]
+        finally:
+            model.train(was)
+        return torch.cat(outs).float()
+
+    def rebuild(self, model: nn.Module, cfg: DistillFloatConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        return model  # training changes values, not structure
+
+
+__all__ = ["DistillFloatHandler", "match_points", "output_loss", "output_loss_kind"]

@@ -1,0 +1,63 @@
+"""``prune``: structured pruning at one level, in the form the model has (transformer or CNN/MLP).
+
+The one knob a recipe's ``search`` turns. A graph with attention layers (an ``hf:`` transformer) is cut by
+``prune_transformer``: ``shape="width"`` removes ``level`` of each layer's FFN neurons and ``level / 2`` of its
+heads; ``shape="depth"`` drops ``round(level × (layers − 1))`` layers. Any other model goes to
+``prune_structured`` (Torch-Pruning) with ``amount=level``. The delegate's config and meta are recorded, and
+``rebuild`` hands them back to the same delegate.
+
+Example:
+    >>> from modelpress.optimize.recipes import PruneConfig
+    >>> delegate_for(PruneConfig(level=0.5), layers=6).to_dict()["type"]
+    'prune_transformer'
+    >>> delegate_for(PruneConfig(level=0.5), layers=0).to_dict()
+    {'type': 'prune_structured', 'amount': 0.5, 'importance': 'l2', 'global_ranking': False, 'ignore': []}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import fx, nn
+
+from modelpress.errors import ModelLoadError, UserInputError
+from modelpress.optimize.recipes import PruneConfig, StepConfig, StructuredPruneConfig, TransformerPruneConfig, parse_step
+from modelpress.optimize.techniques.registry import StepContext, StepOutput, handler_for, register_handler
+from modelpress.optimize.techniques.transformer_graph import find_blocks
+
+
+def delegate_for(cfg: PruneConfig, *, layers: int) -> StepConfig:
+    """The concrete step ``cfg`` stands for on a model with ``layers`` attention layers (0: not a transformer)."""
+    if layers:
+        if cfg.shape == "depth":
+            n = round(cfg.level * (layers - 1))
+            if n < 1:
+                raise UserInputError(f"prune level {cfg.level} (depth) drops no layer of {layers}; raise the level")
+            return TransformerPruneConfig(layers=n)
+        return TransformerPruneConfig(ffn=cfg.level, heads=cfg.level / 2)
+    if cfg.shape == "depth":
+        raise UserInputError("prune shape 'depth' drops transformer layers, and this model has no attention layers; "
+                             "use shape 'width' (channels)")
+    return StructuredPruneConfig(amount=cfg.level)
+
+
+@register_handler(PruneConfig)
+class PruneHandler:
+    """Delegates to ``prune_transformer`` or ``prune_structured`` by what the model is."""
+
+    def apply(self, model: nn.Module, cfg: PruneConfig, ctx: StepContext) -> StepOutput:
+        layers = len(find_blocks(model)) if isinstance(model, fx.GraphModule) else 0
+        inner = delegate_for(cfg, layers=layers)
+        ctx.log(f"prune level {cfg.level} ({cfg.shape}): {inner.type} {inner.model_dump(mode='json')}")
+        out = handler_for(inner).apply(model, inner, ctx)
+        return StepOutput(out.model, {"level": cfg.level, "shape": cfg.shape, "delegate": inner.to_dict(),
+                                      "delegate_meta": out.meta})
+
+    def rebuild(self, model: nn.Module, cfg: PruneConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        if "delegate" not in meta:
+            raise ModelLoadError("the artifact's prune step has no recorded delegate; re-run the job")
+        inner = parse_step(meta["delegate"], where="prune.delegate")
+        return handler_for(inner).rebuild(model, inner, meta["delegate_meta"], engine=engine)
+
+
+__all__ = ["PruneHandler", "delegate_for"]

@@ -1,0 +1,122 @@
+"""``distill_float``: a cut transformer trained back towards the float model, bounded, visible and resumable."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from modelpress.errors import UserInputError
+from modelpress.optimize.measure import compute_metric, predict, torch_threads
+from modelpress.optimize.recipes import DistillFloatConfig, TransformerPruneConfig
+from modelpress.optimize.techniques.registry import StepContext, apply_step
+from tests.optimize.techniques.tiny_encoders import load_encoder
+
+
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """(spec, float graph, data, the graph with half its heads and FFN neurons cut)."""
+    spec, model, data = load_encoder(tmp_path_factory.mktemp("enc"))
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model)
+    return spec, model, data, apply_step(model, TransformerPruneConfig(heads=0.5, ffn=0.5), ctx).model
+
+
+def _eval_cosine(student, teacher, data) -> float:  # type: ignore[no-untyped-def]
+    return compute_metric("cosine", predict(student, data.eval_inputs), labels=None,
+                          reference=predict(teacher, data.eval_inputs))
+
+
+def test_distilling_a_cut_encoder_brings_it_back_towards_the_float_model_on_rows_it_never_saw(cut) -> None:
+    spec, model, data, student = cut
+    seen: list[dict] = []
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model, progress=seen.append)
+    with torch_threads(1):
+        out = apply_step(student, DistillFloatConfig(max_steps=60, validate_every=20, lr=1e-3), ctx)
+    before, after = _eval_cosine(student, model, data), _eval_cosine(out.model, model, data)
+    # A random encoder's embeddings are close to each other whatever is cut, so the gap is small: it must halve.
+    assert 1 - after < 0.5 * (1 - before), (before, after)
+    assert out.meta["validation_best"] >= out.meta["validation_before"]
+    assert out.meta["steps_run"] == 60 and out.meta["stopped_by"] == "max_steps"
+    assert out.meta["loss"] == "cosine" and out.meta["matched_layers"]  # hidden states of layers 1 and 2
+    assert "dynamic sequence length" in out.meta["trained_through"]
+    assert [p["iteration"] for p in seen] == [20, 40, 60]
+    assert all(p["step"] == "distill_float" and p["of"] == 60 and p["metric"] == "cosine" for p in seen)
+    assert out.model is not student and _eval_cosine(student, model, data) == before  # the input is untouched
+
+
+def test_distillation_stops_at_its_time_bound(cut) -> None:
+    spec, model, data, student = cut
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model)
+    out = apply_step(student, DistillFloatConfig(max_steps=100_000, max_seconds=3.0, validate_every=5), ctx)
+    assert out.meta["stopped_by"] == "max_seconds" and out.meta["steps_run"] < 100_000
+    assert out.meta["seconds"] < 3.0 + 10  # one step and one validation past the bound at most
+
+
+class _Killed(Exception):
+    """Stands for the worker dying between two checkpoints."""
+
+
+def test_a_run_killed_mid_way_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_ends(cut, tmp_path) -> None:
+    spec, model, data, student = cut
+    cfg = DistillFloatConfig(max_steps=30, validate_every=10, lr=1e-3)
+
+    def die_at_20(p: dict) -> None:
+        if p["iteration"] == 20:
+            raise _Killed
+
+    with torch_threads(1):
+        unbroken = apply_step(student, cfg, StepContext(spec=spec, data=data, engine="x86", reference=model)).model
+        with pytest.raises(_Killed):
+            apply_step(student, cfg, StepContext(spec=spec, data=data, engine="x86", reference=model,
+                                                 checkpoint_dir=tmp_path, progress=die_at_20))
+        assert len(list(tmp_path.glob("distill_float-*.pt"))) == 1
+        resumed = apply_step(student, cfg, StepContext(spec=spec, data=data, engine="x86", reference=model,
+                                                       checkpoint_dir=tmp_path))
+    assert resumed.meta["resumed_from_step"] == 20
+    assert [h["step"] for h in resumed.meta["history"]] == [10, 20, 30]
+    for (k, a), b in zip(unbroken.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_a_checkpoint_of_another_student_is_not_resumed(cut, tmp_path) -> None:
+    spec, model, data, student = cut
+    cfg = DistillFloatConfig(max_steps=10, validate_every=5)
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model, checkpoint_dir=tmp_path)
+    apply_step(student, cfg, ctx)
+    other = copy.deepcopy(student)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    assert apply_step(other, cfg, ctx).meta["resumed_from_step"] is None
+
+
+def test_without_train_rows_the_step_says_how_to_give_them(cut) -> None:
+    spec, model, data, student = cut
+    ctx = StepContext(spec=spec, data=dataclasses.replace(data, train_inputs=None), engine="x86", reference=model)
+    with pytest.raises(UserInputError, match=r"data: \{train: FILE\}"):
+        apply_step(student, DistillFloatConfig(max_steps=5), ctx)
+
+
+def test_a_classifier_is_distilled_on_its_logits_with_its_train_labels(tmp_path) -> None:
+    spec, model, data = load_encoder(tmp_path, classifier=True)
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model)
+    student = apply_step(model, TransformerPruneConfig(ffn=0.5), ctx).model
+    out = apply_step(student, DistillFloatConfig(max_steps=10, validate_every=5, label_weight=0.3), ctx)
+    assert out.meta["loss"] == "kl" and out.meta["labels_used"] and out.meta["temperature"] == 2.0
+
+
+def test_a_cnn_student_is_matched_only_where_its_layers_keep_the_teachers_shapes() -> None:
+    from modelpress.optimize.techniques.distill_float import match_points
+    from modelpress.zoo.models import DigitsCNN
+
+    teacher, student = DigitsCNN().eval(), DigitsCNN(width=0.5).eval()
+    x = (torch.randn(2, 1, 8, 8),)
+    points = match_points(student, teacher, x)
+    assert match_points(teacher, copy.deepcopy(teacher), x)  # same shapes everywhere: matched
+    t_in, s_in = {}, {}
+    for name in points:
+        teacher.get_submodule(name).register_forward_pre_hook(lambda m, a, n=name: t_in.__setitem__(n, a[0].shape))
+        student.get_submodule(name).register_forward_pre_hook(lambda m, a, n=name: s_in.__setitem__(n, a[0].shape))
+    teacher(*x), student(*x)
+    assert all(t_in[n] == s_in[n] for n in points)

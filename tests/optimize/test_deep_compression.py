@@ -1,0 +1,144 @@
+"""Prune → distill → int8 of a team's own transformer (``hf:`` folder + a train file), searched over levels.
+
+Issue 22: a recipe with a ``search`` tries the ``prune`` levels most-cut first, distils each student from the
+float model on the train rows, quantizes it in the runtime, and keeps the first level whose candidates keep
+the budget on validation rows; every level tried is the frontier. The chosen artifact serves without
+modelpress and reloads to the outputs that were measured.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from modelpress.optimize import optimize_model
+from modelpress.optimize.recipes import Recipe
+from tests.optimize.techniques.tiny_encoders import build_encoder_folder
+from tests.own_models_fixtures import topic_rows, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def encoder_ref(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from modelpress.optimize.sources import parse_model_ref
+
+    root = tmp_path_factory.mktemp("own-encoder")
+    folder = build_encoder_folder(root)
+    ev = write_jsonl(root / "eval.jsonl", [{"text": r["text"]} for r in topic_rows(60, seed=1)])
+    train = write_jsonl(root / "train.jsonl", [{"text": r["text"]} for r in topic_rows(200, seed=3)])
+    return parse_model_ref(f"hf:{folder}", data={"eval": str(ev), "train": str(train)}, max_length=16)
+
+
+def _recipe(max_drop: float) -> Recipe:
+    return Recipe.from_dict({
+        "name": "searched", "runtime": "openvino",
+        "steps": [{"type": "prune", "level": 0.5},
+                  {"type": "distill_float", "max_steps": 20, "validate_every": 10, "lr": 1e-3},
+                  {"type": "quantize_static"}],
+        "search": {"levels": [0.25, 0.5]},
+        "budget": {"max_drop": max_drop, "max_float_layers": 0},
+    })
+
+
+def test_the_search_stops_at_the_most_cut_level_that_keeps_the_budget(encoder_ref, tmp_path) -> None:
+    seen: list[dict] = []
+    r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.05), engine="x86", store=tmp_path, warmup=1, runs=3,
+                       progress=seen.append)
+    assert r.status == "succeeded", r.reason
+    frontier = r.extra["frontier"]
+    assert [f["level"] for f in frontier] == [0.5] and frontier[0]["within_budget_on_selection"]
+    assert r.extra["chosen_level"] == 0.5
+    prune, distill = r.steps_meta[0], r.steps_meta[1]
+    assert prune["delegate"]["type"] == "prune_transformer" and prune["delegate"]["ffn"] == 0.5
+    assert prune["delegate_meta"]["params_after"] < prune["delegate_meta"]["params_before"]
+    assert distill["steps_run"] == 20 and distill["train_rows"] == 200
+    assert r.params_after < r.params_before  # (bytes: at 28k parameters an IR's own overhead outweighs int8)
+    assert [p["iteration"] for p in seen] == [10, 20]
+    assert r.extra["reload_check"]["equal"]
+    assert not (tmp_path / "checkpoints" / r.artifact_key).exists()  # removed once the result is written
+
+
+def test_when_no_level_keeps_the_budget_every_level_is_tried_and_the_job_is_rejected(encoder_ref, tmp_path) -> None:
+    r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.0), engine="x86", store=tmp_path, warmup=1, runs=3)
+    assert r.status == "rejected"
+    assert [f["level"] for f in r.extra["frontier"]] == [0.5, 0.25]
+    assert not any(f["within_budget_on_selection"] for f in r.extra["frontier"])
+    assert {c["level"] for c in r.extra["candidates"]} == {0.5, 0.25}
+    # Less cut keeps more parameters: the frontier is a real trade-off, each level its own student.
+    p = [f["steps_meta"][0]["params_after"] for f in r.extra["frontier"]]
+    assert p[0] < p[1]
+
+
+def test_the_chosen_artifact_serves_with_openvino_alone_and_gives_the_measured_outputs(encoder_ref, tmp_path) -> None:
+    import numpy as np
+
+    from modelpress.optimize.runtimes.registry import get_runtime
+    from modelpress.optimize.sources import get_source
+
+    r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.05), engine="x86", store=tmp_path, warmup=1, runs=3)
+    x = get_source("hf").load(encoder_ref).spec.data().eval_inputs
+    np.savez(tmp_path / "x.npz", *[t[:8].numpy() for t in x])
+    script = textwrap.dedent(f"""
+        import sys, zipfile, numpy as np, openvino as ov
+        sys.modules["modelpress"] = None  # importing modelpress now fails: prove it is not needed
+        z, core = zipfile.ZipFile({r.artifact_path!r}), ov.Core()
+        m = core.compile_model(core.read_model(z.read("model.xml").decode(),
+                                               ov.Tensor(np.frombuffer(z.read("model.bin"), np.uint8))), "CPU")
+        d = np.load({str(tmp_path / 'x.npz')!r})
+        np.save({str(tmp_path / 'y.npy')!r}, m([d[k] for k in sorted(d.files)])[0])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    served = get_runtime("openvino").load(Path(r.artifact_path), threads=1)(*[t[:8] for t in x])
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "y.npy")), served, atol=1e-5, rtol=1e-5)
+
+
+def test_a_torchvision_cnn_is_pruned_by_channels_and_distilled_on_its_train_folder(tmp_path) -> None:
+    from modelpress.optimize.sources import parse_model_ref
+    from tests.optimize.sources.conftest import tiny_resnet_weights
+    from tests.own_models_fixtures import write_image_folder
+
+    weights = tiny_resnet_weights(tmp_path, classes=3)
+    ev = write_image_folder(tmp_path / "eval", per_class=6, classes=3, size=32, seed=1)
+    train = write_image_folder(tmp_path / "train", per_class=10, classes=3, size=32, seed=2)
+    ref = parse_model_ref("torchvision:resnet18", weights=str(weights), data={"eval": str(ev), "train": str(train)},
+                          preprocess={"resize": 32, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+    recipe = Recipe.from_dict({"name": "cnn", "steps": [
+        {"type": "prune", "level": 0.5}, {"type": "distill_float", "max_steps": 6, "validate_every": 3}]})
+    r = optimize_model(model_ref=ref, recipe=recipe, engine="x86", store=tmp_path / "s", warmup=1, runs=3)
+    prune, distill = r.steps_meta
+    # Channels really removed (Torch-Pruning's dependency graph), the classifier's outputs kept.
+    assert prune["delegate"]["type"] == "prune_structured" and prune["delegate"]["amount"] == 0.5
+    assert prune["delegate_meta"]["params_after"] < 0.5 * prune["delegate_meta"]["params_before"]
+    assert "fc" in prune["delegate_meta"]["auto_ignored_output_layers"]
+    # Logits against the float teacher, with the train folder's class labels as a task loss.
+    assert distill["loss"] == "kl" and distill["labels_used"] and distill["train_rows"] == 30
+    assert r.extra["reload_check"]["equal"] and r.params_after < r.params_before
+
+
+def test_an_exported_program_is_distilled_but_its_structure_is_not_cut(tmp_path) -> None:
+    from modelpress.errors import UserInputError
+    from modelpress.optimize.sources import parse_model_ref
+    from tests.own_models_fixtures import build_export
+
+    from safetensors.torch import load_file, save_file
+
+    b = build_export(tmp_path)
+    # Train rows, unlabelled: the calibration rows shifted a little (none of them an eval row).
+    cal = load_file(str(b.calibration))
+    save_file({"features": cal["features"] + 0.01}, str(tmp_path / "train.safetensors"))
+    ref = parse_model_ref(b.model, data={"eval": str(b.eval), "train": str(tmp_path / "train.safetensors")})
+    r = optimize_model(model_ref=ref, recipe=Recipe.from_dict({"name": "d", "steps": [
+        {"type": "distill_float", "max_steps": 8, "validate_every": 4}]}), engine="x86", store=tmp_path / "s",
+        warmup=1, runs=3)
+    (distill,) = r.steps_meta
+    assert distill["steps_run"] == 8 and distill["train_rows"] == 128 and distill["loss"] == "kl"
+    with pytest.raises(UserInputError, match="flat graph"):
+        optimize_model(model_ref=ref, recipe=Recipe.from_dict({"name": "p", "steps": [{"type": "prune", "level": 0.5}]}),
+                       engine="x86", store=tmp_path / "s2", warmup=1, runs=3)
