@@ -22,14 +22,6 @@ REPORT = {"step": "distill_float", "iteration": 120, "of": 600, "loss": 0.031, "
           "elapsed_s": 41.2, "phase": {"name": "warmup", "done": True}}
 
 
-@pytest.fixture
-def sessions(db_url):
-    migrate.upgrade(db_url)
-    eng = make_engine(db_url)
-    yield make_sessionmaker(eng)
-    eng.dispose()
-
-
 def _running_job(sessions, token: str = "A") -> str:
     with sessions() as s:
         job_id = create_job(session=s, model_name="mlp", recipe_name="distill", recipe_json="{}",

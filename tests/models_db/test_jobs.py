@@ -31,14 +31,6 @@ from modelpress.models_db.jobs import (
 from modelpress.models_db.schema import Job
 
 
-@pytest.fixture
-def sessions(db_url):
-    migrate.upgrade(db_url)
-    eng = make_engine(db_url)
-    yield make_sessionmaker(eng)
-    eng.dispose()
-
-
 def _job(sessions):
     with sessions() as s:
         return create_job(session=s, model_name="mlp", recipe_name="dynamic-int8", recipe_json="{}",
