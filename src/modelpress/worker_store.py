@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 #: The folders the optimize pipeline writes into (store layout), plus ``inputs``/``trees`` where a worker of a
 #: remote store caches what it fetched.
-WORKER_FOLDERS = ("inputs", "trees", "float", "artifacts", "rejected", "results", "index", "onnx", "tmp", "builtin")
+WORKER_FOLDERS = ("inputs", "trees", "float", "artifacts", "rejected", "results", "index", "onnx", "tmp", "builtin",
+                  "checkpoints")
 
 
 def cache_dir(settings: "Settings") -> Path:

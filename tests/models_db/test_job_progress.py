@@ -41,13 +41,15 @@ def test_only_the_claim_holder_writes_progress_and_it_reads_back_as_written(sess
         assert get_job(session=s, job_id=job_id).to_dict()["progress"] == REPORT
 
 
-def test_a_run_that_lost_or_finished_its_job_writes_no_more_progress_and_the_last_report_stays(sessions):
+def test_a_run_that_lost_or_finished_its_job_writes_no_more_progress_a_new_claim_starts_empty_and_the_last_report_stays(sessions):
     job_id = _running_job(sessions, token="A")
     with sessions() as s:
         assert record_progress(session=s, job_id=job_id, token="A", progress={"iteration": 5})
         assert requeue_job(session=s, job_id=job_id, error="worker lost", token="A")
         assert not record_progress(session=s, job_id=job_id, token="A", progress={"iteration": 6})  # queued now
         assert claim_job(session=s, job_id=job_id, host="h2", arch="x", task_id="t2", stale_after_s=None, token="C")
+        s.expire_all()
+        assert get_job(session=s, job_id=job_id).progress is None  # the new attempt has reported nothing yet
         assert not record_progress(session=s, job_id=job_id, token="A", progress={"iteration": 7})  # C holds it
         assert record_progress(session=s, job_id=job_id, token="C", progress={"iteration": 8})
         assert finish_job(session=s, job_id=job_id, status="succeeded", values={}, token="C")

@@ -1,9 +1,10 @@
 """Prune → distill → int8 of a team's own transformer (``hf:`` folder + a train file), searched over levels.
 
-Issue 22: a recipe with a ``search`` tries the ``prune`` levels most-cut first, distils each student from the
-float model on the train rows, quantizes it in the runtime, and keeps the first level whose candidates keep
-the budget on validation rows; every level tried is the frontier. The chosen artifact serves without
-modelpress and reloads to the outputs that were measured.
+Issue 22: a recipe with a ``search`` tries the ``prune`` levels least-cut first, each level cutting the previous
+level's trained student further (iterative pruning) and distilling it from the float model on the train rows,
+quantizes it in the runtime, and stops at the first level whose candidates miss the budget on validation rows;
+the job keeps the fastest candidate that kept it, and every level tried is the frontier. The chosen artifact
+serves without modelpress and reloads to the outputs that were measured.
 """
 
 from __future__ import annotations
@@ -45,33 +46,35 @@ def _recipe(max_drop: float) -> Recipe:
     })
 
 
-def test_the_search_stops_at_the_most_cut_level_that_keeps_the_budget(encoder_ref, tmp_path) -> None:
+def test_the_search_cuts_each_levels_student_further_and_keeps_the_most_cut_within_budget(encoder_ref, tmp_path) -> None:
     seen: list[dict] = []
     r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.05), engine="x86", store=tmp_path, warmup=1, runs=3,
                        progress=seen.append)
     assert r.status == "succeeded", r.reason
     frontier = r.extra["frontier"]
-    assert [f["level"] for f in frontier] == [0.5] and frontier[0]["within_budget_on_selection"]
+    assert [f["level"] for f in frontier] == [0.25, 0.5] and all(f["within_budget_on_selection"] for f in frontier)
     assert r.extra["chosen_level"] == 0.5
-    prune, distill = r.steps_meta[0], r.steps_meta[1]
-    assert prune["delegate"]["type"] == "prune_transformer" and prune["delegate"]["ffn"] == 0.5
-    assert prune["delegate_meta"]["params_after"] < prune["delegate_meta"]["params_before"]
-    assert distill["steps_run"] == 20 and distill["train_rows"] == 200
+    # The artifact's steps: the level-0.25 student, cut on to 0.5 of the float model's FFN, trained again.
+    prune1, distill1, prune2, distill2 = r.steps_meta[:4]
+    assert (prune1["level"], prune1["from_level"], prune2["level"], prune2["from_level"]) == (0.25, 0.0, 0.5, 0.25)
+    assert prune1["delegate"]["ffn"] == 0.25 and prune2["delegate"]["ffn"] == pytest.approx(1 / 3, abs=1e-5)
+    assert prune2["delegate_meta"]["params_before"] == prune1["delegate_meta"]["params_after"]
+    assert prune2["delegate_meta"]["params_after"] < prune2["delegate_meta"]["params_before"]
+    assert distill1["steps_run"] == distill2["steps_run"] == 20 and distill2["train_rows"] == 200
     assert r.params_after < r.params_before  # (bytes: at 28k parameters an IR's own overhead outweighs int8)
-    assert [p["iteration"] for p in seen] == [10, 20]
+    assert [p["iteration"] for p in seen] == [10, 20, 10, 20]
     assert r.extra["reload_check"]["equal"]
     assert not (tmp_path / "checkpoints" / r.artifact_key).exists()  # removed once the result is written
 
 
-def test_when_no_level_keeps_the_budget_every_level_is_tried_and_the_job_is_rejected(encoder_ref, tmp_path) -> None:
+def test_when_the_least_cut_level_misses_the_budget_the_search_stops_there_and_the_job_is_rejected(
+        encoder_ref, tmp_path) -> None:
     r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.0), engine="x86", store=tmp_path, warmup=1, runs=3)
     assert r.status == "rejected"
-    assert [f["level"] for f in r.extra["frontier"]] == [0.5, 0.25]
-    assert not any(f["within_budget_on_selection"] for f in r.extra["frontier"])
-    assert {c["level"] for c in r.extra["candidates"]} == {0.5, 0.25}
-    # Less cut keeps more parameters: the frontier is a real trade-off, each level its own student.
-    p = [f["steps_meta"][0]["params_after"] for f in r.extra["frontier"]]
-    assert p[0] < p[1]
+    assert [f["level"] for f in r.extra["frontier"]] == [0.25]
+    assert not r.extra["frontier"][0]["within_budget_on_selection"]
+    assert {c["level"] for c in r.extra["candidates"]} == {0.25}
+    assert "budget" in r.reason
 
 
 def test_the_chosen_artifact_serves_with_openvino_alone_and_gives_the_measured_outputs(encoder_ref, tmp_path) -> None:
@@ -120,6 +123,17 @@ def test_a_torchvision_cnn_is_pruned_by_channels_and_distilled_on_its_train_fold
     # Logits against the float teacher, with the train folder's class labels as a task loss.
     assert distill["loss"] == "kl" and distill["labels_used"] and distill["train_rows"] == 30
     assert r.extra["reload_check"]["equal"] and r.params_after < r.params_before
+    # As a search's next level does: the trained student cut on to 0.75 of the float channels. The torch
+    # artifact rebuilds both cuts from the recorded steps and reloads to the same outputs.
+    recipe2 = Recipe.from_dict({"name": "cnn2", "steps": [
+        {"type": "prune", "level": 0.5}, {"type": "distill_float", "max_steps": 3, "validate_every": 3},
+        {"type": "prune", "level": 0.75, "from_level": 0.5},
+        {"type": "distill_float", "max_steps": 3, "validate_every": 3}]})
+    r2 = optimize_model(model_ref=ref, recipe=recipe2, engine="x86", store=tmp_path / "s2", warmup=1, runs=3)
+    second = r2.steps_meta[2]
+    assert second["delegate"]["amount"] == 0.5  # half of what the first cut left: 0.75 of the float channels
+    assert second["delegate_meta"]["params_before"] == r2.steps_meta[0]["delegate_meta"]["params_after"]
+    assert r2.extra["reload_check"]["equal"] and r2.params_after < r.params_after
 
 
 def test_an_exported_program_is_distilled_but_its_structure_is_not_cut(tmp_path) -> None:

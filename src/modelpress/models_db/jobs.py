@@ -111,7 +111,8 @@ def claim_job(*, session: Session, job_id: str, host: str, arch: str, task_id: s
     return _update(session, job_id, claimable, {
         "status": JobStatus.running.value, "attempts": Job.attempts + 1, "started_at": db_now(),
         "heartbeat_at": db_now(), "worker_host": host, "worker_arch": arch, "celery_task_id": task_id,
-        "error": None, "claim_token": token or host,
+        # This attempt reports its own progress: a redelivered job does not show the last attempt's step.
+        "error": None, "claim_token": token or host, "progress": None,
     })
 
 

@@ -43,7 +43,7 @@ from modelpress.optimize.chain import StepChain, run_steps
 from modelpress.optimize.choose import Selection, unbatch, variant_label
 from modelpress.optimize.measure import as_tuple, batch_of, compute_metric, n_samples, predict
 from modelpress.optimize.plan import JobPlan
-from modelpress.optimize.recipes import PruneConfig, QATConfig, Recipe, StaticQuantConfig
+from modelpress.optimize.recipes import PruneConfig, QATConfig, Recipe, StaticQuantConfig, StepConfig
 from modelpress.optimize.runtimes.base import Exported, Runtime, RuntimeUnavailableError
 from modelpress.optimize.runtimes.registry import AUTO, get_runtime, runtime_names
 from modelpress.optimize.runtimes.torch_handle import TorchHandle
@@ -374,10 +374,12 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
     which the caller removes after publishing the chosen one. A recipe naming one runtime raises that
     runtime's own error (its message, its retry class) when none of its variants could be built.
 
-    With a ``search``, the torch steps run once per level of the ``prune`` step, most cut first, and each
-    level's candidates are built and judged on the selection rows; the search stops at the first level where a
-    candidate keeps the budget. Every candidate carries its ``level``, and ``extra["frontier"]`` lists each
-    level tried with its best candidate on selection rows.
+    With a ``search``, the torch steps run once per level of the ``prune`` step, least cut first, each level
+    on the previous level's trained student (cut further, then trained again: iterative pruning), and each
+    level's candidates are built and judged on the selection rows. The search stops at the first level where
+    no candidate keeps the budget: a deeper cut of a student that already misses would miss too. Every
+    candidate carries its ``level``, and ``extra["frontier"]`` lists each level tried with its best candidate
+    on selection rows.
     """
     recipe, spec, data, log = plan.recipe, plan.spec, plan.rows(), plan.log
     qi = quant_index(recipe)
@@ -393,24 +395,29 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
                              "model's spec has none")
     extra["selection"] = sel.describe()
     torch_steps = recipe.steps[:qi] if qi is not None else recipe.steps
-    levels: list[float | None] = list(recipe.search.levels) if recipe.search is not None else [None]
+    levels: list[float | None] = sorted(recipe.search.levels) if recipe.search is not None else [None]
     candidates: list[dict[str, Any]] = []
     frontier: list[dict[str, Any]] = []
     first_error: Exception | None = None
+    # The previous level's chain and steps: the next level starts from its trained student.
+    done: tuple[StepChain, tuple[StepConfig, ...], float] | None = None
     for level in levels:
-        steps = tuple(s.model_copy(update={"level": level}) if (level is not None and isinstance(s, PruneConfig)) else s
-                      for s in torch_steps)
+        cut_from = done[2] if done is not None else 0.0
+        steps = tuple(s.model_copy(update={"level": level, "from_level": cut_from})
+                      if (level is not None and isinstance(s, PruneConfig)) else s for s in torch_steps)
         if level is not None:
-            log(f"search: level {level}")
+            log(f"search: level {level}" + (f", from the level-{cut_from} student" if done is not None else ""))
         # Each level trains its own student: its checkpoints live apart from the other levels'.
         ckpt = plan.checkpoint_dir / (f"level-{level}" if level is not None else "")
         ctx = StepContext(spec=spec, data=data, engine=plan.engine, reference=plan.float_model, log=log,
                           progress=plan.progress, checkpoint_dir=ckpt)
         chain = StepChain([plan.float_model], [])
+        if done is not None:  # this level's steps run after the previous level's, on its output
+            chain, steps = StepChain(done[0].inputs + [done[0].model], done[0].outputs), done[1] + steps
         if steps:
             if level is not None:
                 make_private_dirs(ckpt)
-            chain = run_steps(chain, steps, 0, ctx, log)
+            chain = run_steps(chain, steps, len(done[1]) if done is not None else 0, ctx, log)
         prefix: dict[str, Any] = {"quant_index": qi, "steps": [s.to_dict() for s in steps], "steps_meta": chain.metas,
                                   "manifest": {**plan.base_manifest, "recipe": recipe.to_dict()}}
         built, error = _level_candidates(plan, chain, ctx, prefix, sel, workdir / (f"level-{level}" if level else "all"),
@@ -428,9 +435,10 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
                          "latency": best["latency"] if best else None,
                          "bytes": best["bytes"] if best else None,
                          "steps_meta": _step_summary(chain.metas)})
-        if frontier[-1]["within_budget_on_selection"]:
-            log(f"search: level {level} keeps the budget on {sel.rows} rows; less cut would only be slower")
+        if not frontier[-1]["within_budget_on_selection"]:
+            log(f"search: level {level} misses the budget on {sel.rows} rows; a deeper cut would miss too")
             break
+        done = (chain, steps, level)
     if recipe.search is not None:
         extra["frontier"] = frontier
     if recipe.runtime != AUTO and first_error is not None and not any(c.get("status") == "built" for c in candidates):

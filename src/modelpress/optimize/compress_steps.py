@@ -63,6 +63,26 @@ class PruneConfig(StepConfig):
 
     level: float = Field(gt=0.0, lt=0.95, description="How much to cut: the fraction of width (or depth).")
     shape: Literal["width", "depth"] = "width"
+    from_level: float = Field(default=0.0, ge=0.0, lt=0.95,
+                              description="The level the input was already cut to (a search's previous level): "
+                                          "the step cuts the rest, so `level` stays a fraction of the float model.")
+
+    @model_validator(mode="after")
+    def _cuts_more(self) -> "PruneConfig":
+        if self.from_level >= self.level:
+            raise ValueError(f"from_level {self.from_level} must be below level {self.level}")
+        return self
+
+    def remaining_cut(self, float_fraction: float = 1.0) -> float:
+        """The fraction of the *input's* width to cut so that ``float_fraction × level`` of the float model's
+        is gone (``float_fraction``: 0.5 for heads, which a width level cuts at half rate).
+
+        Example:
+            >>> round(PruneConfig(level=0.4, from_level=0.2).remaining_cut(), 4)
+            0.25
+        """
+        done, want = self.from_level * float_fraction, self.level * float_fraction
+        return 1.0 - (1.0 - want) / (1.0 - done)
 
 
 @register_step("distill_float")

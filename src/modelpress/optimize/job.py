@@ -132,12 +132,26 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
         stored.reused = True
         return stored
     torch.set_num_threads(threads)
-    # Before any step runs, and never removed on the way out of a failure: a run that dies mid-way leaves
+    # Before any step runs, and kept when a run dies or fails transiently: a run that dies mid-way leaves
     # its training state here for the same job delivered again (same key) to resume from.
     make_private_dirs(plan.checkpoint_dir)
-    extra: dict[str, Any] = {"model": json_safe(dict(spec.extra)), "eval_batch_size": plan.eval_bs}
     workroot = store / "tmp"
     make_private_dirs(workroot)
+    try:
+        result = _run_plan(plan, recipe, spec, workroot, verify_reload=verify_reload, onnx_export=onnx_export)
+    except UserInputError:
+        # Not retried, and a redelivery fails the same way: the training state cannot serve any later run.
+        _drop_checkpoints(plan)
+        raise
+    # The result (succeeded or rejected) is stored and indexed: a redelivery now finds it, not the checkpoints.
+    _drop_checkpoints(plan)
+    return result
+
+
+def _run_plan(plan: JobPlan, recipe: Recipe, spec: ModelSpec, workroot: Path, *, verify_reload: bool,
+              onnx_export: Literal["float", "result"] | None) -> OptimizeResult:
+    engine, float_model = plan.engine, plan.float_model
+    extra: dict[str, Any] = {"model": json_safe(dict(spec.extra)), "eval_batch_size": plan.eval_bs}
     with quantized_engine(engine), tempfile.TemporaryDirectory(dir=workroot, prefix=f"{plan.key[:12]}-") as tmp:
         base = measure_float(plan)
         candidates = build_candidates(plan, extra, Path(tmp))                             # 2. candidates
@@ -146,16 +160,14 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
                                  metric=spec.metric, runtime=win["runtime"], note=win.get("_reject_note", ""))
         art = publish_artifact(plan, win, status=status, workdir=Path(tmp), extra=extra, verify=verify_reload)
         b1 = metric_at_batch1(art.served, plan.rows(), spec.metric, base.outputs)         # 4. measure
-        latency = before_after_latency(float_model, art.served, spec, lock_dir=plan.lock_dir, warmup=warmup,
-                                       runs=runs, threads=threads, timings=plan.timings)
+        latency = before_after_latency(float_model, art.served, spec, lock_dir=plan.lock_dir, warmup=plan.warmup,
+                                       runs=plan.runs, threads=plan.threads, timings=plan.timings)
         _record_choice(extra, win, candidates, plan)
         if onnx_export is not None:
             extra["onnx"] = _export_onnx(float_model if onnx_export == "float" else win["_exported"].handle.module,
-                                         spec, store / "onnx" / f"{plan.key}-{onnx_export}.onnx")
+                                         spec, plan.store / "onnx" / f"{plan.key}-{onnx_export}.onnx")
         result = write_result(plan, win, art, status=status, reason=reason, metric_after=win["metric"],  # 5. publish
                               b1=b1, latency=latency, extra=extra)
-    # The result (succeeded or rejected) is stored and indexed: a redelivery now finds it, not the checkpoints.
-    _drop_checkpoints(plan)
     return result
 
 

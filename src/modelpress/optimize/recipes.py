@@ -207,12 +207,14 @@ class Budget(BaseModel):
 
 
 class Search(BaseModel):
-    """Levels of the recipe's ``prune`` step to try, most cut first; the job keeps the fastest within budget.
+    """Levels of the recipe's ``prune`` step to try, least cut first; the job keeps the fastest within budget.
 
-    Each level runs the whole recipe (prune, then the training steps, then quantization in every runtime) and
-    its candidates are judged on validation rows. The search stops at the first level (from the most cut)
-    where some candidate keeps the budget: cutting less would only be slower. Every level tried is recorded
-    in the result (``extra.frontier``).
+    Each level runs the recipe's steps (prune, then the training steps, then quantization in every runtime)
+    and its candidates are judged on validation rows. After the first, a level starts from the previous level's
+    trained student and cuts it further (iterative pruning: each student inherits the training of the one
+    before, and the job's time goes to the levels that matter). The search stops at the first level where no
+    candidate keeps the budget: cutting a student that already misses would miss further. Every level tried
+    is recorded in the result (``extra.frontier``). Levels are kept most cut first, as the frontier reads.
 
     Example:
         >>> Search(levels=(0.25, 0.5)).levels
@@ -475,23 +477,26 @@ register_builtin_recipe({
 })
 # Issue 22: deep compression of a team's own models. Prune (structured: a transformer's heads and FFN neurons,
 # a CNN's channels), distil from the float model on the job's train rows, then int8 in the runtime `auto`
-# picks. The search tries the levels from the most cut and keeps the first (so the fastest) whose candidates
-# keep the budget on validation rows; every level tried is in the result's frontier. Each distillation is
-# bounded (300 s), so three levels and their int8 candidates fit the default 1800 s soft limit on 2 cores.
-_DISTILL = {"type": "distill_float", "max_steps": 2000, "max_seconds": 300, "validate_every": 50, "lr": 5e-4}
+# picks. The search tries the levels least cut first, each level cutting the previous level's trained student
+# further, and keeps the most-cut level whose candidates keep the budget on validation rows; every level tried
+# is in the result's frontier. Two levels of 420 s of distillation each, with their int8 candidates in three
+# runtimes, fit the default 1800 s soft limit on 2 cores. lr 1e-4, measured on all-MiniLM-L6-v2 cut to 0.2:
+# 5e-4 only moved away from the cut model's start (validation cosine 0.967 → 0.934 in 100 steps), 1e-4 rose
+# steadily (0.967 → 0.9805 in 300 steps). 0.3 and 0.55 of the width are ~1.3x and ~1.7x less compute.
+_DISTILL = {"type": "distill_float", "max_steps": 3000, "max_seconds": 420, "validate_every": 50, "lr": 1e-4}
 register_builtin_recipe({
     "name": "prune-distill-int8",
     "steps": [{"type": "prune", "level": 0.5}, dict(_DISTILL), {"type": "quantize_static"}],
     "runtime": "auto",
-    "search": {"levels": [0.6, 0.4, 0.2]},
+    "search": {"levels": [0.55, 0.3]},
     "budget": {"max_drop": 0.02, "max_float_layers": 0},
 })
 # Layer-dropped students: a transformer keeps its embeddings and the layers whose loss costs least, then learns
-# to be the whole model again.
+# to be the whole model again. Depth 0.2 then 0.4 of 6 layers: 1, then 2 layers dropped.
 register_builtin_recipe({
     "name": "distill-int8",
     "steps": [{"type": "prune", "level": 0.4, "shape": "depth"}, dict(_DISTILL), {"type": "quantize_static"}],
     "runtime": "auto",
-    "search": {"levels": [0.6, 0.4, 0.2]},
+    "search": {"levels": [0.4, 0.2]},
     "budget": {"max_drop": 0.02, "max_float_layers": 0},
 })

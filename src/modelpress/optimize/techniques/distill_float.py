@@ -46,7 +46,7 @@ from modelpress.optimize.techniques.transformer_graph import find_blocks
 from modelpress.optimize.techniques.transformer_pruning import training_view
 
 MAX_MATCH_POINTS = 8
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def output_loss_kind(cfg: DistillFloatConfig, metric: str) -> str:
@@ -133,6 +133,21 @@ def match_points(student: nn.Module, teacher: nn.Module, probe: tuple[torch.Tens
         step = len(ok) / MAX_MATCH_POINTS
         ok = [ok[int(i * step)] for i in range(MAX_MATCH_POINTS)]
     return ok
+
+
+def lr_factor(step: int, elapsed_s: float, cfg: DistillFloatConfig, warm: int) -> float:
+    """The learning rate's multiplier at ``step``: linear warm-up, then linear decay to 5 % over the run.
+
+    The run ends at ``max_steps`` or ``max_seconds``, whichever comes first, so the decay follows whichever is
+    further along: a run that time stops is annealed by the time it stops, not cut off at full rate.
+
+    Example:
+        >>> cfg = DistillFloatConfig(max_steps=1000, max_seconds=100)
+        >>> lr_factor(500, 10.0, cfg, warm=50), lr_factor(500, 75.0, cfg, warm=50)
+        (0.5, 0.25)
+    """
+    done = max(step / cfg.max_steps, elapsed_s / cfg.max_seconds)
+    return min(1.0, (step + 1) / warm) * max(0.05, 1.0 - done)
 
 
 def _row_lengths(inputs: tuple[torch.Tensor, ...], trim: Callable[..., tuple[torch.Tensor, ...]]) -> torch.Tensor | None:
@@ -222,8 +237,6 @@ class DistillFloatHandler:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, min(100, cfg.max_steps // 20))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: min(1.0, (i + 1) / warm) * max(0.1, 1 - i / cfg.max_steps))
         sig = _signature(model, cfg, n)
         ckpt = (ctx.checkpoint_dir / f"distill_float-{sig}.pt") if ctx.checkpoint_dir is not None else None
         state = {"step": 0, "elapsed_s": 0.0, "history": [], "best": None, "best_step": 0}
@@ -233,7 +246,6 @@ class DistillFloatHandler:
             saved = torch.load(ckpt, map_location="cpu", weights_only=True)  # our own file, read as data anyway
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
             best_weights = saved["best_weights"]
             state = saved["state"]
             resumed_from = state["step"]
@@ -263,6 +275,8 @@ class DistillFloatHandler:
                 if plan[0] != epoch:
                     plan = (epoch, epoch_batches(n, cfg.batch_size, lengths, seed=ctx.seed * 100_003 + epoch))
                 idx = plan[1][pos]
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(step, base_elapsed + time.monotonic() - t0, cfg, warm)
                 x = trim(tuple(t[idx] for t in inputs))
                 with torch.no_grad():
                     t_out = teacher(*x)
@@ -278,7 +292,6 @@ class DistillFloatHandler:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
-                sched.step()
                 step += 1
                 last_loss = float(loss.detach())
                 if step % cfg.validate_every == 0 or step == cfg.max_steps:
@@ -294,7 +307,7 @@ class DistillFloatHandler:
                     state.update(step=step, elapsed_s=elapsed)
                     if ckpt is not None:  # before reporting: a step shown as done is one a restart resumes after
                         _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict(), "best_weights": best_weights, "state": state})
+                                     "best_weights": best_weights, "state": state})
                     ctx.progress({"step": "distill_float", "iteration": step, "of": cfg.max_steps, "loss": last_loss,
                                   "validation": m, "metric": metric_name, "elapsed_s": round(elapsed, 1)})
                     ctx.log(f"distill_float step {step}/{cfg.max_steps}: loss {last_loss:.4f}, validation "
@@ -335,4 +348,4 @@ class DistillFloatHandler:
         return model  # training changes values, not structure
 
 
-__all__ = ["DistillFloatHandler", "match_points", "output_loss", "output_loss_kind"]
+__all__ = ["DistillFloatHandler", "match_points", "output_loss", "output_loss_kind", "lr_factor"]

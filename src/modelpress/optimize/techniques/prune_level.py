@@ -6,6 +6,10 @@ heads; ``shape="depth"`` drops ``round(level × (layers − 1))`` layers. Any ot
 ``prune_structured`` (Torch-Pruning) with ``amount=level``. The delegate's config and meta are recorded, and
 ``rebuild`` hands them back to the same delegate.
 
+``level`` is always a fraction of the float model. A search prunes a student that an earlier level already cut
+(``from_level``), so the step cuts only what remains: from 0.2 to 0.4 of the FFN neurons is a quarter of
+what the 0.2 student still has.
+
 Example:
     >>> from modelpress.optimize.recipes import PruneConfig
     >>> delegate_for(PruneConfig(level=0.5), layers=6).to_dict()["type"]
@@ -26,19 +30,27 @@ from modelpress.optimize.techniques.registry import StepContext, StepOutput, han
 from modelpress.optimize.techniques.transformer_graph import find_blocks
 
 
-def delegate_for(cfg: PruneConfig, *, layers: int) -> StepConfig:
-    """The concrete step ``cfg`` stands for on a model with ``layers`` attention layers (0: not a transformer)."""
+def delegate_for(cfg: PruneConfig, *, layers: int, float_layers: int | None = None) -> StepConfig:
+    """The concrete step ``cfg`` stands for on a model with ``layers`` attention layers (0: not a transformer),
+    cut from a float model that had ``float_layers`` (default: ``layers``).
+
+    Example:
+        >>> delegate_for(PruneConfig(level=0.4, shape="depth", from_level=0.2), layers=5, float_layers=6).layers
+        1
+    """
     if layers:
         if cfg.shape == "depth":
-            n = round(cfg.level * (layers - 1))
+            total = float_layers or layers
+            n = round(cfg.level * (total - 1)) - (total - layers)
             if n < 1:
-                raise UserInputError(f"prune level {cfg.level} (depth) drops no layer of {layers}; raise the level")
+                raise UserInputError(f"prune level {cfg.level} (depth) drops no more layers of {total} (the input "
+                                     f"has {layers}); raise the level")
             return TransformerPruneConfig(layers=n)
-        return TransformerPruneConfig(ffn=cfg.level, heads=cfg.level / 2)
+        return TransformerPruneConfig(ffn=round(cfg.remaining_cut(), 6), heads=round(cfg.remaining_cut(0.5), 6))
     if cfg.shape == "depth":
         raise UserInputError("prune shape 'depth' drops transformer layers, and this model has no attention layers; "
                              "use shape 'width' (channels)")
-    return StructuredPruneConfig(amount=cfg.level)
+    return StructuredPruneConfig(amount=round(cfg.remaining_cut(), 6))
 
 
 @register_handler(PruneConfig)
@@ -47,10 +59,13 @@ class PruneHandler:
 
     def apply(self, model: nn.Module, cfg: PruneConfig, ctx: StepContext) -> StepOutput:
         layers = len(find_blocks(model)) if isinstance(model, fx.GraphModule) else 0
-        inner = delegate_for(cfg, layers=layers)
+        ref = ctx.reference
+        float_layers = len(find_blocks(ref)) if layers and isinstance(ref, fx.GraphModule) else None
+        inner = delegate_for(cfg, layers=layers, float_layers=float_layers)
         ctx.log(f"prune level {cfg.level} ({cfg.shape}): {inner.type} {inner.model_dump(mode='json')}")
         out = handler_for(inner).apply(model, inner, ctx)
-        return StepOutput(out.model, {"level": cfg.level, "shape": cfg.shape, "delegate": inner.to_dict(),
+        return StepOutput(out.model, {"level": cfg.level, "from_level": cfg.from_level, "shape": cfg.shape,
+                                      "delegate": inner.to_dict(),
                                       "delegate_meta": out.meta})
 
     def rebuild(self, model: nn.Module, cfg: PruneConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:

@@ -1,0 +1,38 @@
+"""``prune`` at a level of the float model: what it cuts of an input that an earlier level already cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelpress.errors import UserInputError
+from modelpress.optimize.recipes import PruneConfig, Recipe
+from modelpress.optimize.techniques.prune_level import delegate_for
+
+
+def test_a_width_level_cuts_ffn_at_its_level_and_heads_at_half_of_the_float_model() -> None:
+    d = delegate_for(PruneConfig(level=0.4), layers=6)
+    assert (d.ffn, d.heads, d.layers) == (0.4, 0.2, 0)
+
+
+def test_from_an_earlier_level_only_the_rest_is_cut_so_the_level_stays_a_fraction_of_the_float_model() -> None:
+    d = delegate_for(PruneConfig(level=0.6, from_level=0.2), layers=6)
+    # 1536 FFN neurons: 0.2 leaves 1229; cutting half of those leaves 614, i.e. 0.4 of the float's (0.6 cut).
+    assert d.ffn == pytest.approx(0.5) and (1 - 0.2) * (1 - d.ffn) == pytest.approx(1 - 0.6)
+    assert (1 - 0.1) * (1 - d.heads) == pytest.approx(1 - 0.3)  # heads: half the level, of the float's too
+
+
+def test_a_depth_level_counts_the_layers_the_float_model_had() -> None:
+    # 6 layers: level 0.4 drops round(0.4 × 5) = 2 in all; a 0.2 student (5 layers left) drops 1 more.
+    assert delegate_for(PruneConfig(level=0.4, shape="depth"), layers=6).layers == 2
+    assert delegate_for(PruneConfig(level=0.4, shape="depth", from_level=0.2), layers=5, float_layers=6).layers == 1
+    with pytest.raises(UserInputError, match="drops no more layers of 6"):
+        delegate_for(PruneConfig(level=0.25, shape="depth", from_level=0.2), layers=5, float_layers=6)
+
+
+def test_a_cnn_level_cuts_the_rest_of_its_channels() -> None:
+    assert delegate_for(PruneConfig(level=0.75, from_level=0.5), layers=0).amount == pytest.approx(0.5)
+
+
+def test_a_prune_step_that_would_cut_less_than_its_input_already_has_is_refused_in_the_recipe() -> None:
+    with pytest.raises(ValueError, match="from_level 0.5 must be below level 0.4"):
+        Recipe.from_dict({"name": "x", "steps": [{"type": "prune", "level": 0.4, "from_level": 0.5}]})
