@@ -36,3 +36,24 @@ def test_a_cnn_level_cuts_the_rest_of_its_channels() -> None:
 def test_a_prune_step_that_would_cut_less_than_its_input_already_has_is_refused_in_the_recipe() -> None:
     with pytest.raises(ValueError, match="from_level 0.5 must be below level 0.4"):
         Recipe.from_dict({"name": "x", "steps": [{"type": "prune", "level": 0.4, "from_level": 0.5}]})
+
+
+def test_a_width_level_is_spent_on_the_split_of_heads_and_neurons_that_stays_closest_on_validation_rows(tmp_path):
+    from modelpress.optimize.recipes import PruneConfig
+    from modelpress.optimize.techniques.registry import StepContext, apply_step
+    from modelpress.optimize.techniques.transformer_graph import find_blocks
+    from tests.optimize.techniques.tiny_encoders import load_encoder
+
+    spec, model, data = load_encoder(tmp_path)
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model)
+    out = apply_step(model, PruneConfig(level=0.5), ctx)
+    splits = out.meta["width_splits"]
+    assert len(splits) >= 2 and all(s["rows"] > 0 for s in splits)
+    best = max(splits, key=lambda s: s["cosine"])
+    b = find_blocks(out.model)[0]
+    # The kept model is the best-scoring split: its head count, and its FFN width up to the multiple of 16.
+    assert b.heads == best["heads_kept"]
+    assert abs(out.model.get_submodule(b.ffn_in).out_features - best["ffn_kept"]) <= 8
+    # Every split removes about the same compute: fewer heads cut, more neurons cut.
+    assert [s["heads_kept"] for s in splits] == sorted(s["heads_kept"] for s in splits)
+    assert [s["ffn_kept"] for s in splits] == sorted((s["ffn_kept"] for s in splits), reverse=True)

@@ -6,8 +6,9 @@ Loading is offline (forced, ``hf_env``) and code-free: ``local_files_only=True``
 name only files beside them, no tokenizer code); the attention implementation is ours, never the
 file's; weights must be ``model.safetensors`` or its shards (a ``pytorch_model.bin`` is a pickle).
 ``*ForSequenceClassification`` → logits, judged by accuracy when
-the JSONL has labels, else by top-1 agreement with the float model; any other architecture → its base
-encoder's mean-pooled, L2-normalised embedding, judged by cosine similarity to the float model. A ``train``
+the JSONL has labels, else by top-1 agreement with the float model; a base model (``BertModel``) → its
+mean-pooled, L2-normalised embedding, judged by cosine similarity to the float model; any other head is
+refused (``hf_tasks``). A ``train``
 JSONL (for training steps) is read like the eval one, its labels optional; its rows whose text is also in
 the eval file are dropped.
 
@@ -36,6 +37,7 @@ from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import TrainRows, label_indices, make_task_data, read_jsonl
 from modelpress.optimize.sources.hf_files import ATTN_IMPLEMENTATIONS, check_folder, read_json_object
+from modelpress.optimize.sources.hf_tasks import hf_task
 from modelpress.optimize.sources.ref import ModelRef
 from modelpress.optimize.spec import ModelSpec
 
@@ -110,7 +112,7 @@ def _check_tokenizer_class(folder: str | Path, raw: dict[str, Any]) -> None:
 
 
 def is_classifier(cfg: dict[str, Any]) -> bool:
-    return any(str(a).endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+    return hf_task(cfg) == "sequence-classification"
 
 
 class SequenceClassifier(nn.Module):

@@ -19,6 +19,8 @@ make transformers run, fetch or read something that is not the folder's own weig
   ``.safetensors`` file names of files beside the index.
 - ``tokenizer_config.json``: no ``auto_map`` (tokenizer code); every ``*_file`` entry a plain name of a
   file in the folder, or null.
+- ``architectures``: the model's task must be one modelpress judges (``hf_tasks``): a causal LM or a tagger
+  is refused with its task named, never judged as an embedder.
 - ``adapter_config.json`` (a PEFT adapter: transformers would load the base model it names, from
   anywhere) and distributed-checkpoint shards (``shard-…-model-…-of-….safetensors``, read by another
   loader) are refused.
@@ -42,6 +44,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from modelpress.optimize.sources.hf_tasks import task_problem
 
 # Every JSON file of the folder we read; a real config.json or shard index is well under 1 MiB.
 MAX_JSON_BYTES = 10 * 1024 * 1024
@@ -150,6 +154,8 @@ def check_folder(folder: str | Path) -> FolderCheck:
     problems = [f"{where}: {p}" for p in config_problems(config, "config.json")]
     if not isinstance(config.get("model_type"), str):
         problems.append(f"{where}: config.json has no model_type; is it a transformers config?")
+    if (task := task_problem(config)) is not None:
+        problems.append(f"{where}: {task}")
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
     problems += [f"{where} {p}" for p in _weights_problems(names)]
     for name in names:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from modelpress.errors import ModelLoadError
 from modelpress.optimize.sources.hf_files import check_folder
+from modelpress.optimize.sources.hf_tasks import hf_task
 from modelpress.optimize.sources.submit_data import data_problems
 from modelpress.optimize.sources.weights_file import check_weights_file
 
@@ -65,8 +66,7 @@ def _check_folder(folder: Path, max_bytes: int, problems: list[Problem]) -> tupl
     id2label = config.get("id2label")
     names = {str(v) for v in id2label.values()} if isinstance(id2label, dict) else set()
     classes = len(id2label) if isinstance(id2label, dict) and id2label else config.get("num_labels")
-    archs = config.get("architectures") or []
-    if not any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs):
+    if hf_task(config) != "sequence-classification":
         return None, set()  # a base encoder: no class count to check labels against
     return (classes if isinstance(classes, int) and classes > 0 else None), names
 

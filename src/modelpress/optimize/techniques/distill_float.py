@@ -7,7 +7,11 @@ distilled: it needs train rows (``data: {train: ...}``), labels optional. The lo
   embeddings judged by cosine, MSE otherwise; plus cross-entropy on train labels when there are any;
 * on hidden states, wherever student and teacher have a layer of the same name whose input has the same shape
   (a transformer's layers keep their names when others are dropped, so the student's layer 3 is matched to
-  the teacher's layer 3): MSE normalised by the teacher's mean square.
+  the teacher's layer 3): MSE over each row's own tokens (not its padding), normalised by the teacher's mean
+  square.
+
+The teacher's outputs and hidden states on the train rows are computed once before training
+(``teacher_cache``; when they fit its byte budget), not at every step.
 
 Bounded by ``max_steps`` and ``max_seconds``. Every ``validate_every`` steps the metric is measured on the
 validation rows (never the eval rows), the best weights so far are kept, ``StepContext.progress`` is told,
@@ -41,6 +45,7 @@ from modelpress.optimize.measure import as_tuple, compute_metric, count_params, 
 from modelpress.optimize.recipes import DistillFloatConfig
 from modelpress.optimize.techniques.distillation import hinton_loss
 from modelpress.optimize.techniques.registry import StepContext, StepOutput, register_handler
+from modelpress.optimize.techniques.teacher_cache import Taps, TeacherCache, hidden_loss, length_mask
 from modelpress.optimize.techniques.training import require_trainable
 from modelpress.optimize.techniques.transformer_graph import find_blocks
 from modelpress.optimize.techniques.transformer_pruning import training_view
@@ -77,24 +82,6 @@ def output_loss(kind: str, s: torch.Tensor, t: torch.Tensor, labels: torch.Tenso
     return nn.functional.mse_loss(s, t)
 
 
-class _Taps:
-    """Forward pre-hooks that keep the input of named modules during one forward."""
-
-    def __init__(self, model: nn.Module, names: list[str], *, detach: bool) -> None:
-        self.seen: dict[str, torch.Tensor] = {}
-        self._hooks = [model.get_submodule(n).register_forward_pre_hook(self._tap(n, detach)) for n in names]
-
-    def _tap(self, name: str, detach: bool) -> Callable[..., None]:
-        def f(m: nn.Module, a: tuple[Any, ...]) -> None:
-            if a and isinstance(a[0], torch.Tensor):
-                self.seen[name] = a[0].detach() if detach else a[0]
-        return f
-
-    def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-
-
 @torch.no_grad()
 def match_points(student: nn.Module, teacher: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[str]:
     """Module names whose input has the same shape in student and teacher (hidden states to match).
@@ -115,7 +102,7 @@ def match_points(student: nn.Module, teacher: nn.Module, probe: tuple[torch.Tens
                  if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and n in t_mods][1:]
     if not names:
         return []
-    ts, tt = _Taps(student, names, detach=True), _Taps(teacher, names, detach=True)
+    ts, tt = Taps(student, names, detach=True), Taps(teacher, names, detach=True)
     try:
         student(*probe)
         teacher(*probe)
@@ -258,14 +245,18 @@ class DistillFloatHandler:
             state["best"], state["best_step"] = metric_start, 0
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         base_elapsed = float(state["elapsed_s"])
+        lengths = _row_lengths(inputs, trim)
+        # The teacher never changes: its outputs on the train rows are computed once (when they fit the budget).
+        cache = TeacherCache.build(teacher, inputs, trim, points, lengths)
+        ctx.log("distill_float: teacher outputs " + (f"cached for {n} rows ({cache.nbytes / 2**20:.0f} MB)"
+                                                     if cache is not None else "computed at every step"))
         t0 = time.monotonic()
         student.train()
         step, stopped_by, last_loss = int(state["step"]), "max_steps", float("nan")
-        lengths = _row_lengths(inputs, trim)
         batches_per_epoch = max(1, math.ceil(n / cfg.batch_size))
         plan: tuple[int, list[torch.Tensor]] = (-1, [])
-        s_taps = _Taps(student, points, detach=False)
-        t_taps = _Taps(teacher, points, detach=True)
+        s_taps = Taps(student, points, detach=False)
+        t_taps = Taps(teacher, points if cache is None else [], detach=True)
         try:
             while step < cfg.max_steps:
                 if base_elapsed + time.monotonic() - t0 >= cfg.max_seconds:
@@ -278,13 +269,17 @@ class DistillFloatHandler:
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, base_elapsed + time.monotonic() - t0, cfg, warm)
                 x = trim(tuple(t[idx] for t in inputs))
-                with torch.no_grad():
-                    t_out = teacher(*x)
+                length = int(x[0].shape[1]) if lengths is not None and x[0].dim() >= 2 else None
+                if cache is not None:
+                    t_out, t_hid, mask = cache.get(idx, length)
+                else:
+                    with torch.no_grad():
+                        t_out = teacher(*x)
+                    t_hid, mask = t_taps.seen, length_mask(lengths[idx] if lengths is not None else None, length)
                 s_out = student(*x)
                 loss = output_loss(kind, s_out, t_out, labels[idx] if labels is not None else None, cfg)
-                if points:
-                    hid = [nn.functional.mse_loss(s_taps.seen[p], t_taps.seen[p]) / (t_taps.seen[p].pow(2).mean() + 1e-6)
-                           for p in points]
+                if points:  # over each row's own tokens: padding is not something to learn
+                    hid = [hidden_loss(s_taps.seen[p], t_hid[p], mask) for p in points]
                     loss = loss + cfg.intermediate_weight * torch.stack(hid).mean()
                 if not torch.isfinite(loss):
                     raise UserInputError(f"distill_float diverged (loss {float(loss)} at step {step + 1}); lower lr={cfg.lr}")
@@ -324,6 +319,7 @@ class DistillFloatHandler:
                 "labels_used": labels is not None, "train_rows": n, "matched_layers": points,
                 "trained_through": view_note, "steps_run": step, "stopped_by": stopped_by,
                 "seconds": round(elapsed, 1), "setup_seconds": round(t0 - started, 1),
+                "teacher_cache_mb": round(cache.nbytes / 2**20, 1) if cache is not None else None,
                 "peak_rss_mb": round(_peak_rss_mb(), 1), "resumed_from_step": resumed_from,
                 "validation_metric_name": metric_name, "validation_before": state["metric_start"],
                 "validation_best": state["best"], "best_step": state["best_step"], "history": state["history"],

@@ -6,6 +6,9 @@ heads; ``shape="depth"`` drops ``round(level × (layers − 1))`` layers. Any ot
 ``prune_structured`` (Torch-Pruning) with ``amount=level``. The delegate's config and meta are recorded, and
 ``rebuild`` hands them back to the same delegate.
 
+A width level is an amount of compute: ``width_allocation`` tries a few splits of it between heads and FFN
+neurons and keeps the one closest to the float model on validation rows.
+
 ``level`` is always a fraction of the float model. A search prunes a student that an earlier level already cut
 (``from_level``), so the step cuts only what remains: from 0.2 to 0.4 of the FFN neurons is a quarter of
 what the 0.2 student still has.
@@ -28,6 +31,7 @@ from modelpress.errors import ModelLoadError, UserInputError
 from modelpress.optimize.recipes import PruneConfig, StepConfig, StructuredPruneConfig, TransformerPruneConfig, parse_step
 from modelpress.optimize.techniques.registry import StepContext, StepOutput, handler_for, register_handler
 from modelpress.optimize.techniques.transformer_graph import find_blocks
+from modelpress.optimize.techniques.width_allocation import choose_width_cut
 
 
 def delegate_for(cfg: PruneConfig, *, layers: int, float_layers: int | None = None) -> StepConfig:
@@ -63,9 +67,13 @@ class PruneHandler:
         float_layers = len(find_blocks(ref)) if layers and isinstance(ref, fx.GraphModule) else None
         inner = delegate_for(cfg, layers=layers, float_layers=float_layers)
         ctx.log(f"prune level {cfg.level} ({cfg.shape}): {inner.type} {inner.model_dump(mode='json')}")
-        out = handler_for(inner).apply(model, inner, ctx)
+        splits: list[dict[str, Any]] = []
+        if layers and cfg.shape == "width" and isinstance(inner, TransformerPruneConfig):
+            out, inner, splits = choose_width_cut(model, cfg.level, ctx, inner)  # type: ignore[arg-type]
+        else:
+            out = handler_for(inner).apply(model, inner, ctx)
         return StepOutput(out.model, {"level": cfg.level, "from_level": cfg.from_level, "shape": cfg.shape,
-                                      "delegate": inner.to_dict(),
+                                      "delegate": inner.to_dict(), "width_splits": splits,
                                       "delegate_meta": out.meta})
 
     def rebuild(self, model: nn.Module, cfg: PruneConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
