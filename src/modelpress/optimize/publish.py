@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -74,7 +75,14 @@ def publish_artifact(plan: JobPlan, win: dict[str, Any], *, status: str, workdir
     make_private_dirs(folder)
     rt = get_runtime(win["runtime"])
     tmp = workdir / f"artifact{win['suffix']}"
-    rt.save(win["_exported"], tmp)
+    measured = Path(win["path"]) if win.get("path") else None
+    if measured is not None and measured.is_file():
+        # The very file that was loaded and measured, not a second serialisation of the in-memory model: a
+        # runtime's in-memory model can share buffers with torch tensors (OpenVINO converts with shared
+        # weights) that later work has freed or reused, and saving it again then writes other numbers.
+        shutil.copyfile(measured, tmp)
+    else:
+        rt.save(win["_exported"], tmp)
     path, sha, size = publish_object(tmp, folder, win["suffix"])
     served = plan.load(rt, path)  # loaded once: what the check compares and what the latency times
     if verify:
