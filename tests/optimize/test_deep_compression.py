@@ -35,9 +35,9 @@ def encoder_ref(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     return parse_model_ref(f"hf:{folder}", data={"eval": str(ev), "train": str(train)}, max_length=16)
 
 
-def _recipe(max_drop: float) -> Recipe:
+def _recipe(max_drop: float, objective: str = "latency_bN") -> Recipe:
     return Recipe.from_dict({
-        "name": "searched", "runtime": "openvino",
+        "name": "searched", "runtime": "openvino", "objective": objective,
         "steps": [{"type": "prune", "level": 0.5},
                   {"type": "distill_float", "max_steps": 20, "validate_every": 10, "lr": 1e-3},
                   {"type": "quantize_static"}],
@@ -49,8 +49,10 @@ def _recipe(max_drop: float) -> Recipe:
 def test_the_search_cuts_each_levels_student_further_and_keeps_the_most_cut_within_budget(encoder_ref, tmp_path) -> None:
     seen: list[dict] = []
     # A budget both levels keep whatever 20 steps of training reach (this test is about the search's mechanics).
-    r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.3), engine="x86", store=tmp_path, warmup=1, runs=3,
-                       progress=seen.append)
+    # The objective is size: at 28k parameters the two levels' latencies differ by less than the host's noise,
+    # and which is faster under the full suite's load is not this test's question.
+    r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.3, "size"), engine="x86", store=tmp_path, warmup=1,
+                       runs=3, progress=seen.append)
     assert r.status == "succeeded", r.reason
     frontier = r.extra["frontier"]
     assert [f["level"] for f in frontier] == [0.25, 0.5] and all(f["within_budget_on_selection"] for f in frontier)
