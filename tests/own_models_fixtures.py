@@ -332,3 +332,69 @@ def build_pickle_pt2(root: Path, marker: Path) -> Built:
     bad.unlink()
     final.rename(bad)
     return Built(model=f"export:{bad}", eval=good.eval, calibration=good.calibration)
+
+
+# ----------------------------------------------------------------------------- a program with several outputs
+def _facenet_module():  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    class FaceNet(nn.Module):
+        """A small multi-task CNN: a face box (4), five landmarks (5×2) and face / no-face logits (2)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.box, self.landmarks, self.face = nn.Linear(32, 4), nn.Linear(32, 10), nn.Linear(32, 2)
+
+        def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = self.body(image)
+            return {"box": self.box(h), "landmarks": self.landmarks(h).reshape(-1, 5, 2), "face": self.face(h)}
+
+    return FaceNet
+
+
+def facenet_images(n: int, seed: int):  # type: ignore[no-untyped-def]
+    """``n`` images with a bright square (a "face", label 1) or without (label 0), and the labels."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 16, 16, generator=g) * 0.3
+    y = torch.randint(0, 2, (n,), generator=g)
+    for i in torch.nonzero(y).flatten().tolist():
+        r, c = torch.randint(0, 9, (2,), generator=g).tolist()
+        x[i, :, r:r + 7, c:c + 7] += 0.7
+    return x, y
+
+
+def build_facenet(root: Path) -> dict[str, Path]:
+    """A trained program with three outputs (``face.pt2``, returning a dict) and its eval, calibration and train
+    files (``labels.face``), plus two eval files whose labels are named wrongly (``bare``, ``unknown``)."""
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = _facenet_module()()
+    x, y = facenet_images(512, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(3):  # learns the face score; box and landmarks stay whatever their init maps
+        for i in range(0, len(x), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[i:i + 64])["face"], y[i:i + 64]).backward()
+            opt.step()
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model, (x[:4],), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(root / "face.pt2"))
+    ex, ey = facenet_images(200, seed=2)
+    cx, _ = facenet_images(64, seed=3)
+    tx, ty = facenet_images(100, seed=4)
+    files = {"eval": {"image": ex, "labels.face": ey}, "calib": {"image": cx},
+             "train": {"image": tx, "labels.face": ty}, "bare": {"image": ex, "labels": ey},
+             "unknown": {"image": ex, "labels.score": ey}}
+    for name, tensors in files.items():
+        save_file(tensors, str(root / f"{name}.safetensors"))
+    return {"program": root / "face.pt2", **{name: root / f"{name}.safetensors" for name in files}}

@@ -98,7 +98,7 @@ def test_a_recipe_file_is_found_relative_to_the_manifest(settings, tmp_path):
     ("models: [mlp]\ndefaults: {recipes: [dynamic-int8], backends: fbgemm}\n",
      "m.yaml:2: defaults.backends: Input should be a valid list"),
     ("models:\n  - model: mlp\n    recipes: [dynamic-int8]\n    backends: [fbgemm]\n    wieghts: w.pt\n",
-     "m.yaml:5: models[0].wieghts: unknown field; allowed: model, weights, data, preprocess, metric, max_length, latency_batches, recipes, backends, budget"),
+     "m.yaml:5: models[0].wieghts: unknown field; allowed: model, weights, data, preprocess, metric, max_length, latency_batches, primary_output, recipes, backends, budget"),
     ("modles: [mlp]\n", ("m.yaml:1: models: required field is missing",
                           "m.yaml:1: modles: unknown field; allowed: version, name, defaults, models")),
     ("models: [mlp]\ndefaults:\n  recipes: [dynamic-int8]\n  backends: [fbgemm]\n  budget: {max_drop: -0.1}\n",

@@ -169,7 +169,7 @@ class Producer:
                  data: "str | dict[str, Any] | None" = None, preprocess: dict[str, Any] | None = None,
                  metric: str | None = None, max_length: int | None = None,
                  latency_batches: "Iterable[int] | None" = None, base_dir: str | Path = ".",
-                 ref: "ModelRef | None" = None, registered: frozenset[str] | None = None,
+                 primary_output: str | None = None, ref: "ModelRef | None" = None, registered: frozenset[str] | None = None,
                  runtime: str | None = None) -> JobRequest:
         """Check one job request; raises ``UserInputError`` subclasses with the reason.
 
@@ -196,10 +196,11 @@ class Producer:
             from modelpress.optimize.recipes import with_runtime
 
             rec = with_runtime(rec, runtime)
-        extras = (data, preprocess, metric, max_length, latency_batches)
+        extras = (data, preprocess, metric, max_length, latency_batches, primary_output)
         if ref is None and (any(x is not None for x in extras) or model_has_source_prefix(model)):
             ref = self.model_ref(model=model, weights=weights, data=data, preprocess=preprocess, metric=metric,
-                                 max_length=max_length, latency_batches=latency_batches, base_dir=base_dir)
+                                 max_length=max_length, latency_batches=latency_batches, base_dir=base_dir,
+                                 primary_output=primary_output)
         if ref is not None:
             from modelpress.intake import IntakeError
             from modelpress.optimize.sources.submit import step_problems
@@ -229,8 +230,11 @@ class Producer:
 
     def model_ref(self, *, model: str, weights: str | None = None, data: "str | dict[str, Any] | None" = None,
                   preprocess: dict[str, Any] | None = None, metric: str | None = None, max_length: int | None = None,
-                  latency_batches: "Iterable[int] | None" = None, base_dir: str | Path = ".") -> "ModelRef":
+                  latency_batches: "Iterable[int] | None" = None, base_dir: str | Path = ".",
+                  primary_output: str | None = None) -> "ModelRef":
         """Parse, resolve (paths absolute under ``base_dir``) and check a model given by its files.
+
+        ``primary_output`` names the output of an ``export:`` program with several that carries the budget.
 
         Raises ``IntakeError`` listing every problem (field, message) found without torch.
 
@@ -245,7 +249,7 @@ class Producer:
         if isinstance(data, str):
             data = {"eval": data}
         ref = parse_model_ref(model, weights=weights, data=data, preprocess=preprocess, metric=metric,
-                              max_length=max_length,
+                              max_length=max_length, primary_output=primary_output,
                               latency_batches=tuple(latency_batches) if latency_batches is not None else None)
         ref = resolve_paths(ref, base_dir)
         if ref.kind == "registered":
@@ -377,7 +381,7 @@ class Producer:
         """Validate and enqueue one job (or, with ``reuse``, reuse an identical finished one); returns its id.
 
         ``source`` takes ``validate``'s own-model fields: ``data``, ``preprocess``, ``metric``,
-        ``max_length``, ``latency_batches``, ``base_dir``. ``force`` measures anew, bypassing the
+        ``max_length``, ``latency_batches``, ``primary_output``, ``base_dir``. ``force`` measures anew, bypassing the
         worker's result cache too (see ``submit_batch``).
 
         Example:

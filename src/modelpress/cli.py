@@ -320,6 +320,8 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
         out["metric"] = args.metric
     if args.max_length is not None:
         out["max_length"] = args.max_length
+    if getattr(args, "primary_output", None) is not None:
+        out["primary_output"] = args.primary_output
     if args.latency_batches is not None:
         try:
             out["latency_batches"] = [int(b) for b in args.latency_batches.split(",")]
@@ -433,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "\"std\": [...]} (default: timm's pretrained config)")
     s.add_argument("--metric", choices=("accuracy", "top1_agreement", "cosine"), help="override the metric")
     s.add_argument("--max-length", type=int, help="text: tokenizer max_length (default: the tokenizer's)")
+    s.add_argument("--primary-output", metavar="NAME", help="an export: program with several outputs: the output "
+                                                            "whose metric carries the budget (default: the first)")
     s.add_argument("--latency-batches", metavar="1,32", help="batch sizes to time (default 1,32)")
     s.add_argument("--force", action="store_true", help="run again even if an identical job succeeded")
     s.add_argument("--runtime", help="where the artifact runs: torch, onnxruntime, openvino, or auto (build each, "

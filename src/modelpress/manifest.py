@@ -138,6 +138,8 @@ class ModelEntry(Defaults):
                                                                           description="Override the metric.")
     max_length: int | None = Field(default=None, gt=0, le=65536, description="Text: tokenizer max_length.")
     latency_batches: list[int] | None = Field(default=None, min_length=1, description="Batch sizes timed.")
+    primary_output: str | None = Field(default=None, min_length=1, max_length=48,
+                                       description="export: with several outputs: the one carrying the budget.")
 
     @model_validator(mode="before")
     @classmethod
@@ -157,7 +159,8 @@ class ManifestFile(_Strict):
 
 _FIELDS: dict[str, tuple[str, ...]] = {
     "file": tuple(ManifestFile.model_fields), "defaults": tuple(Defaults.model_fields),
-    "model": ("model", "weights", "data", "preprocess", "metric", "max_length", "latency_batches", "recipes",
+    "model": ("model", "weights", "data", "preprocess", "metric", "max_length", "latency_batches", "primary_output",
+              "recipes",
               "backends", "budget", "runtime"),
     "budget": tuple(Budget.model_fields), "data": tuple(DataEntry.model_fields),
 }
@@ -225,7 +228,7 @@ def _resolve_recipe(ref: Any, base_dir: Path) -> Recipe:
     return resolve_recipe(str(path))
 
 
-_SOURCE_FIELDS = ("data", "preprocess", "metric", "max_length", "latency_batches")
+_SOURCE_FIELDS = ("data", "preprocess", "metric", "max_length", "latency_batches", "primary_output")
 
 
 def _entry_ref(validator: "Producer", entry: ModelEntry, base: Path, here: Loc, problem: Any) -> Any:
@@ -236,7 +239,8 @@ def _entry_ref(validator: "Producer", entry: ModelEntry, base: Path, here: Loc, 
         return validator.model_ref(
             model=entry.model, weights=entry.weights, base_dir=base,
             data=entry.data.model_dump() if entry.data is not None else None, preprocess=entry.preprocess,
-            metric=entry.metric, max_length=entry.max_length, latency_batches=entry.latency_batches)
+            metric=entry.metric, max_length=entry.max_length, latency_batches=entry.latency_batches,
+            primary_output=entry.primary_output)
     except IntakeError as e:
         for loc, message in e.problems:
             problem(here + loc, message)

@@ -28,6 +28,7 @@ import torch
 from modelpress.errors import UserInputError
 from modelpress.optimize.measure import (batch_of, compute_metric, host_timing_lock, interleaved_latency, n_samples,
                                         predict)
+from modelpress.optimize.outputs import OutputsMetric
 from modelpress.optimize.recipes import Budget
 from modelpress.optimize.runtimes.registry import get_runtime
 from modelpress.optimize.spec import ModelSpec, TaskData
@@ -57,7 +58,7 @@ class Selection:
     ``before`` is the float model's score there.
     """
 
-    def __init__(self, rows: str, inputs: Any, labels: torch.Tensor | None, metric: str,
+    def __init__(self, rows: str, inputs: Any, labels: torch.Tensor | None, metric: Any,
                  reference: torch.Tensor, batch_size: int) -> None:
         self.rows, self.inputs, self.labels, self.metric = rows, inputs, labels, metric
         self.reference, self.batch_size = reference, batch_size
@@ -80,7 +81,10 @@ class Selection:
                 inputs = unbatch(batch_of(inputs, 0, min(n, max_calibration_rows)))
         if n_samples(inputs) == 0:
             return None
-        if spec.metric == "accuracy" and labels is not None:
+        metric: Any
+        if isinstance(spec.metric, OutputsMetric):  # several outputs: labelled ones by agreement where rows have none
+            metric = spec.metric if labels is not None else spec.metric.without_labels()
+        elif spec.metric == "accuracy" and labels is not None:
             metric = "accuracy"
         else:
             metric, labels = ("cosine" if spec.metric == "cosine" else "top1_agreement"), None
@@ -98,7 +102,7 @@ class Selection:
         return budget is None or budget.allows(before=self.before, after=after)
 
     def describe(self) -> dict[str, Any]:
-        return {"rows": self.rows, "samples": n_samples(self.inputs), "metric": self.metric, "before": self.before}
+        return {"rows": self.rows, "samples": n_samples(self.inputs), "metric": str(self.metric), "before": self.before}
 
 
 def variant_label(name: str, variant: dict[str, Any] | None) -> str:

@@ -19,6 +19,7 @@ from torch import nn
 
 from modelpress.errors import ModelLoadError
 from modelpress.optimize.measure import batch_of, compute_metric, n_samples, predict
+from modelpress.optimize.outputs import OutputsMetric, pack
 from modelpress.optimize.spec import ModelSpec, TaskData
 
 # Batch-1 evaluation is one forward per row: bounded in rows and in time, and the row count recorded.
@@ -48,7 +49,7 @@ def float_reference(float_model: nn.Module, spec: ModelSpec, data: TaskData, eva
 
 
 @torch.inference_mode()
-def metric_at_batch1(model: Any, data: TaskData, metric: str, ref_out: torch.Tensor, *,
+def metric_at_batch1(model: Any, data: TaskData, metric: str | OutputsMetric, ref_out: torch.Tensor, *,
                      max_rows: int = B1_MAX_ROWS, max_seconds: float = B1_MAX_SECONDS) -> dict[str, Any]:
     """The metric with the model called one row at a time (as a service calls it), on the first rows.
 
@@ -58,8 +59,7 @@ def metric_at_batch1(model: Any, data: TaskData, metric: str, ref_out: torch.Ten
     outs = []
     t0 = time.monotonic()
     for r in range(n):
-        o = model(*batch_of(data.eval_inputs, r, r + 1))
-        outs.append((o.dequantize() if o.is_quantized else o).float())
+        outs.append(pack(model(*batch_of(data.eval_inputs, r, r + 1))))
         if time.monotonic() - t0 > max_seconds:
             break
     k = len(outs)

@@ -44,7 +44,8 @@ from modelpress.optimize.candidates import (build_candidates, candidate_names, q
                                             whole_recipe_builder)
 from modelpress.optimize.choose import choose, runoff
 from modelpress.optimize.evaluate import metric_at_batch1, timing_record
-from modelpress.optimize.measure import before_after_latency
+from modelpress.optimize.measure import before_after_latency, predict
+from modelpress.optimize.outputs import OutputsMetric
 from modelpress.optimize.plan import JobPlan, measure_float, plan_key
 from modelpress.optimize.publish import publish_artifact, verdict, write_result
 from modelpress.optimize.recipes import Recipe
@@ -52,6 +53,7 @@ from modelpress.optimize.result import OptimizeResult, cached_result, json_safe
 from modelpress.optimize.runtimes.base import RuntimeUnavailableError
 from modelpress.optimize.runtimes.registry import AUTO
 from modelpress.optimize.sources import resolve as sources_resolve
+from modelpress.optimize.sources.ref import NEEDS_TRAINING
 from modelpress.optimize.spec import ModelSpec
 
 
@@ -131,6 +133,7 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
         _drop_checkpoints(plan)  # left by a run that died between writing the result and removing them
         stored.reused = True
         return stored
+    _check_outputs_fit_steps(spec, recipe)
     torch.set_num_threads(threads)
     # Before any step runs, and kept when a run dies or fails transiently: a run that dies mid-way leaves
     # its training state here for the same job delivered again (same key) to resume from.
@@ -163,12 +166,37 @@ def _run_plan(plan: JobPlan, recipe: Recipe, spec: ModelSpec, workroot: Path, *,
         latency = before_after_latency(float_model, art.served, spec, lock_dir=plan.lock_dir, warmup=plan.warmup,
                                        runs=plan.runs, threads=plan.threads, timings=plan.timings)
         _record_choice(extra, win, candidates, plan)
+        if isinstance(spec.metric, OutputsMetric):
+            extra["outputs"] = _outputs_record(spec.metric, plan, art.served, base.outputs)
         if onnx_export is not None:
             extra["onnx"] = _export_onnx(float_model if onnx_export == "float" else win["_exported"].handle.module,
                                          spec, plan.store / "onnx" / f"{plan.key}-{onnx_export}.onnx")
         result = write_result(plan, win, art, status=status, reason=reason, metric_after=win["metric"],  # 5. publish
                               b1=b1, latency=latency, extra=extra)
     return result
+
+
+def _check_outputs_fit_steps(spec: ModelSpec, recipe: Recipe) -> None:
+    # Known only once the program has run (submit cannot see it without torch): training steps learn from
+    # one output (logits or an embedding), and a loss over several would weigh outputs no one has stated.
+    if not isinstance(spec.metric, OutputsMetric):
+        return
+    if training := [s.type for s in recipe.steps if s.type in NEEDS_TRAINING]:
+        names = ", ".join(o.name for o in spec.metric.outputs)
+        raise UserInputError(f"recipe {recipe.name!r}: step {training[0]!r} trains on one output, and "
+                             f"this program returns {len(spec.metric.outputs)} ({names}); use a post-training "
+                             "recipe (static-int8, dynamic-int8 or one with prune_l1_unstructured)")
+
+
+def _outputs_record(metric: OutputsMetric, plan: JobPlan, served: Callable[..., Any],
+                    before: torch.Tensor) -> list[dict[str, Any]]:
+    """Each output's metric before and after on the eval rows, the primary one marked (it carries the budget)."""
+    rows = plan.rows()
+    after = predict(served, rows.eval_inputs, batch_size=plan.eval_bs)
+    b = metric.each(before, labels=rows.eval_labels, reference=before)
+    a = metric.each(after, labels=rows.eval_labels, reference=before)
+    return [{"output": x["output"], "metric": x["metric"], "before": x["value"], "after": y["value"],
+             "primary": i == metric.primary} for i, (x, y) in enumerate(zip(b, a))]
 
 
 def _drop_checkpoints(plan: JobPlan) -> None:

@@ -34,6 +34,7 @@ from modelpress.optimize.timing_lock import (
     default_timing_lock_dir,
     host_timing_lock,
 )
+from modelpress.optimize.outputs import OutputsMetric, pack, single_metric
 from modelpress.optimize.spec import Inputs, Metric
 
 
@@ -214,35 +215,28 @@ def file_size(path: str | os.PathLike[str]) -> int:
 
 
 @torch.inference_mode()
-def predict(model: Callable[..., torch.Tensor], inputs: Inputs, *, batch_size: int = 256) -> torch.Tensor:
-    """Model outputs over all inputs, in batches, as one float tensor."""
+def predict(model: Callable[..., Any], inputs: Inputs, *, batch_size: int = 256) -> torch.Tensor:
+    """Model outputs over all inputs, in batches, as one float tensor (several outputs packed: ``outputs.pack``)."""
     outs = []
     for i in range(0, n_samples(inputs), batch_size):
-        out = model(*batch_of(inputs, i, i + batch_size))
-        outs.append(out.dequantize() if out.is_quantized else out)
-    return torch.cat(outs).float()
+        outs.append(pack(model(*batch_of(inputs, i, i + batch_size))))
+    return torch.cat(outs)
 
 
-def compute_metric(metric: Metric, outputs: torch.Tensor, *, labels: torch.Tensor | None,
+def compute_metric(metric: Metric | OutputsMetric, outputs: torch.Tensor, *, labels: torch.Tensor | None,
                    reference: torch.Tensor | None) -> float:
     """Task metric from outputs: accuracy vs labels, or fidelity (top-1 agreement / cosine) vs float.
+
+    For a model with several outputs (``OutputsMetric``), the primary output's metric.
 
     Example:
         >>> import torch
         >>> compute_metric("accuracy", torch.tensor([[0.1, 0.9]]), labels=torch.tensor([1]), reference=None)
         1.0
     """
-    if metric == "accuracy":
-        if labels is None:
-            raise ValueError("accuracy needs labels")
-        return float((outputs.argmax(-1) == labels).float().mean())
-    if reference is None:
-        raise ValueError(f"{metric} needs the float model's outputs")
-    if metric == "top1_agreement":
-        return float((outputs.argmax(-1) == reference.argmax(-1)).float().mean())
-    if metric == "cosine":
-        return float(nn.functional.cosine_similarity(outputs, reference, dim=-1).mean())
-    raise ValueError(f"unknown metric {metric!r}")
+    if isinstance(metric, OutputsMetric):
+        return metric.score(outputs, labels=labels, reference=reference)
+    return single_metric(metric, outputs, labels=labels, reference=reference)
 
 
 def count_params(model: nn.Module) -> int:

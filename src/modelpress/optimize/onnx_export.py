@@ -35,6 +35,7 @@ from modelpress.optimize.artifacts import atomic_write_bytes
 from modelpress.optimize.backends import is_quantized_module
 from modelpress.errors import UserInputError
 from modelpress.optimize.measure import as_tuple
+from modelpress.optimize.outputs import pack
 from modelpress.optimize.spec import Inputs
 
 
@@ -87,7 +88,7 @@ def _require_packages() -> None:
 
 
 def export_onnx(model: nn.Module, example_inputs: Inputs, path: str | os.PathLike[str], *,
-                input_names: Sequence[str] | None = None, output_names: Sequence[str] = ("output",),
+                input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
                 dynamic_batch: bool = True) -> int:
     """Export float ``model`` (eval mode) to ``path`` atomically; returns the file's size in bytes.
 
@@ -112,6 +113,8 @@ def export_onnx(model: nn.Module, example_inputs: Inputs, path: str | os.PathLik
     # The exporter prints progress lines at INFO through its own logger; keep worker logs readable.
     logging.getLogger("torch.onnx").setLevel(logging.WARNING)
     with _modes_preserved(model), torch.no_grad():
+        if output_names is None:
+            output_names = default_output_names(model(*args))
         program = torch.onnx.export(model, args, input_names=names, output_names=list(output_names),
                                     dynamic_shapes=dynamic_shapes, dynamo=True, verbose=False)
     if program is None:
@@ -123,8 +126,19 @@ def export_onnx(model: nn.Module, example_inputs: Inputs, path: str | os.PathLik
     return p.stat().st_size
 
 
-def run_onnx(path: str | os.PathLike[str], inputs: Inputs, *, threads: int = 1) -> torch.Tensor:
-    """Run the ONNX file at ``path`` in onnxruntime (CPU, ``threads`` intra-op threads); first output.
+def default_output_names(out: Any) -> list[str]:
+    """``output`` for one output, ``output_0``, ``output_1``... for several (in the program's order).
+
+    Example:
+        >>> default_output_names(torch.zeros(1)), default_output_names((torch.zeros(1), torch.zeros(1)))
+        (['output'], ['output_0', 'output_1'])
+    """
+    n = len(out) if isinstance(out, (tuple, list)) else 1
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def run_onnx(path: str | os.PathLike[str], inputs: Inputs, *, threads: int = 1) -> Any:
+    """Run the ONNX file at ``path`` in onnxruntime (CPU, ``threads`` intra-op threads); its output(s).
 
     Example:
         >>> run_onnx("/tmp/lin.onnx", torch.randn(5, 4)).shape  # doctest: +SKIP
@@ -138,7 +152,8 @@ def run_onnx(path: str | os.PathLike[str], inputs: Inputs, *, threads: int = 1) 
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), as_tuple(inputs), strict=True)}
-    return torch.from_numpy(sess.run(None, feeds)[0])
+    outs = [torch.from_numpy(o) for o in sess.run(None, feeds)]
+    return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 def export_and_check(model: nn.Module, example_inputs: Inputs, path: str | os.PathLike[str], *,
@@ -161,8 +176,9 @@ def export_and_check(model: nn.Module, example_inputs: Inputs, path: str | os.Pa
     worst, cosines, batches = 0.0, [], []
     for inp in (example_inputs, *check_inputs):
         with torch.inference_mode():
-            ref = model(*as_tuple(inp)).float()
-        got = run_onnx(path, inp).float()
+            raw = model(*as_tuple(inp))
+            ref = pack(raw)
+        got = pack(run_onnx(path, inp))
         if got.shape != ref.shape:
             raise RuntimeError(f"onnxruntime output shape {tuple(got.shape)} != torch {tuple(ref.shape)}")
         worst = max(worst, float((got - ref).abs().max()))
@@ -172,6 +188,6 @@ def export_and_check(model: nn.Module, example_inputs: Inputs, path: str | os.Pa
         raise RuntimeError(f"onnxruntime reproduces the model only to {worst:.3g} (tolerance {atol}): export bug")
     return OnnxReport(path=os.fspath(path), size_bytes=size,
                       input_names=list(input_names) if input_names else [f"input_{i}" for i in range(len(as_tuple(example_inputs)))],
-                      output_names=["output"], dynamic_batch=True, check_batch_sizes=batches, max_abs_diff=worst,
+                      output_names=default_output_names(raw), dynamic_batch=True, check_batch_sizes=batches, max_abs_diff=worst,
                       mean_cosine=sum(cosines) / len(cosines), export_seconds=seconds,
                       torch_version=torch.__version__, onnxruntime_version=ort.__version__)

@@ -102,7 +102,7 @@ def write_result(plan: JobPlan, win: dict[str, Any], art: Published, *, status: 
         status=status, reason=reason, model_name=spec.name, model_sha256=plan.content, recipe=recipe.to_dict(),
         recipe_sha256=recipe.sha256, engine=plan.engine, torch_version=torch.__version__, arch=platform.machine(),
         artifact_key=plan.key, artifact_path=str(art.path), float_artifact_path=str(base.path),
-        size_before_bytes=base.size_bytes, size_after_bytes=art.size_bytes, metric_name=spec.metric,
+        size_before_bytes=base.size_bytes, size_after_bytes=art.size_bytes, metric_name=str(spec.metric)[:64],
         metric_before=base.metric, metric_after=metric_after, latency_before=latency[0], latency_after=latency[1],
         params_before=base.params, params_after=params_after, flops_before=base.flops,
         flops_after=count_flops(last_float, probe), sparsity_after=global_sparsity(last_float),

@@ -2,7 +2,7 @@
 
 Every source gives a ``ModelSpec``: the registered factories (the built-in zoo, ``modelpress.zoo``, and
 allow-listed ``module:function`` factories), HF folders, torchvision/timm names and ``.pt2`` archives.
-This module holds only the types; it imports torch and nothing else of modelpress.
+This module holds only the types; it imports torch and, of modelpress, only ``outputs`` (also types).
 
 Example:
     >>> import torch
@@ -22,6 +22,8 @@ from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
+
+from modelpress.optimize.outputs import OutputsMetric
 
 Metric = Literal["accuracy", "top1_agreement", "cosine"]
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -56,7 +58,8 @@ class ModelSpec:
     version: int
     build: Callable[[], nn.Module]
     data: Callable[[], TaskData]
-    metric: Metric
+    # A program with several outputs has an ``OutputsMetric``: each output's metric, the primary one's reported.
+    metric: Metric | OutputsMetric
     make_input: Callable[[int], Inputs]
     latency_batches: tuple[int, ...] = (1, 64)
     # Fills a freshly built model with the built-in weights (seeded init, or trained weights shipped as

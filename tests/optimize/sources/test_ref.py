@@ -84,3 +84,17 @@ def test_a_train_file_is_part_of_the_reference_and_of_its_json() -> None:
     old = ref.to_dict()
     old["data"] = {"eval": "e.jsonl", "calibration": None}
     assert ModelRef.from_dict(old).data.train is None
+
+
+def test_a_primary_output_is_only_for_an_exported_program_and_must_be_a_plain_name() -> None:
+    import pytest
+
+    from modelpress.optimize.sources import ModelRefError, parse_model_ref
+
+    ref = parse_model_ref("export:face.pt2", data={"eval": "e.npz"}, primary_output="face")
+    assert ref.primary_output == "face" and parse_model_ref(**{"text": "export:face.pt2"}, data={"eval": "e.npz"}
+                                                            ).primary_output is None
+    with pytest.raises(ModelRefError, match="primary_output is for an export"):
+        parse_model_ref("hf:folder", data={"eval": "e.jsonl"}, primary_output="logits")
+    with pytest.raises(ModelRefError, match="primary_output"):
+        parse_model_ref("export:face.pt2", data={"eval": "e.npz"}, primary_output="face; rm -rf /")

@@ -43,3 +43,9 @@ def test_train_tensors_whose_labels_are_not_class_indices_are_refused_at_submit_
     assert [loc for loc, _ in submit_check(ref, max_bytes=MB)] == [("data", "train")]  # named like eval's tensors
     safetensors_file(train, {"features": [3, 4]})  # labels are optional
     assert submit_check(ref, max_bytes=MB) == []
+
+
+def test_labels_named_per_output_pass_submit_and_are_matched_to_the_outputs_on_the_worker(tmp_path):
+    data = safetensors_file(tmp_path / "eval.safetensors", {"features": [2, 4], "labels.face": [2]})
+    ref = parse_model_ref(f"export:{pt2_file(tmp_path / 'm.pt2')}", data={"eval": str(data)})
+    assert submit_check(ref, max_bytes=MB) == []

@@ -369,17 +369,18 @@ def s8_matmul_exact() -> bool:
 
 
 class OnnxCallable:
-    """``f(*tensors) -> tensor`` over an onnxruntime session (the first output, as a torch tensor)."""
+    """``f(*tensors) -> tensor`` over an onnxruntime session, as torch tensors (a tuple for several outputs)."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor) -> Any:
         if len(args) != len(self.input_names):
             raise TypeError(f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(args)}")
         feeds = {n: a.detach().cpu().numpy() for n, a in zip(self.input_names, args)}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        outs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        return outs[0] if len(outs) == 1 else tuple(outs)  # a program with several outputs gets them all
 
     def execution(self) -> dict[str, Any]:
         """The session's execution providers and threads, as recorded beside the candidate's timings.

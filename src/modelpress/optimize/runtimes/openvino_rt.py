@@ -209,13 +209,15 @@ def _check_batch_follows_input(ov: Any, ov_model: Any, example: tuple[torch.Tens
     for b in (1, 3):
         rows = [t[:1].repeat(b, *([1] * (t.dim() - 1))).numpy() for t in example]
         try:
-            out = compiled(rows)[compiled.outputs[0]]
+            got = compiled(rows)
+            outs = [got[o] for o in compiled.outputs]  # every output of a program with several
         except Exception as e:  # noqa: BLE001 - the plugin's shape errors are long; what matters is that it failed
             raise RecipeError(f"the OpenVINO model does not run at batch {b} (the batch dimension was not kept "
                               f"dynamic by openvino.convert_model): {' '.join(str(e).split())[:300]}") from e
-        if out.shape[0] != b:
-            raise RecipeError(f"the OpenVINO model answers a batch of {b} rows with {out.shape[0]}: "
-                              "openvino.convert_model baked a batch size into the graph")
+        for out in outs:
+            if out.shape[0] != b:
+                raise RecipeError(f"the OpenVINO model answers a batch of {b} rows with {out.shape[0]}: "
+                                  "openvino.convert_model baked a batch size into the graph")
 
 
 class OpenVinoRuntime:
@@ -430,6 +432,7 @@ class OpenVinoCallable:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.input_names = list(input_names)
+        self.n_outputs = len(compiled.outputs)
         self.training = False  # the harness refuses models in training mode; this one never is
 
     def execution(self) -> dict[str, Any]:
@@ -463,14 +466,15 @@ class OpenVinoCallable:
         out["weighted_ops"] = dict(sorted(ops.items()))
         return out
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor) -> Any:
         if len(args) != len(self.input_names):
             raise TypeError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                             f"got {len(args)}")
         feed = {i: a.detach().contiguous().numpy() for i, a in enumerate(args)}
         # share_inputs: no copy of the caller's arrays in the timed path; outputs are copied (the request reuses them).
         self.request.infer(feed, share_inputs=True)
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        outs = [torch.from_numpy(self.request.get_output_tensor(i).data.copy()) for i in range(self.n_outputs)]
+        return outs[0] if len(outs) == 1 else tuple(outs)  # a program with several outputs gets them all
 
     def __repr__(self) -> str:
         return f"OpenVinoCallable(inputs={self.input_names})"

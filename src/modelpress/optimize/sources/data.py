@@ -279,11 +279,15 @@ def align_class_labels(labels: torch.Tensor | None, classes: Sequence[str], eval
 
 # ----------------------------------------------------------------------------- tensors
 def read_tensors(path: str | Path, names: Sequence[str], *, required: Sequence[str] | None = None,
-                 max_bytes: int = MAX_TENSOR_FILE_BYTES) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+                 max_bytes: int = MAX_TENSOR_FILE_BYTES, output_names: Sequence[str] | None = None,
+                 ignore_labels: bool = False) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
     """Read ``.safetensors``/``.npz`` tensors keyed by forward argument name, plus optional ``labels``.
 
     Returns the inputs in the order of ``names`` (optional arguments absent from the file are left out
-    from the end) and the labels (or None).
+    from the end) and the labels (or None). For a model with several outputs (``output_names``), labels are
+    named per output, ``labels.<output>``, and come back as one int64 column per output, in that order, with
+    -1 in the column of an output this file has no labels for. ``ignore_labels`` reads the inputs alone (to
+    probe a model whose outputs are not known yet).
 
     Example:
         >>> import tempfile, numpy as np, os
@@ -314,7 +318,9 @@ def read_tensors(path: str | Path, names: Sequence[str], *, required: Sequence[s
     except Exception as e:  # noqa: BLE001 - every reader error means "not a usable data file"
         raise DataError(f"data file {p.name} could not be read ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
-    labels = d.pop("labels", None)
+    if ignore_labels:
+        d = {k: v for k, v in d.items() if k != "labels" and not k.startswith("labels.")}
+    labels = d.pop("labels", None) if output_names is None else _output_labels(d, output_names, p.name)
     unknown = sorted(set(d) - set(names))
     required = list(names) if required is None else list(required)
     missing = [n for n in required if n not in d]
@@ -339,7 +345,7 @@ def read_tensors(path: str | Path, names: Sequence[str], *, required: Sequence[s
                         f"got {[tuple(t.shape) for t in ordered]}" + (f", labels {tuple(labels.shape)}" if labels is not None else ""))
     if rows.pop() > MAX_ROWS:
         raise DataError(f"data file {p.name} has more than {MAX_ROWS} rows")
-    if labels is not None:
+    if labels is not None and output_names is None:  # per-output labels were checked column by column
         labels = _int_labels(labels, p.name)
     return tuple(ordered), labels
 
@@ -349,6 +355,27 @@ def _int_labels(labels: torch.Tensor, where: str) -> torch.Tensor:
         raise DataError(f"{where}: 'labels' must be a 1-D integer tensor of class indices "
                         f"(got {labels.dtype}, shape {tuple(labels.shape)})")
     return labels.to(torch.long)
+
+
+def _output_labels(d: dict[str, torch.Tensor], output_names: Sequence[str], where: str) -> torch.Tensor | None:
+    """Pop ``labels.<output>`` tensors from ``d``: one int64 column per output, -1 where an output has none."""
+    if "labels" in d:
+        raise DataError(f"data file {where}: the program has {len(output_names)} outputs ({', '.join(output_names)}); "
+                        "name each output's labels 'labels.<output>', e.g. 'labels." + output_names[0] + "'")
+    given = {k[len("labels."):]: d.pop(k) for k in [k for k in d if k.startswith("labels.")]}
+    if unknown := sorted(set(given) - set(output_names)):
+        raise DataError(f"data file {where}: labels for {', '.join(unknown)}, which the program does not output "
+                        f"(its outputs: {', '.join(output_names)})")
+    if not given:
+        return None
+    for k, t in given.items():
+        _int_labels(t, f"{where} (labels.{k})")
+    rows = {int(t.shape[0]) for t in given.values()}
+    if len(rows) != 1:
+        raise DataError(f"data file {where}: every labels.<output> needs the same number of rows")
+    n = rows.pop()
+    return torch.stack([given[o].long() if o in given else torch.full((n,), -1, dtype=torch.long)
+                        for o in output_names], dim=1)
 
 
 def check_labels(labels: torch.Tensor | None, num_classes: int, where: str) -> None:

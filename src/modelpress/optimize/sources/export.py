@@ -31,6 +31,7 @@ import contextlib
 import math
 import operator
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +40,7 @@ import torch
 from torch import fx, nn
 
 from modelpress.errors import ModelLoadError, is_task_control
+from modelpress.optimize.outputs import output_metric
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import TrainRows, check_labels, check_train_format, make_task_data, read_tensors
@@ -162,6 +164,25 @@ def input_names(program: Any) -> list[str]:
     """The user inputs' names, in order (the exported forward's argument names)."""
     return [s.arg.name for s in program.graph_signature.input_specs
             if s.kind.name == "USER_INPUT" and hasattr(s.arg, "name")]
+
+
+_OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+
+
+def output_names(program: Any, count: int) -> list[str]:
+    """The outputs' names, in the order the program returns them flattened: a returned dict's keys (when they
+    are plain names), else ``output_0``, ``output_1``...
+
+    Example:
+        >>> output_names(None, 2)
+        ['output_0', 'output_1']
+    """
+    spec = getattr(getattr(program, "call_spec", None), "out_spec", None)
+    keys = list(getattr(spec, "context", None) or []) if getattr(spec, "type", None) in (dict,) else []
+    flat = getattr(spec, "num_leaves", None) == len(keys)  # every value one tensor, not a nested container
+    if flat and len(keys) == count and all(isinstance(k, str) and _OUTPUT_NAME.fullmatch(k) for k in keys):
+        return [str(k) for k in keys]
+    return [f"output_{i}" for i in range(count)]
 
 
 # ----------------------------------------------------------------------------- re-modularize
@@ -303,36 +324,84 @@ class ExportSource(ModelSource):
         program = load_program(ref.path)
         names = input_names(program)
         model = modularize(program.module())
-        x, y = read_tensors(ref.data.eval, names)
-        calib = read_tensors(ref.data.calibration, names) if ref.data.calibration else None
-        train = None
-        if ref.data.train:
-            tx, ty = read_tensors(ref.data.train, names)
-            check_train_format(tx, x, names, f"train data {Path(ref.data.train).name}")
-            train = TrainRows(tx, ty, Path(ref.data.train).name)
+        # The outputs are known once the program has run: probe it on the eval file's first rows (read again
+        # below with the outputs' names, which a program with several outputs' labels are keyed by).
+        probe_x, _ = read_tensors(ref.data.eval, names, ignore_labels=True)
         with torch.no_grad():
             try:
-                probe = model(*(t[:2] for t in x))
+                probe = model(*(t[:2] for t in probe_x))
             except Exception as e:  # noqa: BLE001 - shapes/dtypes the program does not accept
                 raise ModelLoadError(f"the exported program does not accept the eval data's tensors "
                                      f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})") from None
-        if not isinstance(probe, torch.Tensor):
-            raise ModelLoadError("the exported program must return one tensor (logits or an embedding)")
-        classes = int(probe.shape[-1])
-        check_labels(y, classes, Path(ref.data.eval).name)
-        if calib is not None:
-            check_labels(calib[1], classes, Path(ref.data.calibration or "").name)
-        if train is not None:
-            check_labels(train.labels, classes, train.name)
+        del probe_x
+        outs = _probe_outputs(probe)
+        out_names = output_names(program, len(outs)) if len(outs) > 1 else None
+        if out_names is None and ref.primary_output is not None:
+            raise ModelLoadError(f"primary_output {ref.primary_output!r} was given, and the program has one output")
+
+        def read(path: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+            return read_tensors(path, names, output_names=out_names)
+
+        x, y = read(ref.data.eval)
+        calib = read(ref.data.calibration) if ref.data.calibration else None
+        train = None
+        if ref.data.train:
+            tx, ty = read(ref.data.train)
+            check_train_format(tx, x, names, f"train data {Path(ref.data.train).name}")
+            train = TrainRows(tx, ty, Path(ref.data.train).name)
+        files = [(y, Path(ref.data.eval).name)] + ([(calib[1], Path(ref.data.calibration or "").name)] if calib else [])
+        files += [(train.labels, train.name)] if train is not None else []
+        metric: Any
+        if out_names is None:
+            classes = int(outs[0].shape[-1])
+            for labels, where in files:
+                check_labels(labels, classes, where)
+            metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
+        else:
+            for labels, where in files:
+                for i, o in enumerate(outs):
+                    if labels is not None and bool((labels[:, i] >= 0).any()):
+                        check_labels(labels[:, i][labels[:, i] >= 0], int(o.shape[-1]), f"{where} (labels.{out_names[i]})")
+            labelled = {n: i for i, n in enumerate(out_names) if y is not None and bool((y[:, i] >= 0).all())}
+            if y is not None and len(labelled) < int((y >= 0).any(0).sum()):
+                raise ModelLoadError(f"data file {Path(ref.data.eval).name}: labels of an output must be given "
+                                     "for every row (or for none)")
+            try:
+                metric = output_metric(outs, out_names, primary=ref.primary_output, primary_metric=ref.metric,
+                                       labelled=labelled)
+            except ValueError as e:
+                raise ModelLoadError(str(e)) from None
+            if y is not None and not labelled:
+                y = None
         td = make_task_data(x, y, calib, what=Path(ref.data.eval).name, train=train)
-        metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
+        described = f" (outputs {out_names}, {metric} carries the budget)" if out_names else ""
         spec = ModelSpec(
             name=ref.display_name, version=1, build=lambda: self.build(ref), data=lambda: td, metric=metric,
             make_input=tiled_input(td.eval_inputs), latency_batches=ref.latency_batches,
-            description=f"exported program {Path(ref.path).name} (inputs {names}); {td.description}",
-            extra={"source": "export", "input_names": names, "eval_batch_size": 64},
+            description=f"exported program {Path(ref.path).name} (inputs {names}){described}; {td.description}",
+            extra={"source": "export", "input_names": names, "eval_batch_size": 64,
+                   **({"output_names": out_names} if out_names else {})},
         )
         return LoadedModel(model, spec)
+
+
+def _probe_outputs(probe: Any) -> list[torch.Tensor]:
+    """A program's outputs on the probe rows: one tensor, or several, each with the batch as first dimension."""
+    if isinstance(probe, torch.Tensor):
+        return [probe]
+    outs = list(probe.values()) if isinstance(probe, dict) else list(probe) if isinstance(probe, (tuple, list)) else []
+    if not outs or not all(isinstance(t, torch.Tensor) for t in outs):
+        raise ModelLoadError(f"the exported program must return tensors (one, or a tuple, list or dict of them), "
+                             f"not {type(probe).__name__}")
+    if len(outs) == 1:
+        return outs
+    if any(t.ndim == 0 or int(t.shape[0]) != 2 for t in outs):
+        raise ModelLoadError("every output of the program needs the batch as its first dimension (2 rows gave "
+                             f"shapes {[tuple(t.shape) for t in outs]})")
+    if any(not t.is_floating_point() for t in outs):
+        raise ModelLoadError("every output of the program must be a float tensor (got "
+                             f"{[str(t.dtype).replace('torch.', '') for t in outs]}); return indices as scores")
+    return outs
 
 
 __all__ = ["ExportSource", "check_loaded", "input_names", "load_program", "modularize", "scan_archive",

@@ -69,6 +69,8 @@ class ModelRef(BaseModel):
     max_length: int | None = Field(default=None, gt=0)
     latency_batches: tuple[int, ...] = (1, 32)
     content_sha256: str | None = None
+    # An ``export:`` program with several outputs: the one whose metric carries the budget (default: the first).
+    primary_output: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
     # Both are decoded-size limits (``optimize.limits``, settings): every text row is padded to max_length,
     # and each latency batch is that many rows repeated from the data. Checked wherever a ref is made,
@@ -100,6 +102,8 @@ class ModelRef(BaseModel):
             raise ValueError(f"a {self.kind} model needs a path (the {'folder' if self.kind == 'hf' else '.pt2 file'})")
         if self.kind in ("torchvision", "timm") and not self.weights:
             raise ValueError(f"a {self.kind} model needs a weights file (weights are never downloaded)")
+        if self.primary_output is not None and self.kind != "export":
+            raise ValueError("primary_output is for an export: program with several outputs")
         if self.kind in USER_KINDS and self.data is None:
             raise ValueError(f"a {self.kind} model needs data: {{eval: ..., calibration: ...}} to be measured on")
 

@@ -3,7 +3,7 @@
 What lives here: ``submit_check`` (the archive holds only what ``torch.export.save`` writes for a CPU
 program and only pure tensor operators, read by ``pt2_archive.check_archive``; its members pass their
 checksums) and ``input_name_problems`` (a tensor data file names each tensor after a forward argument of
-the program, plus an optional ``labels``). What this cannot see (a shape that does not fit) the worker
+the program, plus an optional ``labels``, or ``labels.<output>`` per output of a program with several). What this cannot see (a shape that does not fit) the worker
 finds when it loads the program.
 
 ``sources.submit.check_ref`` dispatches here for ``export`` refs.
@@ -69,13 +69,15 @@ def input_name_problems(path: Path, inputs: list[str]) -> list[str]:
     else:
         return []
     names.discard("labels")
+    names -= {n for n in names if n.startswith("labels.")}  # per-output labels: the worker matches the outputs
     missing, extra = [n for n in inputs if n not in names], sorted(names - set(inputs))
     if not missing and not extra:
         return []
     return [f"data file {path.name} holds tensors {', '.join(sorted(names)) or '(none)'} but the program's inputs are "
             f"{', '.join(inputs)}" + (f" (missing: {', '.join(missing)})" if missing else "")
             + (f" (not an input: {', '.join(extra)})" if extra else "")
-            + "; name each tensor after its forward argument, plus an optional 'labels'"]
+            + "; name each tensor after its forward argument, plus an optional 'labels' "
+            "(for a program with several outputs, 'labels.<output>')"]
 
 
 __all__ = ["input_name_problems", "submit_check"]
