@@ -12,7 +12,10 @@ rows), and the best is kept.
 Example:
     >>> [(a.heads_kept, a.ffn_kept) for a in allocations(level=0.3, heads=12, head_dim=32, hidden=384, ffn=1536,
     ...                                                   seq=128, heads_now=12, ffn_now=1536)]
-    [(10, 1090), (11, 1015), (12, 941)]
+    [(10, 1088), (12, 960)]
+    >>> [(a.heads_kept, a.ffn_kept) for a in allocations(level=0.3, heads=4, head_dim=8, hidden=32, ffn=64,
+    ...                                                   seq=16, heads_now=4, ffn_now=64)]
+    [(3, 53), (4, 33)]
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from modelpress.optimize.techniques.transformer_graph import find_blocks
 
 #: Rows each split is scored on (validation rows, else train rows).
 SCORE_ROWS = 128
+#: Kept FFN neurons and head columns are multiples of this, on models at least ``ALIGN_FROM`` wide.
+ALIGN = 64
+ALIGN_FROM = 256
+
+
+def _aligned(n: float, *, step: int, upto: int) -> int:
+    """``n`` rounded to the nearest multiple of ``step``, at least ``step`` and at most ``upto``."""
+    return max(step, min(upto // step * step, int(round(n / step)) * step))
 
 
 @dataclass(frozen=True)
@@ -45,10 +56,16 @@ def allocations(*, level: float, heads: int, head_dim: int, hidden: int, ffn: in
     per_head = (4 * hidden + 2 * seq) * head_dim  # Q, K, V, O columns and the two attention products
     per_neuron = 2 * hidden
     target = per_head * heads * (1 - level / 2) + per_neuron * ffn * (1 - level)
+    wide = hidden >= ALIGN_FROM and ffn >= ALIGN_FROM
+    head_step = ALIGN // head_dim if wide and head_dim < ALIGN and ALIGN % head_dim == 0 else 1
     out: list[Allocation] = []
     for share in (level / 2, level / 4, 0.0):
         kept_heads = min(heads_now, max(1, round(heads * (1 - share))))
+        if head_step > 1 and heads_now >= head_step:
+            kept_heads = _aligned(heads * (1 - share), step=head_step, upto=heads_now)
         kept_ffn = int(round((target - per_head * kept_heads) / per_neuron))
+        if wide and kept_ffn >= ALIGN:
+            kept_ffn = _aligned(kept_ffn, step=ALIGN, upto=ffn_now)
         a = Allocation(kept_heads, kept_ffn)
         if 0.05 * ffn <= kept_ffn <= ffn_now and (kept_heads < heads_now or kept_ffn < ffn_now) and a not in out:
             out.append(a)
@@ -100,4 +117,4 @@ def choose_width_cut(model: fx.GraphModule, level: float, ctx: StepContext, defa
     return best[1], best[2], tried
 
 
-__all__ = ["Allocation", "SCORE_ROWS", "allocations", "choose_width_cut"]
+__all__ = ["ALIGN", "ALIGN_FROM", "Allocation", "SCORE_ROWS", "allocations", "choose_width_cut"]
