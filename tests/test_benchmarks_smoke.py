@@ -36,7 +36,8 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
 
     docs_text = docs.read_text()
     for section in ("## Machine", "## Commands", "## Compression quality", "## Pipeline throughput",
-                    "## Measurement stability", "## Peers", "## Deep compression"):
+                    "## Measurement stability", "## Peers", "## Deep compression",
+                    "## Coverage: architecture families × runtimes"):
         assert section in docs_text
     assert "benchmarks/compression.py" in docs_text and "benchmarks/throughput.py" in docs_text
     assert "benchmarks/peers.py" in docs_text
@@ -45,7 +46,7 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
 
     machine_keys = {"date_utc", "cpu_model", "logical_cpus", "versions", "load_average", "git_commit"}
     docs_by_name = {}
-    for name in ("compression", "throughput", "stability", "peers", "deep_compression"):
+    for name in ("compression", "throughput", "stability", "peers", "deep_compression", "coverage_matrix"):
         d = json.loads((out / f"{name}.json").read_text())
         assert (out / f"{name}.md").is_file()
         assert d["benchmark"] == name and d["command"].startswith(".venv/bin/python benchmarks/")
@@ -123,6 +124,14 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     assert ours["b1_ms"] > 0 and ours["b32_ms"] > 0 and 0 < ours["retrieval_top1_agreement"] <= 1
     (job,) = sub["jobs"]
     assert [f["level"] for f in job["frontier"]] == [0.5] and job["distill_seconds"] and job["peak_rss_mb"][0] > 0
+
+    cov = docs_by_name["coverage_matrix"]
+    # The multi-output export program through torch: a real job, with its outcome and the host's CPU features.
+    (cell,) = cov["cells"]
+    assert (cell["family"], cell["runtime"]) == ("multi-output CNN", "torch") and cell["status"] in ("PASS", "REJECTED")
+    assert "| multi-output CNN | export: box, landmarks, face |" in docs_text and isinstance(cov["cpu_features"], list)
+    page = (tmp_path / "coverage.md").read_text()  # its own page, beside benchmarks.md
+    assert page.startswith("# Coverage") and "| multi-output CNN |" in page and "modelpress report --coverage" in page
 
 
 def test_the_docs_name_their_commit_and_a_dirty_tree_is_marked_or_refused(tmp_path: Path, monkeypatch) -> None:

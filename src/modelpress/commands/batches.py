@@ -217,6 +217,12 @@ def cmd_report(args: argparse.Namespace, settings: "Settings") -> int:
         parent = Path(args.html).resolve().parent
         if not parent.is_dir():
             return _error(f"cannot write {args.html}: folder {parent} does not exist")
+    if args.coverage:
+        if args.batch or args.zoo or args.html:
+            return _error("--coverage runs on its own: no batch id, --zoo or --html")
+        return _report_coverage(args, settings)
+    if args.families or args.runtimes:
+        return _error("--families and --runtimes go with --coverage")
     if args.zoo:
         if args.batch:
             return _error("give a batch id or --zoo, not both")
@@ -284,6 +290,38 @@ def _report_zoo(args: argparse.Namespace, settings: "Settings") -> int:
                  default_text=format_report(zoo_rows, comparisons=comparisons))
 
 
+def _report_coverage(args: argparse.Namespace, settings: "Settings") -> int:
+    """``modelpress report --coverage``: every family × runtime in this process (``zoo.coverage``)."""
+    import json
+
+    from modelpress.worker_store import worker_dir
+    from modelpress.zoo.coverage import RUNTIMES, format_matrix, run_coverage
+    from modelpress.zoo.families import family
+
+    families, runtimes = _split(args.families), _split(args.runtimes) or list(RUNTIMES)
+    try:
+        for f in families or []:
+            family(f)
+    except KeyError as e:
+        return _error(str(e.args[0]))
+    if unknown := [r for r in runtimes if r not in RUNTIMES]:
+        return _error(f"unknown runtime(s) {', '.join(unknown)}; known: {', '.join(RUNTIMES)}")
+    if args.format not in (None, "table", "json"):
+        return _error("--coverage prints a table or json")
+
+    def progress(cell) -> None:  # type: ignore[no-untyped-def]
+        print(f"coverage: {cell.family} × {cell.runtime}: {cell.status} {cell.reason[:120]}", file=sys.stderr,
+              flush=True)
+
+    cells = run_coverage(store=worker_dir(settings) / "coverage", families=families, runtimes=runtimes,
+                         recipe=args.recipes or "static-int8", progress=progress)
+    if args.format == "json":
+        sys.stdout.write(json.dumps([c.to_dict() for c in cells], indent=1) + "\n")
+    else:
+        sys.stdout.write(format_matrix(cells))
+    return 0
+
+
 # ----------------------------------------------------------------------------- registration
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``batches`` and ``report`` on the ``modelpress`` parser (``wait --batch`` lives in cli)."""
@@ -298,7 +336,8 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     r = sub.add_parser("report", help="results of a batch as HTML/JSON/CSV/table, or run the zoo report",
                        description="`modelpress report BATCH --html report.html` writes a self-contained page "
                                    "(inline CSS and SVG, no network). `modelpress report --zoo` runs zoo models × "
-                                   "recipes in this process and prints the measured table.")
+                                   "recipes in this process and prints the measured table; `modelpress report "
+                                   "--coverage` runs the architecture families × runtimes matrix.")
     r.add_argument("batch", nargs="?", help="batch id or a unique prefix (6+ characters)")
     r.add_argument("--html", metavar="FILE", help="write the HTML report here")
     r.add_argument("--format", choices=("table", "json", "csv"), help="print to stdout (default: table)")
@@ -308,4 +347,9 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     r.add_argument("--distill-seeds", type=int, default=3,
                    help="with --zoo: seeds for the distilled-vs-alone student comparison on digits (0: skip)")
     r.add_argument("--engine", choices=BACKENDS, help="with --zoo: quantized engine (default: the native one)")
+    r.add_argument("--coverage", action="store_true",
+                   help="run the coverage matrix in-process: architecture families × runtimes on this CPU")
+    r.add_argument("--families", help="with --coverage: comma-separated families (default: all)")
+    r.add_argument("--runtimes", help="with --coverage: comma-separated runtimes (default: torch, onnxruntime, "
+                                      "openvino)")
     r.set_defaults(func=cmd_report)

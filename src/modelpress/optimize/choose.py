@@ -28,7 +28,7 @@ import torch
 from modelpress.errors import UserInputError
 from modelpress.optimize.measure import (batch_of, compute_metric, host_timing_lock, interleaved_latency, n_samples,
                                         predict)
-from modelpress.optimize.outputs import OutputsMetric
+from modelpress.optimize.outputs import GOLD_START, OutputsMetric
 from modelpress.optimize.recipes import Budget
 from modelpress.optimize.runtimes.registry import get_runtime
 from modelpress.optimize.spec import ModelSpec, TaskData
@@ -86,6 +86,14 @@ class Selection:
             metric = spec.metric if labels is not None else spec.metric.without_labels()
         elif spec.metric == "accuracy" and labels is not None:
             metric = "accuracy"
+        elif spec.metric in ("token_accuracy", "token_agreement"):
+            # A tagger's rows carry its word positions as labels: kept, so that only words are compared.
+            tagged = labels is not None and bool((labels >= 0).any())
+            metric = "token_accuracy" if spec.metric == "token_accuracy" and tagged else "token_agreement"
+        elif spec.metric in ("span_f1", "span_agreement"):
+            # Question answering: the rows' context marks are kept (answers come from the context only).
+            answered = labels is not None and bool(((labels & GOLD_START) > 0).any())
+            metric = "span_f1" if spec.metric == "span_f1" and answered else "span_agreement"
         else:
             metric, labels = ("cosine" if spec.metric == "cosine" else "top1_agreement"), None
         reference = predict(float_fn, inputs, batch_size=batch_size)

@@ -179,9 +179,13 @@ def _run_plan(plan: JobPlan, recipe: Recipe, spec: ModelSpec, workroot: Path, *,
 def _check_outputs_fit_steps(spec: ModelSpec, recipe: Recipe) -> None:
     # Known only once the program has run (submit cannot see it without torch): training steps learn from
     # one output (logits or an embedding), and a loss over several would weigh outputs no one has stated.
+    training = [s.type for s in recipe.steps if s.type in NEEDS_TRAINING]
+    if training and (why := spec.extra.get("no_training")):  # the source knows this model cannot train yet
+        raise UserInputError(f"recipe {recipe.name!r}: step {training[0]!r} {why}; use a post-training recipe "
+                             "(static-int8, dynamic-int8 or one with prune_l1_unstructured)")
     if not isinstance(spec.metric, OutputsMetric):
         return
-    if training := [s.type for s in recipe.steps if s.type in NEEDS_TRAINING]:
+    if training:
         names = ", ".join(o.name for o in spec.metric.outputs)
         raise UserInputError(f"recipe {recipe.name!r}: step {training[0]!r} trains on one output, and "
                              f"this program returns {len(spec.metric.outputs)} ({names}); use a post-training "

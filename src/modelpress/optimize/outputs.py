@@ -16,8 +16,8 @@ Example:
     >>> m = OutputsMetric(outputs=(OutputSpec("boxes", 4, "cosine"), OutputSpec("face", 2, "accuracy", 0)),
     ...                   primary=1)
     >>> out = pack((torch.ones(3, 4), torch.tensor([[0., 1.], [1., 0.], [0., 1.]])))
-    >>> tuple(out.shape), str(m), m.score(out, labels=torch.tensor([[1], [0], [0]]), reference=out)
-    ((3, 6), 'accuracy[face]', 0.6666666865348206)
+    >>> tuple(out.shape), str(m), round(m.score(out, labels=torch.tensor([[1], [0], [0]]), reference=out), 4)
+    ((3, 6), 'accuracy[face]', 0.6667)
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ def single_metric(metric: str, outputs: torch.Tensor, *, labels: torch.Tensor | 
         >>> single_metric("top1_agreement", torch.eye(2), labels=None, reference=torch.eye(2))
         1.0
     """
+    if metric in ("token_accuracy", "token_agreement"):
+        return token_metric(metric, outputs, labels=labels, reference=reference)
+    if metric in ("span_f1", "span_agreement"):
+        return span_metric(metric, outputs, labels=labels, reference=reference)
     if metric == "accuracy":
         if labels is None:
             raise ValueError("accuracy needs labels")
@@ -112,6 +116,107 @@ def single_metric(metric: str, outputs: torch.Tensor, *, labels: torch.Tensor | 
     if metric == "cosine":
         return float(nn.functional.cosine_similarity(outputs, reference, dim=-1).mean())
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def token_metric(metric: str, outputs: torch.Tensor, *, labels: torch.Tensor | None,
+                 reference: torch.Tensor | None) -> float:
+    """A token classifier's metric over its words: per-token logits ``[rows, tokens, classes]`` (or flattened
+    per row) judged at each word's first sub-token.
+
+    ``labels`` marks those positions per row and token (``sources.token_rows``): a tag index (≥ 0), -1 for a
+    word the file gives no tag, anything lower for a position that is not a word (special tokens, padding,
+    later sub-tokens). ``token_accuracy`` is the share of tagged words whose top class is their tag;
+    ``token_agreement`` the share of words whose top class is the float model's. Without ``labels`` (rows that
+    carry no positions), agreement is over every token.
+
+    Example:
+        >>> out = torch.tensor([[[0., 1.], [1., 0.], [0., 1.]]])
+        >>> pos = torch.tensor([[1, -100, 0]])
+        >>> token_metric("token_accuracy", out, labels=pos, reference=None)
+        0.5
+        >>> token_metric("token_agreement", out, labels=pos, reference=out.flip(-1))
+        0.0
+    """
+    if labels is not None:
+        outputs = outputs.reshape(*labels.shape, -1)
+    top = outputs.argmax(-1)
+    if metric == "token_accuracy":
+        tagged = labels >= 0 if labels is not None else None
+        if tagged is None or not bool(tagged.any()):
+            raise ValueError("token_accuracy needs rows with tags ('labels' in the data)")
+        return float((top[tagged] == labels[tagged]).float().mean())  # type: ignore[index]
+    if reference is None:
+        raise ValueError("token_agreement needs the float model's outputs")
+    ref_top = reference.reshape(outputs.shape).argmax(-1)
+    words = labels >= -1 if labels is not None else torch.ones_like(top, dtype=torch.bool)
+    if not bool(words.any()):
+        raise ValueError("token_agreement: these rows have no words")
+    return float((top[words] == ref_top[words]).float().mean())
+
+
+#: Bits of a question-answering row's token marks (``span_metric``).
+CONTEXT, GOLD_START, GOLD_END = 1, 2, 4
+#: Longest answer considered, in sub-tokens (transformers' question-answering pipeline's default is 15 words).
+MAX_ANSWER_TOKENS = 30
+
+
+def best_spans(outputs: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
+    """Each row's answer span ``[start, end]`` (sub-token indices, inclusive): the context span of at most
+    ``MAX_ANSWER_TOKENS`` with the highest start + end logit. ``outputs`` is packed start then end logits.
+
+    Example:
+        >>> out = torch.tensor([[0., 5., 0., 0., 0., 0., 9., 0.]])   # start logits, then end logits
+        >>> best_spans(out, torch.tensor([[0, 1, 1, 1]])).tolist()
+        [[1, 2]]
+    """
+    n, length = marks.shape
+    logits = outputs.reshape(n, 2, length)
+    spans = torch.zeros(n, 2, dtype=torch.long)
+    offsets = torch.arange(length)
+    band = (offsets[None, :] >= offsets[:, None]) & (offsets[None, :] - offsets[:, None] < MAX_ANSWER_TOKENS)
+    for i in range(0, n, 64):  # rows x length² scores: in chunks
+        s, e, ctx = logits[i:i + 64, 0], logits[i:i + 64, 1], (marks[i:i + 64] & CONTEXT) > 0
+        ok = band[None] & ctx[:, :, None] & ctx[:, None, :]
+        scores = (s[:, :, None] + e[:, None, :]).masked_fill(~ok, float("-inf"))
+        flat = scores.flatten(1).argmax(1)
+        spans[i:i + 64, 0], spans[i:i + 64, 1] = flat // length, flat % length
+    return spans
+
+
+def _span_f1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    overlap = (torch.minimum(a[:, 1], b[:, 1]) - torch.maximum(a[:, 0], b[:, 0]) + 1).clamp(min=0).float()
+    p, r = overlap / (a[:, 1] - a[:, 0] + 1).float(), overlap / (b[:, 1] - b[:, 0] + 1).float()
+    return torch.where(overlap > 0, 2 * p * r / (p + r).clamp(min=1e-12), torch.zeros_like(overlap))
+
+
+def span_metric(metric: str, outputs: torch.Tensor, *, labels: torch.Tensor | None,
+                reference: torch.Tensor | None) -> float:
+    """An extractive question-answering model's metric: the F1 of its answer span's sub-tokens against the
+    gold span (``span_f1``, over rows whose gold answer is inside the model's window) or against the float
+    model's span (``span_agreement``, every row).
+
+    ``labels`` marks each row's sub-tokens (``CONTEXT``, ``GOLD_START``, ``GOLD_END`` bits): answers are taken
+    from the context only, as transformers' pipeline does. F1 is over sub-tokens, not SQuAD's normalised words:
+    comparing the same model before and after, the two move together.
+
+    Example:
+        >>> out = torch.tensor([[0., 5., 0., 0., 0., 0., 9., 0.]])
+        >>> span_metric("span_f1", out, labels=torch.tensor([[0, 1 | 2, 1 | 4, 1]]), reference=None)
+        1.0
+    """
+    if labels is None:  # rows without marks (calibration rows): any sub-token may answer
+        labels = torch.full((outputs.shape[0], outputs.shape[1] // 2), CONTEXT, dtype=torch.long)
+    spans = best_spans(outputs, labels)
+    if metric == "span_f1":
+        gold_start, gold_end = (labels & GOLD_START) > 0, (labels & GOLD_END) > 0
+        has = gold_start.any(1) & gold_end.any(1)
+        if not bool(has.any()):
+            raise ValueError("span_f1 needs rows whose answer is inside the model's window")
+        gold = torch.stack([gold_start.float().argmax(1), gold_end.float().argmax(1)], 1)
+        return float(_span_f1(spans[has], gold[has]).mean())
+    if reference is None:
+        raise ValueError("span_agreement needs the float model's outputs")
+    return float(_span_f1(spans, best_spans(reference, labels)).mean())
 
 
 def to_float(t: torch.Tensor) -> torch.Tensor:
@@ -168,4 +273,5 @@ def output_metric(outputs: Sequence[torch.Tensor], names: Sequence[str], *, prim
     return OutputsMetric(tuple(specs), p)
 
 
-__all__ = ["OutputMetricName", "OutputSpec", "OutputsMetric", "output_metric", "pack", "single_metric", "to_float"]
+__all__ = ["CONTEXT", "GOLD_END", "GOLD_START", "MAX_ANSWER_TOKENS", "OutputMetricName", "best_spans", "span_metric", "OutputSpec", "OutputsMetric", "output_metric", "pack", "single_metric", "to_float",
+           "token_metric"]

@@ -129,8 +129,8 @@ def test_the_attention_implementation_is_ours_and_a_hub_kernel_is_refused_on_the
     from modelpress.optimize.sources import get_source
 
     src = get_source("hf")
-    default = src._load_model(str(_tiny(tmp_path, "default")), classifier=True)
-    eager = src._load_model(str(_tiny(tmp_path, "eager", attn_implementation="eager")), classifier=True)
+    default = src._load_model(str(_tiny(tmp_path, "default")), task="sequence-classification")
+    eager = src._load_model(str(_tiny(tmp_path, "eager", attn_implementation="eager")), task="sequence-classification")
     assert _attn(default) == "sdpa" and _attn(eager) == "eager"
     for value in ("kernels-community/flash-attn", "flash_attention_2"):
         hostile = _tiny(tmp_path, value.replace("/", "-"), attn_implementation=value)

@@ -19,14 +19,17 @@ def _names(mapping: dict) -> set[str]:
     return out
 
 
-def test_every_head_class_transformers_knows_gets_its_task_and_only_sequence_classifiers_and_base_models_pass():
+def test_every_head_class_transformers_knows_gets_its_task_and_only_supported_tasks_pass():
     from transformers.models.auto import modeling_auto as m
 
+    for task, mapping in (("token-classification", m.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+                          ("image-classification", m.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES),
+                          ("question-answering", m.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES)):
+        judged = {n: hf_task({"architectures": [n]}) for n in _names(mapping)}
+        assert task in SUPPORTED and sum(t == task for t in judged.values()) > 0.9 * len(judged), task
+        assert not {n: t for n, t in judged.items() if t in ("embedding", "sequence-classification")}, task
     heads = {
         "causal-lm": m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        "token-classification": m.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
-        "question-answering": m.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
-        "image-classification": m.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
         "masked-lm": m.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     }
     for task, mapping in heads.items():
@@ -48,13 +51,15 @@ def _folder(tmp_path, arch: str):
 
 
 @pytest.mark.parametrize("arch, task", [("LlamaForCausalLM", "causal-lm"), ("GPT2LMHeadModel", "causal-lm"),
-                                        ("BertForTokenClassification", "token-classification")])
-def test_a_causal_lm_or_tagger_folder_is_refused_at_submit_naming_its_task_and_what_is_supported(tmp_path, arch, task):
+                                        ("BertForMultipleChoice", "multiple-choice")])
+def test_a_causal_lm_or_multiple_choice_folder_is_refused_at_submit_naming_its_task_and_what_is_supported(tmp_path, arch, task):
     problems = submit_check(_folder(tmp_path, arch), max_bytes=1 << 20)
     assert [loc for loc, _ in problems] == [("model",)]
     msg = problems[0][1]
     assert f"names architecture {arch}, a {task} model" in msg
-    assert "*ForSequenceClassification" in msg and "BertModel" in msg and "not judged as an embedder" in msg
+    assert "*ForSequenceClassification" in msg and "*ForTokenClassification" in msg and "BertModel" in msg
+    assert "*ForQuestionAnswering" in msg and "*ForImageClassification" in msg
+    assert "not judged as an embedder" in msg
 
 
 def test_a_folder_that_reaches_a_worker_past_submit_is_refused_there_too(tmp_path):
@@ -65,7 +70,8 @@ def test_a_folder_that_reaches_a_worker_past_submit_is_refused_there_too(tmp_pat
         get_source("hf").load(ref)
 
 
-@pytest.mark.parametrize("arch", ["BertForSequenceClassification", "BertModel"])
-def test_a_sequence_classifier_and_a_base_model_still_pass_the_task_check(tmp_path, arch):
+@pytest.mark.parametrize("arch", ["BertForSequenceClassification", "BertForTokenClassification",
+                                  "BertForQuestionAnswering", "ViTForImageClassification", "BertModel"])
+def test_every_supported_head_passes_the_task_check(tmp_path, arch):
     ref = _folder(tmp_path, arch)
     assert [m for _, m in submit_check(ref, max_bytes=1 << 20) if "architecture" in m] == []

@@ -46,11 +46,10 @@ from modelpress.optimize.limits import (
     current_limits,
     pillow_guard,
 )
-from modelpress.optimize.sources.data_checks import MAX_ROWS, check_tensor_file, image_files
+from modelpress.optimize.sources.data_checks import MAX_ROWS, MAX_TEXT_FILE_BYTES, check_tensor_file, image_files
 from modelpress.optimize.spec import TaskData
 
 MAX_TENSOR_FILE_BYTES = 2 * 1024**3
-MAX_TEXT_FILE_BYTES = 256 * 1024**2
 MAX_IMAGE_BYTES = 64 * 1024**2
 SPLIT_SEED = 0
 SPLIT_FRACTION = 0.2  # of the eval file, for validation; and, without a calibration file, for calibration
@@ -507,7 +506,9 @@ def preprocess_image(img: Any, pre: dict[str, Any], *, name: str = "(in memory)"
     x = x.permute(2, 0, 1).float() / 255.0
     mean = torch.tensor(pre["mean"], dtype=torch.float32).reshape(3, 1, 1)
     std = torch.tensor(pre["std"], dtype=torch.float32).reshape(3, 1, 1)
-    return (x - mean) / std
+    x = (x - mean) / std
+    # A model trained on BGR channels (MobileViT's processor flips them after scaling): ``hf_images``.
+    return x.flip(0) if pre.get("channels") == "bgr" else x
 
 
 def read_images(root: str | Path, pre: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:

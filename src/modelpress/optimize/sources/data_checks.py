@@ -20,7 +20,7 @@ import json
 import struct
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from modelpress.errors import DataError
 from modelpress.optimize.limits import (
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from modelpress.optimize.sources.ref import ModelRef
 
 MAX_ROWS = 200_000
+#: Bytes of one text (JSONL) data file: read whole by the worker's readers.
+MAX_TEXT_FILE_BYTES = 256 * 1024**2
 MAX_IMAGES = 100_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif")
 IMAGENET = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -352,6 +354,65 @@ def tensor_label_problems(path: str | Path) -> list[str]:
     return []
 
 
+def jsonl_objects(path: str | Path, *, max_bytes: int = MAX_TEXT_FILE_BYTES) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-blank line of a JSONL data file as ``(line number, object)``, bounded: the file's bytes, at most
+    ``MAX_ROWS`` rows, strict UTF-8; a line that is not a JSON object is a ``DataError`` naming it.
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "d.jsonl")
+        >>> _ = open(f, "w").write('{"text": "a"}\\n\\n{"text": "b"}\\n')
+        >>> list(jsonl_objects(f))
+        [(1, {'text': 'a'}), (3, {'text': 'b'})]
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {p.name} does not exist or is not a file")
+    if p.stat().st_size > max_bytes:
+        raise DataError(f"data file {p.name} is {p.stat().st_size} bytes, over the limit of {max_bytes} bytes")
+    rows = 0
+    try:
+        with open(p, encoding="utf-8", errors="strict") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                rows += 1
+                if rows > MAX_ROWS:
+                    raise DataError(f"{p.name}: more than {MAX_ROWS} rows")
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{p.name} line {lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{p.name} line {lineno}: each row must be a JSON object")
+                yield lineno, row
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p.name}: not UTF-8 text ({e.reason})") from None
+    if rows == 0:
+        raise DataError(f"{p.name}: no rows")
+
+
+def read_at_submit(path: str | Path, read: Callable[[Path], Any], *, read_limit: int) -> tuple[list[str], Any]:
+    """Run the worker's reader ``read`` on a JSONL file at submit: (its problem as one line, or none; what it
+    read, or None). Too many rows are refused at any size; a file over ``read_limit`` bytes is left to the worker.
+
+    Example:
+        >>> read_at_submit("/nope.jsonl", lambda p: p.read_text(), read_limit=1 << 20)[0]
+        ['data file /nope.jsonl does not exist']
+    """
+    p = Path(path)
+    if not p.is_file():
+        return [f"data file {path} does not exist"], None
+    if over := jsonl_limit_problems(p):
+        return over, None
+    if p.stat().st_size > read_limit:
+        return [], None
+    try:
+        return [], read(p)
+    except DataError as e:
+        return [str(e) if str(e).startswith("data file") else f"data file {e}"], None
+
+
 def jsonl_limit_problems(path: str | Path) -> list[str]:
     """A JSONL file with more rows than the worker reads (``MAX_ROWS``), counted without parsing.
 
@@ -504,7 +565,7 @@ def decoded_size_problems(ref: "ModelRef", limits: DecodedLimits | None = None) 
     return problems
 
 
-__all__ = ["IMAGENET", "IMAGE_SUFFIXES", "MAX_IMAGES", "MAX_ROWS", "check_image_files", "check_tensor_file",
+__all__ = ["IMAGENET", "IMAGE_SUFFIXES", "MAX_IMAGES", "MAX_ROWS", "MAX_TEXT_FILE_BYTES", "check_image_files", "check_tensor_file", "jsonl_objects", "read_at_submit",
            "decoded_size_problems", "hf_default_max_length", "image_files", "image_folder_limit_problems",
            "image_header_size", "jsonl_limit_problems", "jsonl_problems", "jsonl_rows", "preprocess_sides",
            "tensor_headers", "tensor_label_problems", "tensor_limit_problems", "tensor_row_bytes", "tensor_shapes"]

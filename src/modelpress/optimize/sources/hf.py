@@ -6,9 +6,13 @@ Loading is offline (forced, ``hf_env``) and code-free: ``local_files_only=True``
 name only files beside them, no tokenizer code); the attention implementation is ours, never the
 file's; weights must be ``model.safetensors`` or its shards (a ``pytorch_model.bin`` is a pickle).
 ``*ForSequenceClassification`` → logits, judged by accuracy when
-the JSONL has labels, else by top-1 agreement with the float model; a base model (``BertModel``) → its
-mean-pooled, L2-normalised embedding, judged by cosine similarity to the float model; any other head is
-refused (``hf_tasks``). A ``train``
+the JSONL has labels, else by top-1 agreement with the float model; ``*ForTokenClassification`` → per-token
+logits over rows of words (``token_rows``), judged per word; ``*ForImageClassification`` → logits over image
+folders, preprocessed as the folder's ``preprocessor_config.json`` says (``hf_images``);
+``*ForQuestionAnswering`` → start and end logits over ``{question, context, answer?}`` rows (``qa_rows``),
+judged by the F1 of the answer span; a base model
+(``BertModel``) → its mean-pooled, L2-normalised embedding, judged by cosine similarity to the float model;
+any other head is refused (``hf_tasks``). A ``train``
 JSONL (for training steps) is read like the eval one, its labels optional; its rows whose text is also in
 the eval file are dropped.
 
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 
 from modelpress.errors import DataError, ModelLoadError
+from modelpress.optimize.outputs import GOLD_START
 from modelpress.optimize.sources.base import LoadedModel, ModelSource
 from modelpress.optimize.sources.common import tiled_input
 from modelpress.optimize.sources.data import TrainRows, label_indices, make_task_data, read_jsonl
@@ -79,8 +84,11 @@ def _attention(raw: dict[str, Any], cfg: Any) -> str:
         return ATTN_IMPLEMENTATIONS[ATTN_IMPLEMENTATIONS.index(wanted)]
     from transformers.models.auto import auto_factory, modeling_auto
 
-    mapping = (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if is_classifier(raw)
-               else modeling_auto.MODEL_MAPPING)
+    mapping = {"sequence-classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+               "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING,
+               "image-classification": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+               "question-answering": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING}.get(
+                   hf_task(raw), modeling_auto.MODEL_MAPPING)
     try:
         model_cls = auto_factory._get_model_class(cfg, mapping)
     except Exception:  # noqa: BLE001 - an unknown pairing fails later, at load, with transformers' message
@@ -111,12 +119,36 @@ def _check_tokenizer_class(folder: str | Path, raw: dict[str, Any]) -> None:
                                  "tokenizer with tokenizer.save_pretrained")
 
 
+#: Tasks whose model ends in logits over the config's classes (``num_labels``, ``id2label``).
+CLASSIFIERS = ("sequence-classification", "token-classification", "image-classification")
+
+
 def is_classifier(cfg: dict[str, Any]) -> bool:
-    return hf_task(cfg) == "sequence-classification"
+    """Whether the folder's model ends in logits (a sequence, token or image classifier), not an embedding."""
+    return hf_task(cfg) in CLASSIFIERS
+
+
+def _auto_class(task: str) -> Any:
+    """transformers' auto class for the folder's task (``hf_tasks``): the head it was saved with."""
+    import transformers
+
+    return {"sequence-classification": transformers.AutoModelForSequenceClassification,
+            "token-classification": transformers.AutoModelForTokenClassification,
+            "image-classification": transformers.AutoModelForImageClassification,
+            "question-answering": transformers.AutoModelForQuestionAnswering}.get(task, transformers.AutoModel)
+
+
+def _wrap(task: str, inner: nn.Module) -> nn.Module:
+    if task == "image-classification":
+        return ImageClassifier(inner).eval()
+    if task == "question-answering":
+        return QuestionAnswerer(inner).eval()
+    return (SequenceClassifier(inner) if task in CLASSIFIERS else MeanPooledEncoder(inner)).eval()
 
 
 class SequenceClassifier(nn.Module):
-    """(input_ids, attention_mask[, token_type_ids]) → logits: a plain tensor for measuring and quantizing."""
+    """(input_ids, attention_mask[, token_type_ids]) → logits: a plain tensor for measuring and quantizing
+    (``[rows, classes]`` for a sequence classifier, ``[rows, tokens, classes]`` for a token classifier)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -126,6 +158,32 @@ class SequenceClassifier(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         kw = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits
+
+
+class QuestionAnswerer(nn.Module):
+    """(input_ids, attention_mask[, token_type_ids]) → ``{"start_logits", "end_logits"}``, each ``[rows, tokens]``:
+    an extractive QA head's two outputs, as transformers names them (the artifact returns both)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        kw = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        return {"start_logits": out.start_logits, "end_logits": out.end_logits}
+
+
+class ImageClassifier(nn.Module):
+    """pixel_values ``[rows, 3, side, side]`` → logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
 
 
 class MeanPooledEncoder(nn.Module):
@@ -153,7 +211,9 @@ def as_graph(eager: nn.Module, max_length: int, n_inputs: int, *, dynamic_length
     """
     from modelpress.optimize.sources.export import modularize
 
-    example = tuple(torch.ones(2, max_length, dtype=torch.long) for _ in range(n_inputs))
+    example: tuple[torch.Tensor, ...] = tuple(torch.ones(2, max_length, dtype=torch.long) for _ in range(n_inputs))
+    if isinstance(eager, ImageClassifier):  # one input, pixels: max_length is the image side
+        example = (torch.zeros(2, 3, max_length, max_length),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # dynamic_length: the training view (``HFSource.training_view``), which trains on rows trimmed to their batch's
     # longest; the deployed graph keeps max_length fixed, the shape it is measured and served at.
@@ -166,6 +226,24 @@ def as_graph(eager: nn.Module, max_length: int, n_inputs: int, *, dynamic_length
         if type(e).__module__.startswith(("billiard", "celery")):
             raise
         return eager, f"eager (torch.export failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+
+
+def _store(x: tuple[torch.Tensor, ...], names: list[str], enc: Any, start: int, total: int
+           ) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+    """Copy one chunk of the tokenizer's tensors into ``x`` at row ``start``, making ``x`` (``total`` rows) at the
+    first chunk: tensors made once, because the tokenizer's Python lists for a whole file cost many times more."""
+    if not x:
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
+        x = tuple(torch.empty(total, enc[n].shape[1], dtype=enc[n].dtype) for n in names)
+    for t, n in zip(x, names):
+        t[start:start + enc[n].shape[0]] = enc[n]
+    return x, names
+
+
+def _need_fast(tok: Any, what: str) -> None:
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(f"{what} are mapped to sub-tokens by a fast tokenizer (tokenizer.json); save the "
+                             "folder's tokenizer with a fast tokenizer class")
 
 
 class HFSource(ModelSource):
@@ -198,14 +276,12 @@ class HFSource(ModelSource):
         assert ref.path
         cfg = self._config(ref.path)
         _offline()
-        from transformers import AutoModel, AutoModelForSequenceClassification
-
         raw = read_config(ref.path)
         torch.manual_seed(0)
-        if is_classifier(raw):
-            eager: nn.Module = SequenceClassifier(AutoModelForSequenceClassification.from_config(cfg)).eval()
-        else:
-            eager = MeanPooledEncoder(AutoModel.from_config(cfg)).eval()
+        task = hf_task(raw)
+        eager = _wrap(task, _auto_class(task).from_config(cfg))
+        if task == "image-classification":
+            return as_graph(eager, self.image_preprocess(ref)["crop"], 1)[0]
         tok = self.tokenizer(ref.path)
         return as_graph(eager, self._max_length(ref, tok, cfg), len(self._input_names(tok)),
                         dynamic_length=dynamic_length)[0]
@@ -220,6 +296,8 @@ class HFSource(ModelSource):
             True
         """
         assert ref.path
+        if hf_task(read_config(ref.path)) == "image-classification":
+            raise ModelLoadError("training an hf: image classifier is not built yet")
         tok = self.tokenizer(ref.path)
         view = self.build(ref, dynamic_length=True)
         if not isinstance(view, torch.fx.GraphModule):
@@ -260,12 +338,10 @@ class HFSource(ModelSource):
         enc = tok(["a"], padding="max_length", max_length=4, truncation=True)
         return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
 
-    def _load_model(self, folder: str, classifier: bool) -> nn.Module:
+    def _load_model(self, folder: str, task: str) -> nn.Module:
         cfg = self._config(folder)  # checks the folder again; attention chosen by us
         _offline()
-        from transformers import AutoModel, AutoModelForSequenceClassification
-
-        cls = AutoModelForSequenceClassification if classifier else AutoModel
+        cls = _auto_class(task)
         try:
             # config= : transformers does not read config.json again; attn_implementation= : ours, from the
             # allow-list; use_kernels=False : no layer swapped for a hub kernel after loading.
@@ -276,7 +352,7 @@ class HFSource(ModelSource):
             raise ModelLoadError(f"HF folder {folder}: model could not be loaded ({type(e).__name__}: "
                                  f"{(str(e).splitlines() or [''])[0][:300]})") from None
         m.eval()
-        return (SequenceClassifier(m) if classifier else MeanPooledEncoder(m)).eval()
+        return _wrap(task, m)
 
     def tokenizer(self, folder: str) -> Any:
         raw = read_config(folder)  # tokenizer_config.json's auto_map and *_file entries, among the rest
@@ -311,11 +387,7 @@ class HFSource(ModelSource):
         for i in range(0, len(texts), chunk):
             enc = tok(texts[i:i + chunk], pairs[i:i + chunk] if pairs else None, padding="max_length",
                       truncation=True, max_length=max_length, return_tensors="pt")
-            if not x:
-                names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
-                x = tuple(torch.empty(len(texts), enc[n].shape[1], dtype=enc[n].dtype) for n in names)
-            for t, n in zip(x, names):
-                t[i:i + chunk] = enc[n]
+            x, names = _store(x, names, enc, i, len(texts))
         y = None
         if labels is not None:
             if num_labels is None:
@@ -324,41 +396,242 @@ class HFSource(ModelSource):
             y = label_indices(labels, num_classes=num_labels, label2id=label2id, where=Path(path).name)
         return x, y, list(zip(texts, pairs or [None] * len(texts)))
 
+    def _encode_words(self, tok: Any, path: str, max_length: int, label2id: dict[str, int], num_labels: int
+                      ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, list[Any], bool]:
+        """A token classifier's rows (``token_rows``): (token tensors, word positions per token, each row's
+        words, whether the file has tags).
+
+        Positions are what the metric reads (``outputs.token_metric``): at each word's first sub-token its
+        tag index, or ``UNLABELLED_WORD`` without tags; ``NOT_A_WORD`` everywhere else. A word cut off by
+        ``max_length`` is not judged.
+        """
+        from modelpress.optimize.limits import check_text_tokens, current_limits
+        from modelpress.optimize.sources.token_rows import NOT_A_WORD, UNLABELLED_WORD, read_token_jsonl, tag_index
+
+        _need_fast(tok, "a token classifier's words")
+        words, tags = read_token_jsonl(path)
+        name = Path(path).name
+        check_text_tokens(len(words), max_length, name, current_limits())
+        x: tuple[torch.Tensor, ...] = ()
+        names: list[str] = []
+        pos = torch.full((len(words), max_length), NOT_A_WORD, dtype=torch.long)
+        chunk = 1024
+        for i in range(0, len(words), chunk):
+            enc = tok(words[i:i + chunk], is_split_into_words=True, padding="max_length", truncation=True,
+                      max_length=max_length, return_tensors="pt")
+            x, names = _store(x, names, enc, i, len(words))
+            for r in range(len(words[i:i + chunk])):
+                row, seen = i + r, set()
+                for j, w in enumerate(enc.word_ids(r)):
+                    if w is None or w in seen:
+                        continue
+                    seen.add(w)
+                    pos[row, j] = (UNLABELLED_WORD if tags is None else
+                                   tag_index(tags[row][w], classes=num_labels, label2id=label2id,
+                                             where=f"{name} row {row + 1}"))
+        return x, pos, [tuple(w) for w in words], tags is not None
+
+    def _encode_qa(self, tok: Any, path: str, max_length: int
+                   ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, list[Any], bool]:
+        """A question-answering model's rows (``qa_rows``): (token tensors, each token's marks, each row's
+        (question, context), whether the file has answers).
+
+        Marks (``outputs.CONTEXT``, ``GOLD_START``, ``GOLD_END`` bits) say which sub-tokens are the context's
+        (an answer is taken from those only) and where the answer starts and ends. A context longer than the
+        window is cut (``only_second``); a row whose answer was cut off has no gold marks and is left out of
+        ``span_f1`` (the description counts them).
+        """
+        from modelpress.optimize.limits import check_text_tokens, current_limits
+        from modelpress.optimize.outputs import CONTEXT, GOLD_END
+        from modelpress.optimize.sources.qa_rows import read_qa_jsonl
+
+        _need_fast(tok, "a question-answering model's answers")
+        pairs, spans = read_qa_jsonl(path)
+        name = Path(path).name
+        check_text_tokens(len(pairs), max_length, name, current_limits())
+        x: tuple[torch.Tensor, ...] = ()
+        names: list[str] = []
+        marks = torch.zeros(len(pairs), max_length, dtype=torch.long)
+        chunk = 1024
+        for i in range(0, len(pairs), chunk):
+            part = pairs[i:i + chunk]
+            try:
+                enc = tok([q for q, _ in part], [c for _, c in part], truncation="only_second", padding="max_length",
+                          max_length=max_length, return_offsets_mapping=True, return_tensors="pt")
+            except Exception as e:  # noqa: BLE001 - a question longer than the window is the usual cause
+                raise DataError(f"{name}: rows {i + 1}-{i + len(part)} could not be tokenized at max_length "
+                                f"{max_length} ({type(e).__name__}: {str(e)[:200]}); is a question longer than "
+                                "max_length?") from None
+            x, names = _store(x, names, enc, i, len(pairs))
+            offsets = enc["offset_mapping"]
+            for r in range(len(part)):
+                row = i + r
+                seq = enc.sequence_ids(r)
+                ctx = [j for j, sid in enumerate(seq) if sid == 1]
+                marks[row, ctx] = CONTEXT
+                if spans is None:
+                    continue
+                start, end = spans[row]
+                first = [j for j in ctx if int(offsets[r, j, 0]) <= start < int(offsets[r, j, 1])]
+                last = [j for j in ctx if int(offsets[r, j, 0]) < end <= int(offsets[r, j, 1])]
+                if first and last and first[0] <= last[-1]:
+                    marks[row, first[0]] |= GOLD_START
+                    marks[row, last[-1]] |= GOLD_END
+        return x, marks, list(pairs), spans is not None
+
+    def _read(self, task: str, tok: Any, path: str, max_length: int, label2id: dict[str, int],
+              num_labels: int | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, list[Any], bool]:
+        """(token tensors, labels or word positions, each row's content, whether the file is labelled)."""
+        if task == "token-classification":
+            assert num_labels is not None
+            return self._encode_words(tok, path, max_length, label2id, num_labels)
+        if task == "question-answering":
+            return self._encode_qa(tok, path, max_length)
+        x, y, keys = self._encode_rows(tok, path, max_length, label2id, num_labels)
+        return x, y, keys, y is not None
+
+    def image_preprocess(self, ref: ModelRef) -> dict[str, Any]:
+        """An image classifier's ``{resize, crop, mean, std}``: the folder's ``preprocessor_config.json``
+        (``hf_images``), under the ref's ``preprocess`` keys when given.
+
+        Example:
+            >>> HFSource("hf").image_preprocess(ref)["crop"]  # doctest: +SKIP
+            224
+        """
+        from modelpress.optimize.sources.hf_images import read_preprocess
+        from modelpress.optimize.sources.vision import VisionSource
+
+        assert ref.path
+        return VisionSource.checked_preprocess(read_preprocess(ref.path, class_defaults=True), ref.preprocess)
+
+    def _load_images(self, ref: ModelRef, raw: dict[str, Any], cfg: Any, model: nn.Module) -> LoadedModel:
+        """An image classifier over image folders (``hf_images``): class subfolders named by ``id2label``."""
+        from modelpress.optimize.sources.data import check_labels, read_images
+        from modelpress.optimize.sources.hf_images import class_ids
+        from modelpress.optimize.sources.vision import check_image_folders
+
+        assert ref.data
+        pre = self.image_preprocess(ref)
+        check_image_folders(ref, pre)
+        classes = int(cfg.num_labels)
+        id2label = raw.get("id2label") if isinstance(raw.get("id2label"), dict) else None
+
+        def read(folder: str) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+            x, y, names = read_images(folder, pre)
+            if y is not None:
+                try:
+                    ids = torch.tensor(class_ids(names, id2label), dtype=torch.long)
+                except DataError as e:
+                    raise DataError(f"image folder {folder}: {e}") from None
+                y = ids[y]
+                check_labels(y, classes, f"image folder {folder}")
+            return x, y, names
+
+        x, y, _ = read(ref.data.eval)
+        calib = None
+        if ref.data.calibration:
+            cx, cy, _ = read(ref.data.calibration)
+            calib = ((cx,), cy)
+        train = None
+        if ref.data.train:
+            tx, ty, _ = read(ref.data.train)
+            train = TrainRows((tx,), ty, f"image folder {ref.data.train}")
+        td = make_task_data((x,), y, calib, what=f"image folder {ref.data.eval}", train=train)
+        arch = type(getattr(model, "model", model)).__name__
+        model, graph_note = as_graph(model, int(pre["crop"]), 1)
+        metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
+        if metric == "accuracy" and y is None:
+            raise DataError(f"metric 'accuracy' needs labels: put the images of {ref.data.eval} in class "
+                            "subfolders named by the config's id2label")
+        if metric == "cosine":
+            raise DataError("metric 'cosine' compares embeddings; an image classifier is judged by 'accuracy' or "
+                            "'top1_agreement'")
+        spec = ModelSpec(
+            name=ref.display_name, version=1, build=lambda: self.build(ref), data=lambda: td, metric=metric,
+            make_input=tiled_input(td.eval_inputs), latency_batches=ref.latency_batches,
+            description=(f"transformers {arch} (logits), {classes} classes, {pre['crop']}x{pre['crop']} images; "
+                         f"{td.description}"),
+            extra={"source": "hf", "input_names": ["pixel_values"], "preprocess": pre, "eval_batch_size": 32,
+                   "graph": graph_note,
+                   "no_training": "is not offered for hf: image classifiers yet (their training view is not built)"},
+        )
+        return LoadedModel(model, spec)
+
     def load(self, ref: ModelRef) -> LoadedModel:
         assert ref.path and ref.data
         raw = read_config(ref.path)
         cfg = self._config(ref.path)
+        task = hf_task(raw)
         classifier = is_classifier(raw)
-        model = self._load_model(ref.path, classifier)
+        model = self._load_model(ref.path, task)
+        if task == "image-classification":
+            return self._load_images(ref, raw, cfg, model)
         tok = self.tokenizer(ref.path)
         max_length = self._max_length(ref, tok, cfg)
         num_labels = int(cfg.num_labels) if classifier else None
         label2id = {str(k): int(v) for k, v in (getattr(cfg, "label2id", None) or {}).items()}
-        x, y, eval_keys = self._encode_rows(tok, ref.data.eval, max_length, label2id, num_labels)
-        calib = self._encode(tok, ref.data.calibration, max_length, label2id, num_labels) if ref.data.calibration else None
+        x, y, eval_keys, labelled = self._read(task, tok, ref.data.eval, max_length, label2id, num_labels)
+        calib = None
+        if ref.data.calibration:
+            calib = self._read(task, tok, ref.data.calibration, max_length, label2id, num_labels)[:2]
         train = None
         if ref.data.train:
             # Rows are compared by their text, as written: the same sentence in both files is the same row.
-            tx, ty, train_keys = self._encode_rows(tok, ref.data.train, max_length, label2id, num_labels)
+            tx, ty, train_keys, _ = self._read(task, tok, ref.data.train, max_length, label2id, num_labels)
             train = TrainRows(tx, ty, Path(ref.data.train).name, keys=train_keys)
         td = make_task_data(x, y, calib, what=f"{Path(ref.data.eval).name}", train=train, eval_keys=eval_keys)
         model, graph_note = as_graph(model, max_length, len(x))
-        if classifier:
-            metric = ref.metric or ("accuracy" if y is not None else "top1_agreement")
-        else:
-            metric = ref.metric or "cosine"
-        if metric == "accuracy" and y is None:
-            raise DataError(f"metric 'accuracy' needs a 'label' on every row of {Path(ref.data.eval).name}")
+        metric = self._metric(ref, task, labelled)
+        what = {"accuracy": "a 'label'", "token_accuracy": "'labels' (one tag per word)",
+                "span_f1": "an 'answer'"}.get(metric)
+        if what and not labelled:
+            raise DataError(f"metric 'accuracy' needs {what} on every row of {Path(ref.data.eval).name}")
+        if metric == "span_f1" and not bool((td.eval_labels & GOLD_START).any()):  # type: ignore[operator]
+            raise DataError(f"{Path(ref.data.eval).name}: no held-out row's answer is inside the first {max_length} "
+                            "tokens; raise max_length")
         spec = ModelSpec(
             name=ref.display_name, version=1, build=lambda: self.build(ref), data=lambda: td, metric=metric,
             training_view=lambda: self.training_view(ref),
             make_input=tiled_input(td.eval_inputs), latency_batches=ref.latency_batches,
-            description=(f"transformers {type(model.model).__name__} ({'logits' if classifier else 'mean-pooled embedding'}),"
+            description=(f"transformers {type(model.model).__name__} ({_OUTPUT[task]}),"
                          f" max_length {max_length}; {td.description}"),
             extra={"source": "hf", "max_length": max_length, "input_names": ["input_ids", "attention_mask",
-                   "token_type_ids"][: len(x)], "eval_batch_size": 32, "graph": graph_note},
+                   "token_type_ids"][: len(x)], "eval_batch_size": 32, "graph": graph_note,
+                   **({"no_training": _NO_TRAINING[task]} if task in _NO_TRAINING else {})},
         )
         return LoadedModel(model, spec)
 
+    @staticmethod
+    def _metric(ref: ModelRef, task: str, labelled: bool) -> Any:
+        """The metric for the folder's task: the ref's when given (``accuracy``/``top1_agreement`` name the
+        per-word ones for a token classifier), else accuracy on labelled data and agreement with float without.
+        """
+        if task in _TASK_METRICS:
+            # The ref's names (accuracy: against the data's labels; top1_agreement: against float) mapped to the
+            # task's own metrics; cosine compares embeddings, which these models do not output.
+            labelled_metric, agreement, judged = _TASK_METRICS[task]
+            if ref.metric == "cosine":
+                raise DataError(f"metric 'cosine' compares embeddings; a {task} model is judged {judged}: "
+                                "'accuracy' (against the data's labels) or 'top1_agreement' (against the float model)")
+            wanted = ref.metric or ("accuracy" if labelled else "top1_agreement")
+            return labelled_metric if wanted == "accuracy" else agreement
+        if task == "sequence-classification":
+            return ref.metric or ("accuracy" if labelled else "top1_agreement")
+        return ref.metric or "cosine"
 
-__all__ = ["HFSource", "MeanPooledEncoder", "SequenceClassifier", "read_config"]
+
+_OUTPUT = {"sequence-classification": "logits", "token-classification": "per-token logits, judged per word",
+           "question-answering": "start and end logits, judged by answer span", "embedding": "mean-pooled embedding"}
+# Tasks with metrics of their own: (with labels, against float, how they are judged).
+_TASK_METRICS = {"token-classification": ("token_accuracy", "token_agreement", "per word"),
+                 "question-answering": ("span_f1", "span_agreement", "by its answer spans")}
+# Tasks whose training steps are refused on the worker (``job``), with the reason.
+_NO_TRAINING = {
+    "token-classification": "is not offered for token classifiers yet (their losses are per word, over rows "
+                            "trimmed to their length)",
+    "question-answering": "is not offered for question-answering models yet (their losses are over answer spans)",
+}
+
+
+__all__ = ["CLASSIFIERS", "HFSource", "ImageClassifier", "MeanPooledEncoder", "QuestionAnswerer", "SequenceClassifier",
+           "read_config"]

@@ -4,10 +4,18 @@ The head a folder was saved with decides how it is judged, so it is never guesse
 
 - ``*ForSequenceClassification`` → ``sequence-classification``: logits, judged by accuracy (labelled data)
   or by top-1 agreement with the float model;
+- ``*ForTokenClassification`` → ``token-classification``: per-token logits over JSONL rows of words
+  (``token_rows``), judged on each word's first sub-token by accuracy against its tag or by agreement with the
+  float model (``token_accuracy``, ``token_agreement``);
+- ``*ForQuestionAnswering`` → ``question-answering``: start and end logits over JSONL rows
+  ``{question, context, answer?}`` (``qa_rows``), judged by the F1 of the answer span against the answer or the
+  float model's span (``span_f1``, ``span_agreement``);
+- ``*ForImageClassification`` → ``image-classification``: logits over image folders, preprocessed as the
+  folder's ``preprocessor_config.json`` says (``hf_images``), judged like a torchvision classifier;
 - a bare base model (``BertModel``, ``XLMRobertaModel``, ``MPNetModel``: a name ending in ``Model`` with no
   task in it) → ``embedding``: its mean-pooled, L2-normalised hidden states, judged by cosine to float;
-- anything else (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``BertForTokenClassification``,
-  ``ViTForImageClassification``, ``BertForMaskedLM``, ...) is refused, at submit and again on the worker,
+- anything else (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``BertForMaskedLM``,
+  ``BertForMultipleChoice``, ...) is refused, at submit and again on the worker,
   naming its task and the supported ones. Pooling a causal LM's or a tagger's hidden states would give
   numbers about a model nobody deploys.
 
@@ -25,7 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
-SUPPORTED = ("sequence-classification", "embedding")
+SUPPORTED = ("sequence-classification", "token-classification", "question-answering", "image-classification",
+             "embedding")
 # Heads by the part of the class name transformers gives them (``...ForQuestionAnsweringSimple``,
 # ``...ForImageClassificationWithTeacher`` are heads too); the older LM heads are named ``...LMHeadModel``.
 _HEADS = (
@@ -77,7 +86,10 @@ def task_problem(config: dict[str, Any]) -> str | None:
     hint = (" To judge its encoder by its embeddings, save the base model (model.base_model.save_pretrained)."
             if task in ("masked-lm", "pre-training heads") else "")
     return (f"config.json names architecture {name}, a {task} model, which hf: folders do not support yet: "
-            "supported are *ForSequenceClassification (judged by accuracy, or agreement with the float model) "
+            "supported are *ForSequenceClassification (judged by accuracy, or agreement with the float model), "
+            "*ForTokenClassification (per word, on JSONL rows {\"tokens\": [...], \"labels\": [...]}), "
+            "*ForQuestionAnswering (JSONL rows {\"question\", \"context\", \"answer\"}), "
+            "*ForImageClassification (on image folders) "
             "and base models such as BertModel (mean-pooled embeddings, judged by cosine). It is not judged "
             f"as an embedder instead, because its own head is what is deployed.{hint}")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 from modelpress.errors import ModelLoadError
 from modelpress.optimize.sources.data_checks import (
@@ -29,6 +29,8 @@ from modelpress.optimize.sources.data_checks import (
     tensor_label_problems,
     tensor_limit_problems,
 )
+from modelpress.optimize.sources.qa_rows import qa_jsonl_problems
+from modelpress.optimize.sources.token_rows import token_jsonl_problems
 from modelpress.optimize.sources.weights_file import check_safetensors, file_size_problem, safetensors_header
 from modelpress.store import list_tree
 
@@ -44,7 +46,8 @@ JSONL_CHECK_BYTES = 64 * 1024 * 1024
 
 def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None,
                   label_names: set[str] | frozenset[str] = frozenset(),
-                  also: Callable[[Path], list[str]] | None = None) -> list[Problem]:
+                  also: Callable[[Path], list[str]] | None = None,
+                  hf_rows: Literal["text", "tokens", "qa", "images"] = "text") -> list[Problem]:
     """Every problem of the ref's eval, calibration and train files, as ((``"data"``, role), message).
 
     Each is checked the same way: the train file is in the eval file's format, its labels optional and, when
@@ -52,7 +55,10 @@ def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None
 
     ``classes`` and ``label_names`` come from the model's files (a classifier's output count, an HF
     config's ``id2label``); ``also`` is the source's own check of a file that passed these (an exported
-    program's input names), run only then so that one file gets one reason.
+    program's input names), run only then so that one file gets one reason. ``hf_rows`` is what an ``hf:`` folder's
+    model reads: JSONL rows with a ``text`` (and ``label``), a token classifier's JSONL ``tokens`` (and
+    ``labels``, ``token_rows``), a question-answering model's JSONL ``question``/``context``/``answer``
+    (``qa_rows``), or an image classifier's image folder.
 
     Example:
         >>> from modelpress.optimize.sources import parse_model_ref
@@ -68,7 +74,7 @@ def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None
         if path is None:
             continue
         found = check_data_file(Path(path), kind=ref.kind, classes=classes, label_names=label_names,
-                                max_bytes=max_bytes)
+                                max_bytes=max_bytes, hf_rows=hf_rows)
         if not found and also is not None:
             found = also(Path(path))
         if not found and role == "train":
@@ -101,7 +107,8 @@ def _class_folders(folder: Path) -> list[str]:
 
 
 def check_data_file(path: Path, *, kind: str, classes: int | None = None,
-                    label_names: set[str] | frozenset[str] = frozenset(), max_bytes: int) -> list[str]:
+                    label_names: set[str] | frozenset[str] = frozenset(), max_bytes: int,
+                    hf_rows: Literal["text", "tokens", "qa", "images"] = "text") -> list[str]:
     """What is wrong with one data file (or image folder) for a model of ``kind``; empty when fine.
 
     Example:
@@ -109,7 +116,11 @@ def check_data_file(path: Path, *, kind: str, classes: int | None = None,
         ['data file /nope.csv does not exist']
     """
     if path.is_dir():
-        return _check_image_folder(path, kind=kind, classes=classes, max_bytes=max_bytes)
+        return _check_image_folder(path, kind="hf-images" if kind == "hf" and hf_rows == "images" else kind,
+                                   classes=classes, max_bytes=max_bytes)
+    if kind == "hf" and hf_rows == "images":
+        return [f"data {path.name}: an image classifier's data is a folder of images (class subfolders named by "
+                "the config's id2label, or images only)"]
     if refused := file_size_problem(path, what="data file", max_bytes=max_bytes):
         return [refused]
     if path.stat().st_size == 0:
@@ -123,6 +134,10 @@ def check_data_file(path: Path, *, kind: str, classes: int | None = None,
             return [f"data file {path.name}: JSONL text data needs a model with a tokenizer (hf:...); give a "
                     f"{kind} model tensors (.safetensors/.npz) or an image folder"]
         # Rows are counted at any size; labels are read only up to JSONL_CHECK_BYTES.
+        if hf_rows == "tokens":
+            return token_jsonl_problems(path, classes=classes, label_names=label_names, read_limit=JSONL_CHECK_BYTES)
+        if hf_rows == "qa":
+            return qa_jsonl_problems(path, read_limit=JSONL_CHECK_BYTES)
         return jsonl_problems(path, classes=classes, label_names=label_names, read_limit=JSONL_CHECK_BYTES)
     if suffix == ".safetensors":
         tensors = [k for k in safetensors_header(path) if k != "__metadata__"]
@@ -150,9 +165,9 @@ def check_data_file(path: Path, *, kind: str, classes: int | None = None,
 
 
 def _check_image_folder(folder: Path, *, kind: str, classes: int | None, max_bytes: int) -> list[str]:
-    if kind not in ("torchvision", "timm", "registered", "export"):
-        return [f"data folder {folder}: a folder of images is data for an image model (torchvision:/timm:), not "
-                f"for a {kind} model"]
+    if kind not in ("torchvision", "timm", "registered", "export", "hf-images"):
+        return [f"data folder {folder}: a folder of images is data for an image model (torchvision:/timm:, or an "
+                f"hf: *ForImageClassification), not for a {kind} model"]
     files = list_tree(folder)
     images = [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
     if not images:

@@ -98,6 +98,22 @@ def num_classes_of(state_dict: dict[str, torch.Tensor], where: str) -> int:
     raise ModelLoadError(f"{where}: no classifier weight (a 2-D '*.weight') found to read the class count from")
 
 
+def check_image_folders(ref: ModelRef, pre: dict[str, Any]) -> None:
+    """Refuse image folders and latency batches too large once decoded: counts × crop only, nothing read.
+
+    Example:
+        >>> check_image_folders(ref, {"resize": 256, "crop": 224})  # doctest: +SKIP
+    """
+    assert ref.data
+    limits = current_limits()
+    crop = int(pre["crop"])
+    for folder in (ref.data.eval, ref.data.calibration, ref.data.train):
+        if folder:
+            files, _ = image_files(folder)
+            check_image_data(len(files), crop, f"image folder {folder}", limits)
+    check_batch_bytes(max(ref.latency_batches), image_row_bytes(crop), "the largest latency batch", limits)
+
+
 class VisionSource(ModelSource):
     """``torchvision:NAME`` / ``timm:NAME`` image classifiers."""
 
@@ -149,12 +165,24 @@ class VisionSource(ModelSource):
                 size = int(cfg.input_size[-1])
                 pre = {"resize": int(round(size / float(cfg.crop_pct or 0.875))), "crop": size,
                        "mean": list(cfg.mean), "std": list(cfg.std)}
-        if ref.preprocess:
-            unknown = set(ref.preprocess) - {"resize", "crop", "mean", "std"}
+        return self.checked_preprocess(pre, ref.preprocess)
+
+    @staticmethod
+    def checked_preprocess(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+        """``base`` under the ref's ``override`` keys, checked: 3 means and stds, whole sides within
+        ``max_image_side``, crop within resize.
+
+        Example:
+            >>> VisionSource.checked_preprocess(dict(IMAGENET), {"crop": 64})["resize"]
+            64
+        """
+        pre = dict(base)
+        if override:
+            unknown = set(override) - {"resize", "crop", "mean", "std"}
             if unknown:
                 raise DataError(f"preprocess: unknown key(s) {sorted(unknown)}; allowed: resize, crop, mean, std")
-            pre.update(ref.preprocess)
-            if "crop" in ref.preprocess and "resize" not in ref.preprocess:
+            pre.update(override)
+            if "crop" in override and "resize" not in override:
                 pre["resize"] = pre["crop"]
         for k in ("mean", "std"):
             if not (isinstance(pre[k], (list, tuple)) and len(pre[k]) == 3):
@@ -174,14 +202,7 @@ class VisionSource(ModelSource):
         Example:
             >>> VisionSource("torchvision").check_decoded_size(ref, {"resize": 256, "crop": 224})  # doctest: +SKIP
         """
-        assert ref.data
-        limits = current_limits()
-        crop = int(pre["crop"])
-        for folder in (ref.data.eval, ref.data.calibration, ref.data.train):
-            if folder:
-                files, _ = image_files(folder)
-                check_image_data(len(files), crop, f"image folder {folder}", limits)
-        check_batch_bytes(max(ref.latency_batches), image_row_bytes(crop), "the largest latency batch", limits)
+        check_image_folders(ref, pre)
 
     def load(self, ref: ModelRef) -> LoadedModel:
         assert ref.weights and ref.data
@@ -223,4 +244,4 @@ class VisionSource(ModelSource):
         return LoadedModel(model, spec)
 
 
-__all__ = ["VisionSource", "import_torchvision", "num_classes_of"]
+__all__ = ["VisionSource", "check_image_folders", "import_torchvision", "num_classes_of"]
