@@ -156,6 +156,23 @@ def test_a_tokenizer_class_that_is_not_a_transformers_tokenizer_is_refused_on_th
         get_source("hf").tokenizer(str(folder))
 
 
+def test_a_tokenizer_class_transformers_ships_but_does_not_map_loads(tmp_path):
+    # transformers maps distilbert to BertTokenizer, yet a DistilBERT tokenizer saves "DistilBertTokenizer" as its
+    # class: the coverage matrix found every DistilBERT folder refused on the worker.
+    from modelpress.optimize.sources import get_source
+    from modelpress.zoo.families import build_family, family
+
+    built = build_family(family("DistilBERT"), tmp_path)
+    folder = built.model.removeprefix("hf:")
+    assert json.loads((Path(folder) / "tokenizer_config.json").read_text())["tokenizer_class"] == "DistilBertTokenizer"
+    assert get_source("hf").tokenizer(folder)("a sentence")["input_ids"][0] == 101  # [CLS] of its vocabulary
+    tok = json.loads((Path(folder) / "tokenizer_config.json").read_text())
+    # A name of the same shape that transformers has, but not a tokenizer class, is still refused.
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps({**tok, "tokenizer_class": "AutoTokenizer"}))
+    with pytest.raises(ModelLoadError, match="not a tokenizer class built"):
+        get_source("hf").tokenizer(folder)
+
+
 # ----------------------------------------------------------------------------- the train split
 def _tiny_text_ref(tmp_path: Path, train_rows: list[dict] | None):  # type: ignore[no-untyped-def]
     """A tiny BERT folder, 20 eval sentences ``"goal rain song i"`` and, when given, a train JSONL."""

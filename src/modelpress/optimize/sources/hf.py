@@ -113,7 +113,7 @@ def _check_tokenizer_class(folder: str | Path, raw: dict[str, Any]) -> None:
     if tok_cfg.is_file():
         named.append(("tokenizer_config.json", read_json_object(tok_cfg).get("tokenizer_class")))
     for where, name in named:
-        if name is not None and name not in known:
+        if name is not None and name not in known and not _builtin_tokenizer_class(name):
             raise ModelLoadError(f"HF model folder {folder}: {where} sets tokenizer_class to {str(name)[:100]!r}, "
                                  "which is not a tokenizer class built into transformers; save a built-in "
                                  "tokenizer with tokenizer.save_pretrained")
@@ -121,6 +121,25 @@ def _check_tokenizer_class(folder: str | Path, raw: dict[str, Any]) -> None:
 
 #: Tasks whose model ends in logits over the config's classes (``num_labels``, ``id2label``).
 CLASSIFIERS = ("sequence-classification", "token-classification", "image-classification")
+
+
+def _builtin_tokenizer_class(name: Any) -> bool:
+    """Whether ``name`` is one of transformers' own tokenizer classes that its auto mapping does not list (it maps
+    DistilBERT to ``BertTokenizer``, but ``DistilBertTokenizer`` is what a DistilBERT tokenizer saves as its class):
+    an attribute of the ``transformers`` package that is a tokenizer class defined inside transformers."""
+    import re
+
+    import transformers
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Z][A-Za-z0-9]{0,80}Tokenizer(Fast)?", name)):
+        return False
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # noqa: BLE001 - a name transformers cannot import is not one of its classes here
+        return False
+    return (isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase)
+            and cls.__module__.startswith("transformers."))
 
 
 def is_classifier(cfg: dict[str, Any]) -> bool:
