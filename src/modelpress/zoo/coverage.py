@@ -59,9 +59,12 @@ def cpu_features() -> list[str]:
     return sorted(cpu_flags() & set(INT8_FEATURES))
 
 
-def _one_line(e: BaseException) -> str:
-    msg = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {msg}"[:300]
+def _one_line(e: BaseException, store: Path) -> str:
+    """The error in one line: its first line and any later line naming an error (a nested error's own words
+    often come last: torch.load's "Unsupported global: ..."), the run's store path shortened."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [""]
+    msg = " | ".join([lines[0][:300]] + [ln[:300] for ln in lines[1:] if "error" in ln.lower()][:2])
+    return f"{type(e).__name__}: {msg.replace(str(store), '<store>')}"[:900]
 
 
 def run_coverage(*, store: str | Path, families: Sequence[str] | None = None, runtimes: Sequence[str] = RUNTIMES,
@@ -98,12 +101,13 @@ def run_coverage(*, store: str | Path, families: Sequence[str] | None = None, ru
             problems = check_ref(ref, max_bytes=1 << 32)
         except Exception as e:  # noqa: BLE001 - a family that cannot be built is a FAIL with its reason
             for rt in runtimes:
-                add(Cell(fam.name, fam.architecture, rt, "FAIL", f"building the family: {_one_line(e)}",
+                add(Cell(fam.name, fam.architecture, rt, "FAIL", f"building the family: {_one_line(e, store)}",
                          seconds=round(time.monotonic() - t0, 1)))
             continue
         if problems:
             for rt in runtimes:
-                add(Cell(fam.name, fam.architecture, rt, "FAIL", f"refused at submit: {problems[0][1][:300]}"))
+                add(Cell(fam.name, fam.architecture, rt, "FAIL",
+                         "refused at submit: " + problems[0][1].replace(str(store), "<store>")[:600]))
             continue
         for rt in runtimes:
             t0 = time.monotonic()
@@ -112,11 +116,12 @@ def run_coverage(*, store: str | Path, families: Sequence[str] | None = None, ru
                                    engine=native_backend(), store=store / "store", warmup=warmup, runs=runs)
             except Exception as e:  # noqa: BLE001 - the matrix records every failure with its reason
                 traceback.print_exc()
-                add(Cell(fam.name, fam.architecture, rt, "FAIL", _one_line(e),
+                add(Cell(fam.name, fam.architecture, rt, "FAIL", _one_line(e, store),
                          seconds=round(time.monotonic() - t0, 1)))
                 continue
             status = {"succeeded": "PASS", "rejected": "REJECTED"}.get(r.status, "FAIL")
-            add(Cell(fam.name, fam.architecture, rt, status, r.reason or "", r.metric_name, r.metric_before,
+            add(Cell(fam.name, fam.architecture, rt, status, (r.reason or "").replace(str(store), "<store>"),
+                     r.metric_name, r.metric_before,
                      r.metric_after, round(time.monotonic() - t0, 1)))
     return cells
 

@@ -275,8 +275,13 @@ def _efficientnet(root: Path) -> dict[str, Any]:
     from transformers import EfficientNetConfig, EfficientNetForImageClassification, EfficientNetImageProcessor
 
     _seed()
-    cfg = EfficientNetConfig(image_size=IMAGE_SIDE, width_coefficient=0.25, depth_coefficient=0.25, num_labels=5)
-    proc = EfficientNetImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE})
+    # hidden_dim is the head's width before the classifier; transformers' default (2560) fits only its B7 widths,
+    # so with a narrower width_coefficient it must be the rounded 1280 × 0.25 the top convolution produces.
+    # 128 pixels, not IMAGE_SIDE: its stride-2 stages with 5×5 kernels and "valid" padding leave less than a
+    # kernel's width of a 64-pixel image (OpenVINO refuses such a model).
+    cfg = EfficientNetConfig(image_size=2 * IMAGE_SIDE, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320,
+                             num_labels=5)
+    proc = EfficientNetImageProcessor(size={"height": 2 * IMAGE_SIDE, "width": 2 * IMAGE_SIDE})
     return _hf_image(root, EfficientNetForImageClassification(cfg), proc)
 
 
