@@ -36,7 +36,7 @@ def render(doc: dict[str, Any]) -> str:
     fams = list(dict.fromkeys(c.family for c in cells))
     through = [f for f in fams if any(c.family == f and c.status in ("PASS", "REJECTED") for c in cells)]
     out = ["## Coverage: architecture families × runtimes", "", f"Command: `{doc['command']}`", "",
-           f"Recipe `{doc['args']['recipe']}` pinned to each runtime; each family built from a random-initialised "
+           f"Recipe `{doc['args']['recipe']}` (causal LMs: `int8-weight-only`) pinned to each runtime; each family built from a random-initialised "
            "config and saved as its users save it (`modelpress.zoo.families`). PASS: the job succeeded and its "
            "artifact reloaded to the same outputs; REJECTED: it ran and the budget refused the result; FAIL: it did "
            f"not go through, with the reason. {counts['PASS']} PASS, {counts['REJECTED']} REJECTED, {counts['FAIL']} "

@@ -37,7 +37,8 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     docs_text = docs.read_text()
     for section in ("## Machine", "## Commands", "## Compression quality", "## Pipeline throughput",
                     "## Measurement stability", "## Peers", "## Deep compression",
-                    "## Coverage: architecture families × runtimes"):
+                    "## Coverage: architecture families × runtimes",
+                    "## Causal LM: weight-only int8/int4 of a small Llama, against NNCF INT4"):
         assert section in docs_text
     assert "benchmarks/compression.py" in docs_text and "benchmarks/throughput.py" in docs_text
     assert "benchmarks/peers.py" in docs_text
@@ -46,7 +47,8 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
 
     machine_keys = {"date_utc", "cpu_model", "logical_cpus", "versions", "load_average", "git_commit"}
     docs_by_name = {}
-    for name in ("compression", "throughput", "stability", "peers", "deep_compression", "coverage_matrix"):
+    for name in ("compression", "throughput", "stability", "peers", "deep_compression", "coverage_matrix",
+                 "lm_weight_only"):
         d = json.loads((out / f"{name}.json").read_text())
         assert (out / f"{name}.md").is_file()
         assert d["benchmark"] == name and d["command"].startswith(".venv/bin/python benchmarks/")
@@ -132,6 +134,16 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     assert "| multi-output CNN | export: box, landmarks, face |" in docs_text and isinstance(cov["cpu_features"], list)
     page = (tmp_path / "coverage.md").read_text()  # its own page, beside benchmarks.md
     assert page.startswith("# Coverage") and "| multi-output CNN |" in page and "modelpress report --coverage" in page
+
+    lm = docs_by_name["lm_weight_only"]
+    # The small Llama (trained here, briefly) as hf: with JSONL text, both recipes through auto, and NNCF's INT4.
+    rows = {r["name"]: r for r in lm["rows"]}
+    assert set(rows) == {"float (torch)", "int8-weight-only", "int4-weight-only", "peer NNCF INT4"}
+    for r in rows.values():
+        assert r["bytes"] > 0 and r["perplexity"] > 1 and r["decode_tokens_per_s"] > 0 and r["prefill_median_ms"] > 0
+    assert rows["int4-weight-only"]["bytes"] < rows["int8-weight-only"]["bytes"] < rows["float (torch)"]["bytes"]
+    assert {c["runtime"] for c in rows["int4-weight-only"]["candidates"]} == {"torch", "openvino"}
+    assert len(lm["goals"]) == 5 and all(v in (True, False) for v in lm["goals"].values())
 
 
 def test_the_docs_name_their_commit_and_a_dirty_tree_is_marked_or_refused(tmp_path: Path, monkeypatch) -> None:

@@ -43,7 +43,8 @@ class _Publisher(Protocol):
 class Tolerances:
     """How much worse than the last good night a result may be before it is flagged.
 
-    ``metric_drop`` is absolute (0.005 = half a point of accuracy); the others are fractions
+    ``metric_drop`` is absolute (0.005 = half a point of accuracy), except for a metric that is better lower
+    (perplexity), where it is a fraction of the last good night's (0.005 = 0.5 % higher); the others are fractions
     (0.2 = 20 % slower, 0.01 = 1 % larger).
 
     Example:
@@ -167,6 +168,8 @@ def submit_night(settings: Settings, *, app: _Publisher, night: str | None = Non
 
 
 # ----------------------------------------------------------------------------- regressions
+#: Metrics where lower is better; their regressions are compared as a relative rise.
+LOWER_IS_BETTER = ("perplexity",)
 _FIELDS = (
     # column, label, direction: +1 = higher is worse
     ("metric_after", "metric", -1),
@@ -199,7 +202,8 @@ def find_regressions(previous: dict[str, Any], current: dict[str, Any], tol: Tol
         if col == "metric_after":
             if previous.get("metric_name") != current.get("metric_name"):
                 continue
-            drop = a - b
+            # Perplexity (a causal LM's metric) is better lower: a rise is its drop, relative to the float-like scale.
+            drop = (b - a) / a if current.get("metric_name") in LOWER_IS_BETTER and a > 0 else a - b
             if drop > tol.metric_drop:
                 worse[col] = {"previous": a, "current": b, "change": -drop, "limit": -tol.metric_drop}
                 notes.append(f"{current.get('metric_name') or label} {a:.4f} → {b:.4f} "

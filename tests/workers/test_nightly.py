@@ -233,3 +233,12 @@ def test_a_nightly_job_carries_its_recipes_time_limit_on_its_row_and_on_its_mess
     assert args == [job_id]
     assert (opts["queue"], opts["soft_time_limit"], opts["time_limit"]) == ("fbgemm", 40, 45)
     assert opts["shadow"] == "mlp limited fbgemm"
+
+
+def test_a_rise_in_perplexity_is_a_regression_and_a_fall_is_not():
+    tol = Tolerances(metric_drop=0.01, latency_increase=1.0, size_increase=1.0)
+    prev = {"status": "succeeded", "metric_name": "perplexity", "metric_after": 20.0}
+    worse = find_regressions(prev, {**prev, "metric_after": 20.5}, tol)  # +2.5 %, over the 1 % allowed
+    assert worse is not None and "metric_after" in worse["worse"]
+    assert find_regressions(prev, {**prev, "metric_after": 20.1}, tol) is None  # +0.5 %
+    assert find_regressions(prev, {**prev, "metric_after": 15.0}, tol) is None  # better

@@ -40,18 +40,18 @@ def test_every_family_builds_and_passes_submit_or_is_refused_naming_its_task(tmp
             folder = Path(built.model[3:])
             assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file(), fam.name
             assert any((folder / n).is_file() for n in ("tokenizer.json", "preprocessor_config.json")), fam.name
-    # Only the causal LMs are refused today, each naming its task (issue 23 item 3 adds them).
-    assert set(refused) == {"GPT-2", "Llama"}, refused
-    assert all("a causal-lm model" in m for m in refused.values())
+    assert refused == {}
 
 
 def test_outcomes_become_pass_rejected_or_fail_with_the_reason(tmp_path: Path) -> None:
-    cells = run_coverage(store=tmp_path, families=["multi-output CNN", "Llama"], runtimes=["torch"])
-    by = {c.family: c for c in cells}
-    assert by["multi-output CNN"].status in ("PASS", "REJECTED") and by["multi-output CNN"].metric_name
-    assert by["Llama"].status == "FAIL" and by["Llama"].reason.startswith("refused at submit:")
+    cells = run_coverage(store=tmp_path, families=["multi-output CNN", "Llama"], runtimes=["torch", "onnxruntime"])
+    by = {(c.family, c.runtime): c for c in cells}
+    assert by["multi-output CNN", "torch"].status in ("PASS", "REJECTED") and by["multi-output CNN", "torch"].metric_name
+    # A causal LM runs its own recipe (int8-weight-only): through in torch, refused with the reason in ONNX Runtime.
+    assert by["Llama", "torch"].status == "PASS" and by["Llama", "torch"].metric_name == "perplexity"
+    assert by["Llama", "onnxruntime"].status == "FAIL" and "does not serve causal LMs" in by["Llama", "onnxruntime"].reason
     text = format_matrix(cells, features=["avx2"])
-    assert "| Llama | LlamaForCausalLM | FAIL (1) |" in text and "(1) **Llama × torch: FAIL**: refused" in text
+    assert "| Llama | LlamaForCausalLM | PASS | FAIL (" in text and "**Llama × onnxruntime: FAIL**: " in text
 
 
 def test_the_matrix_lists_each_reason_once_under_the_table() -> None:
@@ -74,4 +74,4 @@ def test_report_coverage_prints_the_matrix_and_refuses_unknown_names(tmp_path: P
     ok = subprocess.run([*cli, "--coverage", "--families", "Llama", "--runtimes", "openvino"], capture_output=True,
                         text=True, env=env, cwd=ROOT, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "| Llama | LlamaForCausalLM | FAIL (1) |" in ok.stdout and "CPU features:" in ok.stdout
+    assert "| Llama | LlamaForCausalLM | PASS |" in ok.stdout and "CPU features:" in ok.stdout

@@ -120,6 +120,12 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
         >>> run_model(model_name="mlp", spec=spec, recipe=recipe, engine="fbgemm", store=tmp,
         ...           float_model=model, content="f" * 64)  # doctest: +SKIP
     """
+    if spec.extra.get("task") == "causal-lm":  # its own numbers (perplexity, decode speed) and runtimes: ``optimize.lm``
+        from modelpress.optimize.lm.job import run_lm
+
+        return run_lm(model_name=model_name, spec=spec, recipe=recipe, engine=engine, store=store,
+                      float_model=float_model, content=content, threads=threads, log=log, reuse=reuse,
+                      timing_lock_dir=timing_lock_dir, model_manifest=model_manifest, progress=progress)
     store = Path(store)
     plan = JobPlan(model_name=model_name, spec=spec, recipe=recipe, engine=engine, store=store,
                    float_model=float_model, content=content, key=_key(recipe, content, engine),

@@ -88,6 +88,40 @@ class DynamicQuantConfig(StepConfig):
     )
 
 
+@register_step("quantize_weight_only")
+class WeightOnlyConfig(StepConfig):
+    """Weight-only quantization of a causal LM (issue 23): weights int8 or int4, activations stay float.
+
+    Group-wise and asymmetric: each ``group_size`` run of a row's input weights has its own scale and zero
+    point (``group_size: None``: one group per output row). The token embedding and the LM head are named
+    apart because they cost the most accuracy per bit: by default both are int8 whatever ``bits`` is.
+    ``data_aware`` lists the calibration-based options to try beside plain rounding (OpenVINO: NNCF's AWQ and
+    scale estimation; torch: a per-group clipping search on calibration activations); each is built and the job keeps the best on *validation* text. The budget is on perplexity, a
+    relative increase (``budget: {max_drop: 0.05, relative: true}``: at most 5 % above float).
+
+    Example:
+        >>> WeightOnlyConfig(bits=4).group_size, WeightOnlyConfig(bits=4).lm_head
+        (128, 'int8')
+    """
+
+    bits: Literal[4, 8] = 8
+    group_size: int | None = Field(default=128, ge=8, le=8192, description="Weights per scale; None: per row.")
+    embedding: Literal["int8", "float"] = "int8"
+    lm_head: Literal["int8", "same", "float"] = Field(
+        default="int8", description="int8, the same bits as the layers (same), or float.")
+    data_aware: tuple[Literal["awq", "scale_estimation", "clip_search"], ...] | None = Field(
+        default=None, description="Options tried beside plain rounding (each judged on validation text); None: "
+                                  "every option the runtime offers; (): plain rounding only.")
+
+    @field_validator("group_size")
+    @classmethod
+    def _power_of_two(cls, v: int | None) -> int | None:
+        # The int4 kernels (torch's, OpenVINO's) take groups that are powers of two; others are refused now.
+        if v is not None and v & (v - 1):
+            raise ValueError("must be a power of two (32, 64, 128, ...)")
+        return v
+
+
 @register_step("prune_l1_unstructured")
 class L1UnstructuredPruneConfig(StepConfig):
     """Zero the smallest-|w| weights, made permanent. Dense storage does not shrink by this alone."""
@@ -362,6 +396,18 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
             {"type": "finetune", "epochs": 5, "batch_size": 32},
             {"type": "quantize_static"},
         ],
+    },
+    # Causal LMs (issue 23): perplexity may rise by at most 1 % (int8) or 5 % (int4) over float; auto builds every
+    # runtime that serves LMs and keeps the fastest decode within budget on validation text.
+    "int8-weight-only": {
+        "name": "int8-weight-only", "runtime": "auto",
+        "steps": [{"type": "quantize_weight_only", "bits": 8, "group_size": None}],
+        "budget": {"max_drop": 0.01, "relative": True, "max_float_layers": 0},
+    },
+    "int4-weight-only": {
+        "name": "int4-weight-only", "runtime": "auto",
+        "steps": [{"type": "quantize_weight_only", "bits": 4, "group_size": 128}],
+        "budget": {"max_drop": 0.05, "relative": True, "max_float_layers": 0},
     },
     "distill-w0.5": {
         "name": "distill-w0.5",

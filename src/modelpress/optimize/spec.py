@@ -25,7 +25,7 @@ from torch import nn
 
 from modelpress.optimize.outputs import OutputsMetric
 
-Metric = Literal["accuracy", "top1_agreement", "cosine", "token_accuracy", "token_agreement", "span_f1",
+Metric = Literal["accuracy", "top1_agreement", "cosine", "token_accuracy", "token_agreement", "span_f1", "perplexity",
                  "span_agreement"]
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 

@@ -1,8 +1,8 @@
 """The coverage matrix: every family teams hold (``families``) × every runtime, on this host's CPU features.
 
 Each family is built from a random-initialised config and saved as its users save it, checked as ``submit``
-checks it, then run through ``optimize_model`` with one recipe (``static-int8`` by default) pinned to each
-runtime. A cell is:
+checks it, then run through ``optimize_model`` with one recipe (``static-int8`` by default; a causal LM's
+family names its own, ``int8-weight-only``) pinned to each runtime. A cell is:
 
 - ``PASS``: the job succeeded (artifact built, measured, reloaded to the same outputs);
 - ``REJECTED``: the job ran and the budget refused the result (the reason says by how much);
@@ -112,7 +112,7 @@ def run_coverage(*, store: str | Path, families: Sequence[str] | None = None, ru
         for rt in runtimes:
             t0 = time.monotonic()
             try:
-                r = optimize_model(model_ref=ref, recipe=with_runtime(resolve_recipe(recipe), rt),
+                r = optimize_model(model_ref=ref, recipe=with_runtime(resolve_recipe(fam.recipe or recipe), rt),
                                    engine=native_backend(), store=store / "store", warmup=warmup, runs=runs)
             except Exception as e:  # noqa: BLE001 - the matrix records every failure with its reason
                 traceback.print_exc()

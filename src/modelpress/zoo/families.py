@@ -38,6 +38,8 @@ class Family:
     architecture: str
     kind: str  # "hf", "timm" or "export"
     build: Callable[[Path], dict[str, Any]] = field(repr=False, compare=False)
+    # The recipe the matrix runs it with, when not the matrix's own: a causal LM takes weight-only quantization.
+    recipe: str | None = None
 
 
 @dataclass(frozen=True)
@@ -359,8 +361,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("DeBERTa-v2", "DebertaV2ForSequenceClassification", "hf", _deberta_v2),
     Family("ELECTRA", "ElectraForSequenceClassification", "hf", _electra),
     Family("ModernBERT", "ModernBertForSequenceClassification", "hf", _modernbert),
-    Family("GPT-2", "GPT2LMHeadModel", "hf", _gpt2),
-    Family("Llama", "LlamaForCausalLM", "hf", _llama),
+    Family("GPT-2", "GPT2LMHeadModel", "hf", _gpt2, recipe="int8-weight-only"),
+    Family("Llama", "LlamaForCausalLM", "hf", _llama, recipe="int8-weight-only"),
     Family("ViT", "ViTForImageClassification", "hf", _vit),
     Family("ConvNeXt", "ConvNextForImageClassification", "hf", _convnext),
     Family("Swin", "SwinForImageClassification", "hf", _swin),

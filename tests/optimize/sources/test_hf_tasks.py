@@ -24,16 +24,18 @@ def test_every_head_class_transformers_knows_gets_its_task_and_only_supported_ta
 
     for task, mapping in (("token-classification", m.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
                           ("image-classification", m.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES),
-                          ("question-answering", m.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES)):
+                          ("question-answering", m.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES),
+                          ("causal-lm", m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)):
         judged = {n: hf_task({"architectures": [n]}) for n in _names(mapping)}
         assert task in SUPPORTED and sum(t == task for t in judged.values()) > 0.9 * len(judged), task
         assert not {n: t for n, t in judged.items() if t in ("embedding", "sequence-classification")}, task
     heads = {
-        "causal-lm": m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         "masked-lm": m.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     }
+    causal = set(_names(m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES))
     for task, mapping in heads.items():
-        judged = {n: hf_task({"architectures": [n]}) for n in _names(mapping)}
+        # XLM's and Flaubert's ``*WithLMHeadModel`` are in both mappings: transformers loads them as causal LMs too.
+        judged = {n: hf_task({"architectures": [n]}) for n in _names(mapping) if n not in causal}
         # None of them is silently taken for an embedder or a sequence classifier.
         assert not {n: t for n, t in judged.items() if t in SUPPORTED}, task
         assert sum(t == task for t in judged.values()) > 0.9 * len(judged), task
@@ -50,15 +52,17 @@ def _folder(tmp_path, arch: str):
     return parse_model_ref(f"hf:{folder}", data={"eval": str(tmp_path / "eval.jsonl")})
 
 
-@pytest.mark.parametrize("arch, task", [("LlamaForCausalLM", "causal-lm"), ("GPT2LMHeadModel", "causal-lm"),
+@pytest.mark.parametrize("arch, task", [("BertForMaskedLM", "masked-lm"), ("T5ForConditionalGeneration",
+                                         "text-generation (encoder-decoder or multimodal)"),
                                         ("BertForMultipleChoice", "multiple-choice")])
-def test_a_causal_lm_or_multiple_choice_folder_is_refused_at_submit_naming_its_task_and_what_is_supported(tmp_path, arch, task):
+def test_a_masked_lm_seq2seq_or_multiple_choice_folder_is_refused_at_submit_naming_its_task_and_what_is_supported(
+        tmp_path, arch, task):
     problems = submit_check(_folder(tmp_path, arch), max_bytes=1 << 20)
     assert [loc for loc, _ in problems] == [("model",)]
     msg = problems[0][1]
     assert f"names architecture {arch}, a {task} model" in msg
     assert "*ForSequenceClassification" in msg and "*ForTokenClassification" in msg and "BertModel" in msg
-    assert "*ForQuestionAnswering" in msg and "*ForImageClassification" in msg
+    assert "*ForQuestionAnswering" in msg and "*ForImageClassification" in msg and "*ForCausalLM" in msg
     assert "not judged as an embedder" in msg
 
 

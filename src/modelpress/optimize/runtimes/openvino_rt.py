@@ -111,8 +111,14 @@ def _fold_weights_at_load(ov_model: Any) -> int:
     return n
 
 
-def _compile_config(threads: int) -> dict[str, Any]:
-    # One request at a time, pinned to ``threads``: the latency setting the harness measures everywhere.
+def compile_config(threads: int) -> dict[str, Any]:
+    """OpenVINO's CPU settings for one request at a time pinned to ``threads``: the latency setting every
+    OpenVINO artifact is measured with (models and causal LMs alike).
+
+    Example:
+        >>> compile_config(1)["NUM_STREAMS"]
+        1
+    """
     return {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
 
 
@@ -205,7 +211,7 @@ def _check_batch_follows_input(ov: Any, ov_model: Any, example: tuple[torch.Tens
     row count for any batch, and every metric computed on it would be wrong. Checked once, on the float model.
     """
     core = ov.Core()
-    compiled = core.compile_model(ov_model, "CPU", _compile_config(1))
+    compiled = core.compile_model(ov_model, "CPU", compile_config(1))
     for b in (1, 3):
         rows = [t[:1].repeat(b, *([1] * (t.dim() - 1))).numpy() for t in example]
         try:
@@ -408,7 +414,7 @@ class OpenVinoRuntime:
         meta, xml, weights = read_ovz(path)
         core = ov.Core()
         model = core.read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, dtype=np.uint8)))
-        compiled = core.compile_model(model, "CPU", _compile_config(threads))
+        compiled = core.compile_model(model, "CPU", compile_config(threads))
         return OpenVinoCallable(compiled, meta.get("input_names") or [p.any_name for p in compiled.inputs])
 
 
@@ -492,4 +498,4 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
-__all__ = ["OpenVinoRuntime", "OpenVinoCallable", "layer_of", "read_ovz"]
+__all__ = ["OpenVinoRuntime", "OpenVinoCallable", "compile_config", "layer_of", "read_ovz"]

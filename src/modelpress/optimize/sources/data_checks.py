@@ -392,6 +392,28 @@ def jsonl_objects(path: str | Path, *, max_bytes: int = MAX_TEXT_FILE_BYTES) -> 
         raise DataError(f"{p.name}: no rows")
 
 
+def lm_text_problems(path: str | Path, *, read_limit: int = 64 * 1024**2) -> list[str]:
+    """A causal LM's JSONL text at submit: what ``jsonl_problems`` finds, then any row with more than a ``text``
+    (an LM is judged on its own text: a label or a second text would be silently ignored otherwise).
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "e.jsonl")
+        >>> _ = open(f, "w").write('{"text": "a", "label": 1}\\n')
+        >>> lm_text_problems(f)
+        ["data file e.jsonl line 1: a causal LM's rows hold 'text' only, not 'label'"]
+    """
+    if found := jsonl_problems(path, read_limit=read_limit):
+        return found
+    if Path(path).stat().st_size > read_limit:
+        return []
+    for lineno, row in jsonl_objects(path):
+        if extra := sorted(set(row) - {"text"}):
+            return [f"data file {Path(path).name} line {lineno}: a causal LM's rows hold 'text' only, not "
+                    f"{', '.join(repr(k) for k in extra)}"]
+    return []
+
+
 def read_at_submit(path: str | Path, read: Callable[[Path], Any], *, read_limit: int) -> tuple[list[str], Any]:
     """Run the worker's reader ``read`` on a JSONL file at submit: (its problem as one line, or none; what it
     read, or None). Too many rows are refused at any size; a file over ``read_limit`` bytes is left to the worker.
@@ -565,7 +587,7 @@ def decoded_size_problems(ref: "ModelRef", limits: DecodedLimits | None = None) 
     return problems
 
 
-__all__ = ["IMAGENET", "IMAGE_SUFFIXES", "MAX_IMAGES", "MAX_ROWS", "MAX_TEXT_FILE_BYTES", "check_image_files", "check_tensor_file", "jsonl_objects", "read_at_submit",
+__all__ = ["IMAGENET", "IMAGE_SUFFIXES", "MAX_IMAGES", "MAX_ROWS", "MAX_TEXT_FILE_BYTES", "check_image_files", "check_tensor_file", "jsonl_objects", "lm_text_problems", "read_at_submit",
            "decoded_size_problems", "hf_default_max_length", "image_files", "image_folder_limit_problems",
            "image_header_size", "jsonl_limit_problems", "jsonl_problems", "jsonl_rows", "preprocess_sides",
            "tensor_headers", "tensor_label_problems", "tensor_limit_problems", "tensor_row_bytes", "tensor_shapes"]

@@ -87,7 +87,8 @@ def _attention(raw: dict[str, Any], cfg: Any) -> str:
     mapping = {"sequence-classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
                "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING,
                "image-classification": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
-               "question-answering": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING}.get(
+               "question-answering": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING,
+               "causal-lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING}.get(
                    hf_task(raw), modeling_auto.MODEL_MAPPING)
     try:
         model_cls = auto_factory._get_model_class(cfg, mapping)
@@ -154,10 +155,13 @@ def _auto_class(task: str) -> Any:
     return {"sequence-classification": transformers.AutoModelForSequenceClassification,
             "token-classification": transformers.AutoModelForTokenClassification,
             "image-classification": transformers.AutoModelForImageClassification,
-            "question-answering": transformers.AutoModelForQuestionAnswering}.get(task, transformers.AutoModel)
+            "question-answering": transformers.AutoModelForQuestionAnswering,
+            "causal-lm": transformers.AutoModelForCausalLM}.get(task, transformers.AutoModel)
 
 
 def _wrap(task: str, inner: nn.Module) -> nn.Module:
+    if task == "causal-lm":  # served as it is: the LM job (``optimize.lm``) drives it through its own runner
+        return inner.eval()
     if task == "image-classification":
         return ImageClassifier(inner).eval()
     if task == "question-answering":
@@ -299,6 +303,8 @@ class HFSource(ModelSource):
         torch.manual_seed(0)
         task = hf_task(raw)
         eager = _wrap(task, _auto_class(task).from_config(cfg))
+        if task == "causal-lm":
+            return eager
         if task == "image-classification":
             return as_graph(eager, self.image_preprocess(ref)["crop"], 1)[0]
         tok = self.tokenizer(ref.path)
@@ -585,6 +591,10 @@ class HFSource(ModelSource):
         model = self._load_model(ref.path, task)
         if task == "image-classification":
             return self._load_images(ref, raw, cfg, model)
+        if task == "causal-lm":
+            from modelpress.optimize.sources.hf_causal_lm import load_causal_lm
+
+            return load_causal_lm(ref, model, self.tokenizer(ref.path), cfg, build=lambda: self.build(ref))
         tok = self.tokenizer(ref.path)
         max_length = self._max_length(ref, tok, cfg)
         num_labels = int(cfg.num_labels) if classifier else None

@@ -14,9 +14,11 @@ The head a folder was saved with decides how it is judged, so it is never guesse
   folder's ``preprocessor_config.json`` says (``hf_images``), judged like a torchvision classifier;
 - a bare base model (``BertModel``, ``XLMRobertaModel``, ``MPNetModel``: a name ending in ``Model`` with no
   task in it) → ``embedding``: its mean-pooled, L2-normalised hidden states, judged by cosine to float;
-- anything else (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``BertForMaskedLM``,
+- ``*ForCausalLM`` and the older ``*LMHeadModel`` → ``causal-lm``: judged by perplexity on JSONL text and
+  next-token agreement with float, timed as prefill and decode with the KV cache (``optimize.lm``);
+- anything else (``BertForMaskedLM``, ``T5ForConditionalGeneration``,
   ``BertForMultipleChoice``, ...) is refused, at submit and again on the worker,
-  naming its task and the supported ones. Pooling a causal LM's or a tagger's hidden states would give
+  naming its task and the supported ones. Pooling a masked LM's hidden states would give
   numbers about a model nobody deploys.
 
 A config without ``architectures`` (a hand-written one) is taken as a base encoder, as transformers'
@@ -34,12 +36,14 @@ from __future__ import annotations
 from typing import Any
 
 SUPPORTED = ("sequence-classification", "token-classification", "question-answering", "image-classification",
-             "embedding")
+             "causal-lm", "embedding")
 # Heads by the part of the class name transformers gives them (``...ForQuestionAnsweringSimple``,
 # ``...ForImageClassificationWithTeacher`` are heads too); the older LM heads are named ``...LMHeadModel``.
 _HEADS = (
     ("ForSequenceClassification", "sequence-classification"),
     ("ForCausalLM", "causal-lm"),
+    # XLM's and Flaubert's ``*WithLMHeadModel`` predict masked tokens (cross-lingual MLM): not a decoder to time.
+    ("WithLMHead", "masked-lm"),
     ("LMHead", "causal-lm"),
     ("ForConditionalGeneration", "text-generation (encoder-decoder or multimodal)"),
     ("ForTokenClassification", "token-classification"),
@@ -76,8 +80,8 @@ def task_problem(config: dict[str, Any]) -> str | None:
     Example:
         >>> task_problem({"architectures": ["BertModel"]}) is None
         True
-        >>> task_problem({"architectures": ["LlamaForCausalLM"]})[:60]
-        'config.json names architecture LlamaForCausalLM, a causal-lm'
+        >>> task_problem({"architectures": ["BertForMaskedLM"]})[:57]
+        'config.json names architecture BertForMaskedLM, a masked-'
     """
     task = hf_task(config)
     if task in SUPPORTED:
@@ -89,7 +93,8 @@ def task_problem(config: dict[str, Any]) -> str | None:
             "supported are *ForSequenceClassification (judged by accuracy, or agreement with the float model), "
             "*ForTokenClassification (per word, on JSONL rows {\"tokens\": [...], \"labels\": [...]}), "
             "*ForQuestionAnswering (JSONL rows {\"question\", \"context\", \"answer\"}), "
-            "*ForImageClassification (on image folders) "
+            "*ForImageClassification (on image folders), "
+            "*ForCausalLM / *LMHeadModel (perplexity on JSONL text, with int8-weight-only or int4-weight-only) "
             "and base models such as BertModel (mean-pooled embeddings, judged by cosine). It is not judged "
             f"as an embedder instead, because its own head is what is deployed.{hint}")
 

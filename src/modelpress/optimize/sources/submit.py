@@ -68,8 +68,34 @@ def step_problems(ref: "ModelRef", recipe: "Recipe") -> list[Problem]:
         >>> step_problems(ref, resolve_recipe("prune50-finetune"))[0][1][:40]
         "recipe 'prune50-finetune': step 'prune_s"
     """
-    return [(("recipes",), f"recipe {recipe.name!r}: {why}") for step in recipe.steps
-            if (why := unsupported_reason(ref.kind, step.type, has_train=ref.has_train))]
+    problems = [(("recipes",), f"recipe {recipe.name!r}: {why}") for step in recipe.steps
+                if (why := unsupported_reason(ref.kind, step.type, has_train=ref.has_train))]
+    return problems + [(("recipes",), f"recipe {recipe.name!r}: {why}") for why in _lm_step_problems(ref, recipe)]
+
+
+#: The one step a causal LM takes (``optimize.lm.job``), and the one only a causal LM takes.
+LM_STEPS = ("quantize_weight_only",)
+
+
+def _lm_step_problems(ref: "ModelRef", recipe: "Recipe") -> list[str]:
+    """A causal LM (an ``hf:`` folder whose config names a ``*ForCausalLM``) takes weight-only quantization and
+    nothing else yet; weight-only quantization is for causal LMs only (its decode speed is what it is for)."""
+    from modelpress.optimize.sources.hf_files import check_folder
+    from modelpress.optimize.sources.hf_tasks import hf_task
+
+    config = check_folder(ref.path).config if ref.kind == "hf" and ref.path else None
+    causal = config is not None and hf_task(config) == "causal-lm"
+    steps = [s.type for s in recipe.steps]
+    if causal:
+        other = [t for t in steps if t not in LM_STEPS]
+        if other or not steps:
+            return [f"a causal LM takes step 'quantize_weight_only' only (recipes int8-weight-only, int4-weight-only), "
+                    f"and this recipe has {', '.join(repr(t) for t in other) or 'no step'}"]
+        return []
+    if any(t in LM_STEPS for t in steps):
+        return ["step 'quantize_weight_only' is for causal LMs (an hf: folder whose architecture is *ForCausalLM or "
+                "*LMHeadModel); use quantize_dynamic or quantize_static for this model"]
+    return []
 
 
 __all__ = ["SUBMIT_CHECKS", "check_ref", "step_problems"]

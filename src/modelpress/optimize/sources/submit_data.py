@@ -26,6 +26,7 @@ from modelpress.errors import ModelLoadError
 from modelpress.optimize.sources.data_checks import (
     image_folder_limit_problems,
     jsonl_problems,
+    lm_text_problems,
     tensor_label_problems,
     tensor_limit_problems,
 )
@@ -47,7 +48,7 @@ JSONL_CHECK_BYTES = 64 * 1024 * 1024
 def data_problems(ref: "ModelRef", *, max_bytes: int, classes: int | None = None,
                   label_names: set[str] | frozenset[str] = frozenset(),
                   also: Callable[[Path], list[str]] | None = None,
-                  hf_rows: Literal["text", "tokens", "qa", "images"] = "text") -> list[Problem]:
+                  hf_rows: Literal["text", "tokens", "qa", "images", "lm-text"] = "text") -> list[Problem]:
     """Every problem of the ref's eval, calibration and train files, as ((``"data"``, role), message).
 
     Each is checked the same way: the train file is in the eval file's format, its labels optional and, when
@@ -108,7 +109,7 @@ def _class_folders(folder: Path) -> list[str]:
 
 def check_data_file(path: Path, *, kind: str, classes: int | None = None,
                     label_names: set[str] | frozenset[str] = frozenset(), max_bytes: int,
-                    hf_rows: Literal["text", "tokens", "qa", "images"] = "text") -> list[str]:
+                    hf_rows: Literal["text", "tokens", "qa", "images", "lm-text"] = "text") -> list[str]:
     """What is wrong with one data file (or image folder) for a model of ``kind``; empty when fine.
 
     Example:
@@ -138,6 +139,8 @@ def check_data_file(path: Path, *, kind: str, classes: int | None = None,
             return token_jsonl_problems(path, classes=classes, label_names=label_names, read_limit=JSONL_CHECK_BYTES)
         if hf_rows == "qa":
             return qa_jsonl_problems(path, read_limit=JSONL_CHECK_BYTES)
+        if hf_rows == "lm-text":
+            return lm_text_problems(path, read_limit=JSONL_CHECK_BYTES)
         return jsonl_problems(path, classes=classes, label_names=label_names, read_limit=JSONL_CHECK_BYTES)
     if suffix == ".safetensors":
         tensors = [k for k in safetensors_header(path) if k != "__metadata__"]

@@ -47,8 +47,11 @@ def submit_check(ref: "ModelRef", *, max_bytes: int) -> list[Problem]:
     config: dict = {}
     classes, label_names, task = _check_folder(Path(ref.path or ""), max_bytes, problems, config)
     rows = {"token-classification": "tokens", "image-classification": "images",
-            "question-answering": "qa"}.get(task or "", "text")
+            "question-answering": "qa", "causal-lm": "lm-text"}.get(task or "", "text")
     also = (lambda p: _class_folder_problems(p, config.get("id2label"))) if rows == "images" else None
+    if task == "causal-lm" and ref.data is not None and ref.data.train:
+        problems.append((("data", "train"), "training a causal LM is not offered yet; its recipes (int8-weight-only, "
+                                            "int4-weight-only) need eval and optionally calibration text only"))
     return problems + data_problems(ref, max_bytes=max_bytes, classes=classes, label_names=label_names,
                                     hf_rows=rows, also=also)
 

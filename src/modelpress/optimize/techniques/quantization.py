@@ -42,7 +42,9 @@ from modelpress.optimize.backends import (
     quantized_module_names,
 )
 from modelpress.optimize.measure import as_tuple, batch_of, n_samples, predict
-from modelpress.optimize.recipes import DynamicQuantConfig, QATConfig, StaticQuantConfig, per_channel_weights
+from modelpress.errors import UserInputError
+from modelpress.optimize.recipes import (DynamicQuantConfig, QATConfig, StaticQuantConfig, WeightOnlyConfig,
+                                        per_channel_weights)
 from modelpress.optimize.techniques.registry import StepContext, StepOutput, register_handler
 from modelpress.optimize.techniques.sensitivity import SensitivityReport, requantize_sensitivity, swap_sensitivity
 from modelpress.optimize.spec import Inputs
@@ -366,3 +368,21 @@ def is_quantized(model: nn.Module) -> bool:
         False
     """
     return any(is_quantized_module(m) for m in model.modules())
+
+
+@register_handler(WeightOnlyConfig)
+class WeightOnlyHandler:
+    """``quantize_weight_only`` is a causal LM's step: the LM job (``optimize.lm.job``) runs it in each runtime.
+
+    It never reaches a torch step chain for a causal LM; any other model gets the reason and what to use
+    instead, rather than weight-only layers whose decode speed nobody would measure.
+    """
+
+    def apply(self, model: nn.Module, cfg: WeightOnlyConfig, ctx: StepContext) -> StepOutput:
+        raise UserInputError("step 'quantize_weight_only' is for causal language models (an hf: folder whose "
+                             "architecture is *ForCausalLM or *LMHeadModel); for this model use quantize_dynamic "
+                             "or quantize_static")
+
+    def rebuild(self, model: nn.Module, cfg: WeightOnlyConfig, meta: dict[str, Any], *, engine: str) -> nn.Module:
+        raise UserInputError("no artifact of this model was built with 'quantize_weight_only'")
+
