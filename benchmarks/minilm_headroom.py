@@ -37,9 +37,9 @@ def profile(ov_model: Any, x: list[Any]) -> tuple[float, collections.Counter]:
     """Median wall ms of ``RUNS`` calls and the mean ms per (node type, kernel) over them."""
     import openvino as ov
 
-    from modelpress.optimize.runtimes.openvino_rt import _compile_config
+    from modelpress.optimize.runtimes.openvino_rt import compile_config
 
-    req = ov.Core().compile_model(ov_model, "CPU", {**_compile_config(1), "PERF_COUNT": True}).create_infer_request()
+    req = ov.Core().compile_model(ov_model, "CPU", {**compile_config(1), "PERF_COUNT": True}).create_infer_request()
     for _ in range(3):
         req.infer(x)
     agg: collections.Counter = collections.Counter()

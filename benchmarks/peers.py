@@ -144,9 +144,9 @@ def ov_save(ov_model: Any, xml: Path) -> int:
 def ov_callable(xml: Path, threads: int) -> Callable[..., Any]:
     import openvino as ov
 
-    from modelpress.optimize.runtimes.openvino_rt import OpenVinoCallable, _compile_config
+    from modelpress.optimize.runtimes.openvino_rt import OpenVinoCallable, compile_config
 
-    compiled = ov.Core().compile_model(str(xml), "CPU", _compile_config(threads))
+    compiled = ov.Core().compile_model(str(xml), "CPU", compile_config(threads))
     return OpenVinoCallable(compiled, [p.any_name for p in compiled.inputs])
 
 

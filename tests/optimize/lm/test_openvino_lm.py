@@ -1,4 +1,5 @@
-"""A causal LM in OpenVINO with its KV cache (``lm.openvino_lm``): export, NNCF weight compression, file, runner.
+"""A causal LM in OpenVINO with its KV cache (``lm.openvino_lm``, ``lm.openvino_compress``): export,
+NNCF weight compression, file, runner.
 
 Tiny random Llama (GQA: 4 heads, 2 KV heads) and GPT-2 (tied LM head, learned positions) are saved to a
 folder and loaded back as a user loads them. A missing openvino or nncf FAILS these tests (declared extras).
@@ -14,14 +15,8 @@ import pytest
 import torch
 
 from modelpress.errors import ModelLoadError, RecipeError
-from modelpress.optimize.lm.openvino_lm import (
-    OpenVinoLM,
-    compress_lm,
-    export_lm,
-    load_lm,
-    save_lm,
-    weight_precisions,
-)
+from modelpress.optimize.lm.openvino_compress import compress_lm, weight_precisions
+from modelpress.optimize.lm.openvino_lm import OpenVinoLM, export_lm, load_lm, save_lm
 from modelpress.optimize.lm.runner import LMRunner
 from tests.optimize.lm.tiny_lms import VOCAB, tiny_gpt2, tiny_llama
 
@@ -302,7 +297,7 @@ def test_compress_lm_refuses_options_its_mode_does_not_take(models):
 
 
 def test_importing_the_module_does_not_import_openvino_or_nncf():
-    code = ("import sys, modelpress.optimize.lm.openvino_lm; "
+    code = ("import sys, modelpress.optimize.lm.openvino_lm, modelpress.optimize.lm.openvino_compress; "
             "print(sorted(m for m in ('openvino', 'nncf', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

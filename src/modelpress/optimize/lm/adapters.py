@@ -8,8 +8,8 @@ a runtime is a class here and a line in ``LM_RUNTIMES``; the job (``lm.job``) ne
 - ``torch``: ``lm.weight_only`` (group-wise asymmetric int4 through torch's int4 CPU kernel, int8 per row through
   its int8 kernel, both on bf16 activations; for int4 also a clipping search on calibration activations), one
   safetensors file, served by the transformers model with its KV cache (``lm.torch_lm``);
-- ``openvino``: ``lm.openvino_lm`` (the model converted with its KV cache, weights compressed by NNCF's
-  ``compress_weights``, AWQ and scale estimation among its options), one ``.ovz`` file.
+- ``openvino``: ``lm.openvino_lm`` (the model converted with its KV cache), weights compressed by NNCF's
+  ``compress_weights`` (``lm.openvino_compress``, AWQ and scale estimation among its options), one ``.ovz`` file.
 
 Example:
     >>> sorted(LM_RUNTIMES)
@@ -138,7 +138,8 @@ class OpenVinoLMRuntime:
 
     def build(self, model: Any, cfg: Any, option: dict[str, Any], calibration: Sequence[Any], workdir: Path
               ) -> tuple[Path, dict[str, Any]]:
-        from modelpress.optimize.lm.openvino_lm import compress_lm, export_lm, save_lm
+        from modelpress.optimize.lm.openvino_compress import compress_lm
+        from modelpress.optimize.lm.openvino_lm import export_lm, save_lm
 
         if cfg.embedding == "float" or cfg.lm_head == "float":
             raise UserInputError("runtime 'openvino': NNCF compresses the embedding and the LM head with the rest "
