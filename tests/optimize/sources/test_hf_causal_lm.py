@@ -84,6 +84,7 @@ def test_int8_weight_only_keeps_perplexity_and_reports_decode_speed(llama, tmp_p
     assert lm["next_token_agreement"] > 0.9
     after = r.latency_after[0]
     assert after["kind"] == "prefill" and after["decode_tokens_per_s"] > 0 and after["median_ms"] > 0
+    assert [p["phase"] for p in r.extra["timing"]["phases"]][-1] == "lm final"  # timed under the host lock
     again = optimize_model(model_ref=_ref(llama), recipe=with_runtime(resolve_recipe("int8-weight-only"), runtime),
                            engine="x86", store=tmp_path / "store", runs=2)
     assert again.reused and again.artifact_sha256 == r.artifact_sha256

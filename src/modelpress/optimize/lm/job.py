@@ -37,6 +37,7 @@ from torch import nn
 from modelpress.errors import UserInputError
 from modelpress.filemodes import make_private_dirs
 from modelpress.optimize.artifacts import atomic_write_json, publish_object, put_json_object
+from modelpress.optimize.evaluate import timing_record
 from modelpress.optimize.lm.adapters import LM_RUNTIMES, get_lm_runtime
 from modelpress.optimize.lm.metrics import LMScores, next_token_agreement, perplexity, score_blocks
 from modelpress.optimize.lm.timing import lm_latency, prompt_from
@@ -212,7 +213,7 @@ def _run(*, model_name: str, spec: ModelSpec, recipe: Recipe, cfg: WeightOnlyCon
         "runtime_requested": recipe.runtime, "objective": "decode_tokens_per_s", "reload_check": reload,
         "selection": {"rows": "validation", "blocks": int(val_ids.shape[0]), "metric": "perplexity",
                       "before": ppl_val0},
-        "timing": timings,
+        "timing": timing_record(timings),
     }
     result = OptimizeResult(
         status=status, reason=reason, model_name=spec.name, model_sha256=content, recipe=recipe.to_dict(),
