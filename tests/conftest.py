@@ -188,6 +188,24 @@ def settings_from_env(env: dict[str, str]):  # type: ignore[no-untyped-def]
     return Settings(**kwargs)
 
 
+def submit_manifest(env: dict[str, str], workers: Workers, manifest: Path, *, backend: str = "fbgemm") -> list[str]:
+    """Start a ``backend`` worker, submit ``manifest`` with the CLI as a user would, and return its jobs' ids once
+    the worker is ready (submitted while it starts: the queue holds them)."""
+    from modelpress.models_db import list_jobs, make_engine, make_sessionmaker
+
+    workers.start(backend, wait=False)
+    sub = subprocess.run([sys.executable, "-m", "modelpress", "submit", str(manifest)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert sub.returncode == 0, sub.stderr
+    workers.wait_ready(backend)
+    engine = make_engine(settings_from_env(env).effective_database_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            return [j.id for j in list_jobs(session=s, batch_id=sub.stdout.strip(), limit=None)]
+    finally:
+        engine.dispose()
+
+
 def hostname() -> str:
     return socket.gethostname()
 

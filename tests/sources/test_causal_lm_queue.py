@@ -16,7 +16,7 @@ import pytest
 
 from modelpress.cli import wait_for
 from modelpress.zoo.families import build_family, family
-from tests.conftest import settings_from_env
+from tests.conftest import settings_from_env, submit_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +37,7 @@ def test_both_weight_only_recipes_run_on_a_worker_and_a_recipe_it_cannot_take_is
     manifest = tmp_path / "lms.yaml"
     manifest.write_text(json.dumps({"defaults": {"recipes": ["int8-weight-only", "int4-weight-only"],
                                                  "backends": ["fbgemm"]}, "models": [entry]}))
-    workers.start("fbgemm", wait=False)
-    sub = subprocess.run([sys.executable, "-m", "modelpress", "submit", str(manifest)], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert sub.returncode == 0, sub.stderr
-    workers.wait_ready("fbgemm")
-    from modelpress.models_db import list_jobs, make_engine, make_sessionmaker
-
-    engine = make_engine(settings.effective_database_url)
-    try:
-        with make_sessionmaker(engine)() as s:
-            ids = [j.id for j in list_jobs(session=s, batch_id=sub.stdout.strip(), limit=None)]
-    finally:
-        engine.dispose()
+    ids = submit_manifest(env, workers, manifest)
     done = {r["recipe_name"]: r for r in wait_for(settings, ids, timeout=600, quiet=True)}
     for name, row in done.items():
         assert row["status"] in ("succeeded", "rejected"), (name, row["error"])

@@ -8,14 +8,12 @@ metric and keeps every output's before and after; a training recipe for the same
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from modelpress.cli import wait_for
-from tests.conftest import settings_from_env
+from tests.conftest import settings_from_env, submit_manifest
 from tests.own_models_fixtures import build_facenet
 
 pytestmark = pytest.mark.slow
@@ -31,19 +29,7 @@ def test_a_manifest_names_the_primary_output_and_the_row_keeps_every_outputs_num
              "data": {"eval": "eval.safetensors", "calibration": "calib.safetensors", "train": "train.safetensors"}}
     manifest.write_text(json.dumps({"defaults": {"recipes": ["static-int8", "qat-int8"], "backends": ["fbgemm"]},
                                     "models": [entry]}))
-    workers.start("fbgemm", wait=False)
-    sub = subprocess.run([sys.executable, "-m", "modelpress", "submit", str(manifest)], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert sub.returncode == 0, sub.stderr
-    workers.wait_ready("fbgemm")
-    from modelpress.models_db import list_jobs, make_engine, make_sessionmaker
-
-    engine = make_engine(settings.effective_database_url)
-    try:
-        with make_sessionmaker(engine)() as s:
-            ids = [j.id for j in list_jobs(session=s, batch_id=sub.stdout.strip(), limit=None)]
-    finally:
-        engine.dispose()
+    ids = submit_manifest(env, workers, manifest)
     done = {r["recipe_name"]: r for r in wait_for(settings, ids, timeout=600, quiet=True)}
     ptq, qat = done["static-int8"], done["qat-int8"]
     assert ptq["status"] == "succeeded", ptq["error"]
