@@ -119,6 +119,8 @@ def _group_for(in_features: int, group_size: int | None, bits: int) -> int:
 
 
 def _module_bytes(m: nn.Module) -> int:
+    # Per-layer detail for ``meta`` only (what each layer holds in memory); the job's reported size is always the
+    # bytes of the saved file.
     return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
 
 
