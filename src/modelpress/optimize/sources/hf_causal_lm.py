@@ -59,6 +59,21 @@ def block_length(ref: ModelRef, tok: Any, cfg: Any) -> int:
     return length
 
 
+#: Bytes of float32 logits one scoring batch may hold (``[rows, block, vocab]``): a 128k vocabulary at 512 tokens is
+#: 256 MiB per row, so such a model is scored a row at a time rather than running the worker out of memory.
+LOGITS_BATCH_BYTES = 256 * 1024**2
+
+
+def eval_batch(block: int, vocab: int) -> int:
+    """Blocks scored per batch: up to 8, fewer when their logits would pass ``LOGITS_BATCH_BYTES``.
+
+    Example:
+        >>> eval_batch(128, 1024), eval_batch(512, 128_256)
+        (8, 1)
+    """
+    return max(1, min(8, LOGITS_BATCH_BYTES // max(1, block * vocab * 4)))
+
+
 def load_causal_lm(ref: ModelRef, model: nn.Module, tok: Any, cfg: Any, *, build: Callable[[], nn.Module]
                    ) -> LoadedModel:
     """The causal LM and its spec: blocks of the ref's text files, metric ``perplexity``."""
@@ -87,11 +102,12 @@ def load_causal_lm(ref: ModelRef, model: nn.Module, tok: Any, cfg: Any, *, build
         make_input=tiled_input(td.eval_inputs), latency_batches=ref.latency_batches,
         description=f"transformers {arch} (causal LM), {block}-token blocks; {td.description}",
         extra={"source": "hf", "task": "causal-lm", "block": block, "input_names": ["input_ids", "attention_mask"],
-               "eval_batch_size": 8, "vocab_size": int(getattr(cfg, "vocab_size", 0) or 0),
+               "eval_batch_size": eval_batch(block, int(getattr(cfg, "vocab_size", 0) or 0)),
+               "vocab_size": int(getattr(cfg, "vocab_size", 0) or 0),
                "no_training": "is not offered for causal LMs yet (their recipes are int8-weight-only and "
                               "int4-weight-only)"},
     )
     return LoadedModel(model, spec)
 
 
-__all__ = ["DEFAULT_BLOCK_CAP", "block_length", "load_causal_lm"]
+__all__ = ["DEFAULT_BLOCK_CAP", "LOGITS_BATCH_BYTES", "block_length", "eval_batch", "load_causal_lm"]
