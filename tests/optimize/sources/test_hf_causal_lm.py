@@ -80,6 +80,7 @@ def test_int8_weight_only_keeps_perplexity_and_reports_decode_speed(llama, tmp_p
     # OpenVINO's file also holds the graph's XML, which outweighs this tiny model's int8 weights.
     assert r.size_after_bytes < (0.6 if runtime == "torch" else 0.9) * r.size_before_bytes
     assert Path(r.artifact_path).is_file() and r.extra["reload_check"]["equal"]
+    assert r.flops_before == r.flops_after > 0 and r.params_before == r.params_after > 0
     lm = r.extra["lm"]
     assert lm["next_token_agreement"] > 0.9
     after = r.latency_after[0]

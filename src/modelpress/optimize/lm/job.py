@@ -42,7 +42,7 @@ from modelpress.optimize.lm.adapters import LM_RUNTIMES, get_lm_runtime
 from modelpress.optimize.lm.metrics import LMScores, next_token_agreement, perplexity, score_blocks
 from modelpress.optimize.lm.timing import lm_latency, prompt_from
 from modelpress.optimize.lm.torch_lm import TorchLM
-from modelpress.optimize.measure import host_timing_lock
+from modelpress.optimize.measure import count_flops, count_params, global_sparsity, host_timing_lock
 from modelpress.optimize.plan import plan_key
 from modelpress.optimize.recipes import Budget, Recipe, WeightOnlyConfig
 from modelpress.optimize.result import OptimizeResult, cached_result, json_safe
@@ -215,6 +215,10 @@ def _run(*, model_name: str, spec: ModelSpec, recipe: Recipe, cfg: WeightOnlyCon
                       "before": ppl_val0},
         "timing": timing_record(timings),
     }
+    params = count_params(model)
+    # By keyword: a causal LM's second positional argument is its cache in some architectures (GPT-2), not the mask.
+    flops = count_flops(lambda ids, mask: model(input_ids=ids, attention_mask=mask),  # type: ignore[arg-type]
+                        (eval_ids[:1], eval_mask[:1]))
     result = OptimizeResult(
         status=status, reason=reason, model_name=spec.name, model_sha256=content, recipe=recipe.to_dict(),
         recipe_sha256=recipe.sha256, engine=engine, torch_version=torch.__version__, arch=platform.machine(),
@@ -222,8 +226,10 @@ def _run(*, model_name: str, spec: ModelSpec, recipe: Recipe, cfg: WeightOnlyCon
         size_before_bytes=float_bytes, size_after_bytes=art_bytes, metric_name="perplexity",
         metric_before=ppl_eval0, metric_after=ppl_eval,
         latency_before=[_latency_record(final["float"])], latency_after=[_latency_record(final["chosen"])],
-        params_before=sum(p.numel() for p in model.parameters()), params_after=sum(p.numel() for p in model.parameters()),
-        flops_before=0, flops_after=0, sparsity_after=0.0, float_layers=[], steps_meta=[win["meta"]],
+        # Weight-only quantization changes how weights are stored, not how many there are or the multiply-adds
+        # run: both counted once on the float model (one eval block's forward for the flops).
+        params_before=params, params_after=params, flops_before=flops, flops_after=flops,
+        sparsity_after=global_sparsity(model), float_layers=[], steps_meta=[win["meta"]],
         eval_description=data.description, extra=extra, artifact_sha256=art_sha, float_artifact_sha256=float_sha,
         metric_eval_batch_size=bs, runtime=win["runtime"],
         runtime_versions=get_lm_runtime(win["runtime"]).versions(),
