@@ -404,9 +404,11 @@ class TorchAOQuantization:
         _note_deprecation_once()
         check_module_names(model, keep_float)
         mapping = self._qconfig_mapping(engine=engine, per_channel=per_channel, qat=False, keep_float=keep_float)
+        traced = _traceable(copy.deepcopy(model).eval())
+        _leave_integer_ops_float(traced, example_inputs, mapping)
         with quantized_engine(engine):
             # prepare_fx fuses conv-bn(-relu) and linear-relu (eval mode folds BN into the conv).
-            return prepare_fx(_traceable(copy.deepcopy(model).eval()), mapping, example_inputs)
+            return prepare_fx(traced, mapping, example_inputs)
 
     def prepare_qat(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, engine: str,
                     per_channel: bool, keep_float: Sequence[str]) -> nn.Module:
@@ -415,15 +417,57 @@ class TorchAOQuantization:
         _note_deprecation_once()
         check_module_names(model, keep_float)
         mapping = self._qconfig_mapping(engine=engine, per_channel=per_channel, qat=True, keep_float=keep_float)
+        traced = _traceable(copy.deepcopy(model).train())
+        _leave_integer_ops_float(traced, example_inputs, mapping)
         with quantized_engine(engine):
             # Train mode: conv-bn becomes a QAT ConvBn module that keeps updating BN while fake-quantizing.
-            return prepare_qat_fx(_traceable(copy.deepcopy(model).train()), mapping, example_inputs)
+            return prepare_qat_fx(traced, mapping, example_inputs)
 
     def convert(self, prepared: nn.Module, *, engine: str) -> nn.Module:
         from torch.ao.quantization.quantize_fx import convert_fx
 
         with quantized_engine(engine):
             return convert_fx(prepared.eval()).eval()
+
+
+def _leave_integer_ops_float(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], mapping: Any) -> int:
+    """Give no qconfig to the graph's functions whose outputs are integers or booleans; return how many.
+
+    An exported transformer computes position ids and masks in its own graph (RoBERTa's ``cumsum(mask) * mask``,
+    Swin's window indices, sizes read off tensors): FX would put an activation observer on those ``add``/``mul``
+    nodes like on any other, and a histogram of int64 values fails (``"histogram_cpu" not implemented for
+    'Int'``), as does one of a Python int (``'int' object has no attribute 'numel'``). The dtypes
+    are found by running the example inputs through the graph once (``ShapeProp``). Only a ``GraphModule``'s
+    own functions are numbered as ``prepare_fx`` numbers them (per function, in graph order, at the root);
+    any other model is left as it is.
+    """
+    if not isinstance(model, torch.fx.GraphModule):
+        return 0
+    from collections import defaultdict
+
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        with torch.no_grad():
+            ShapeProp(model).propagate(*example_inputs)
+    except Exception as e:  # noqa: BLE001 - no dtypes known: prepare_fx runs as before and says what fails
+        if is_task_control(e):
+            raise
+        return 0
+    seen: dict[Any, int] = defaultdict(int)
+    skipped = 0
+    for node in model.graph.nodes:
+        if node.op != "call_function":
+            continue
+        index = seen[node.target]
+        seen[node.target] += 1
+        dtype = getattr(node.meta.get("tensor_meta"), "dtype", None)
+        # A Python number (a size read off a tensor, ``sym_size_int``) is not observed either.
+        if (isinstance(dtype, torch.dtype) and not dtype.is_floating_point) or node.meta.get("type") in (int, bool,
+                                                                                                          float):
+            mapping.set_module_name_object_type_order("", node.target, index, None)
+            skipped += 1
+    return skipped
 
 
 def _traceable(model: nn.Module) -> nn.Module:

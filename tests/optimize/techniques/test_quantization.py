@@ -343,3 +343,21 @@ def test_unknown_backend_is_a_recipe_error(digits):
     spec, model, data = digits
     with pytest.raises(RecipeError, match="unknown quantization backend 'torchao'; known: torch.ao"):
         apply_step(model, StaticQuantConfig(backend="torchao"), _ctx(spec, data))
+
+
+@pytest.mark.parametrize("name", ["RoBERTa", "Swin"])
+def test_static_int8_leaves_a_transformers_own_integer_arithmetic_unobserved(tmp_path, name):
+    # RoBERTa computes position ids (cumsum(mask) * mask) and Swin window indices and sizes inside the exported
+    # graph: observers there failed ("histogram_cpu" not implemented for 'Int'; 'int' has no 'numel').
+    from modelpress.optimize import optimize_model
+    from modelpress.optimize.recipes import resolve_recipe
+    from modelpress.optimize.sources import parse_model_ref
+    from modelpress.zoo.families import build_family, family
+
+    built = build_family(family(name), tmp_path)
+    ref = parse_model_ref(built.model, data=built.data, preprocess=built.preprocess, max_length=built.max_length,
+                          latency_batches=(1,))
+    r = optimize_model(model_ref=ref, recipe=resolve_recipe("static-int8"), engine="x86", store=tmp_path / "s",
+                       warmup=1, runs=3)
+    assert r.status in ("succeeded", "rejected") and r.runtime == "torch"
+    assert r.size_after_bytes < r.size_before_bytes and r.extra["reload_check"]["equal"]
