@@ -6,7 +6,7 @@ recipe knows these types.
 
 Example:
     >>> PruneConfig(level=0.5).to_dict()
-    {'type': 'prune', 'level': 0.5, 'shape': 'width'}
+    {'type': 'prune', 'level': 0.5, 'shape': 'width', 'from_level': 0.0}
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class PruneConfig(StepConfig):
     """Structured pruning at one ``level``, in whatever form the model has (the knob a recipe's ``search`` turns).
 
     A transformer (``hf:``): ``shape="width"`` cuts ``level`` of every layer's FFN neurons and ``level / 2`` of
-    its heads (``prune_transformer``), ``shape="depth"`` drops ``round(level × (layers − 1))`` layers. A CNN or
-    MLP: ``level`` of the channels of every prunable group (``prune_structured``, Torch-Pruning). What was done
-    is recorded in the step's meta.
+    its heads (``prune_transformer``), ``shape="depth"`` drops ``round(level × (layers − 1))`` layers, and
+    ``shape="mixed"`` keeps ``1 − level`` of the float model's time: as many whole layers dropped as that
+    allows, the FFNs cut for the rest. A CNN or MLP: ``level`` of the channels of every prunable group
+    (``prune_structured``, Torch-Pruning), for width or mixed. What was done is recorded in the step's meta.
 
     Example:
         >>> PruneConfig(level=0.5).shape
@@ -62,7 +63,7 @@ class PruneConfig(StepConfig):
     """
 
     level: float = Field(gt=0.0, lt=0.95, description="How much to cut: the fraction of width (or depth).")
-    shape: Literal["width", "depth"] = "width"
+    shape: Literal["width", "depth", "mixed"] = "width"
     from_level: float = Field(default=0.0, ge=0.0, lt=0.95,
                               description="The level the input was already cut to (a search's previous level): "
                                           "the step cuts the rest, so `level` stays a fraction of the float model.")

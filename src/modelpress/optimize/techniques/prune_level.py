@@ -2,8 +2,10 @@
 
 The one knob a recipe's ``search`` turns. A graph with attention layers (an ``hf:`` transformer) is cut by
 ``prune_transformer``: ``shape="width"`` removes ``level`` of each layer's FFN neurons and ``level / 2`` of its
-heads; ``shape="depth"`` drops ``round(level × (layers − 1))`` layers. Any other model goes to
-``prune_structured`` (Torch-Pruning) with ``amount=level``. The delegate's config and meta are recorded, and
+heads; ``shape="depth"`` drops ``round(level × (layers − 1))`` layers; ``shape="mixed"`` keeps ``1 − level`` of
+the float model's time, dropping as many whole layers as that allows and cutting the FFNs for the rest
+(``width_allocation.layers_then_ffn``). Any other model goes to ``prune_structured`` (Torch-Pruning) with
+``amount=level``, whatever the shape but depth. The delegate's config and meta are recorded, and
 ``rebuild`` hands them back to the same delegate.
 
 A width level is an amount of compute: ``width_allocation`` tries a few splits of it between heads and FFN
@@ -31,17 +33,36 @@ from modelpress.errors import ModelLoadError, UserInputError
 from modelpress.optimize.recipes import PruneConfig, StepConfig, StructuredPruneConfig, TransformerPruneConfig, parse_step
 from modelpress.optimize.techniques.registry import StepContext, StepOutput, handler_for, register_handler
 from modelpress.optimize.techniques.transformer_graph import find_blocks
-from modelpress.optimize.techniques.width_allocation import choose_width_cut
+from modelpress.optimize.techniques.width_allocation import ALIGN, ALIGN_FROM, choose_width_cut, layers_then_ffn
 
 
-def delegate_for(cfg: PruneConfig, *, layers: int, float_layers: int | None = None) -> StepConfig:
+def delegate_for(cfg: PruneConfig, *, layers: int, float_layers: int | None = None,
+                 ffn: tuple[int, int] | None = None) -> StepConfig:
     """The concrete step ``cfg`` stands for on a model with ``layers`` attention layers (0: not a transformer),
-    cut from a float model that had ``float_layers`` (default: ``layers``).
+    cut from a float model that had ``float_layers`` (default: ``layers``). ``ffn`` is (the float model's FFN
+    width, the input's), for ``shape="mixed"``; None when the FFNs cannot be cut.
 
     Example:
         >>> delegate_for(PruneConfig(level=0.4, shape="depth", from_level=0.2), layers=5, float_layers=6).layers
         1
+        >>> d = delegate_for(PruneConfig(level=0.4, shape="mixed", from_level=0.22), layers=5, float_layers=6,
+        ...                  ffn=(1536, 1216))
+        >>> d.layers, round(1216 * (1 - d.ffn))
+        (1, 1024)
     """
+    if layers and cfg.shape == "mixed":
+        total = float_layers or layers
+        if ffn is None:  # FFNs that cannot be cut (gated): the level in whole layers
+            keep, kept, align = max(1, min(layers, round((1 - cfg.level) * total))), 0, 1
+        else:
+            align = ALIGN if ffn[0] >= ALIGN_FROM else 1
+            keep, kept = layers_then_ffn(cfg.level, layers=total, ffn=ffn[0], layers_now=layers, ffn_now=ffn[1],
+                                         align=align)
+        cut = round(1 - kept / ffn[1], 6) if ffn is not None and kept < ffn[1] else 0.0
+        if keep >= layers and not cut:
+            raise UserInputError(f"prune level {cfg.level} (mixed) cuts nothing more of a model with {layers} layers "
+                                 f"left of {total}; raise the level")
+        return TransformerPruneConfig(layers=layers - keep, ffn=cut, multiple_of=align)
     if layers:
         if cfg.shape == "depth":
             total = float_layers or layers
@@ -57,6 +78,17 @@ def delegate_for(cfg: PruneConfig, *, layers: int, float_layers: int | None = No
     return StructuredPruneConfig(amount=round(cfg.remaining_cut(), 6))
 
 
+def _ffn_widths(ref: nn.Module | None, model: fx.GraphModule) -> tuple[int, int] | None:
+    """(the float model's FFN width, ``model``'s), or None when some layer's FFN cannot be cut."""
+    widths = []
+    for m in (ref, model):
+        blocks = find_blocks(m) if isinstance(m, fx.GraphModule) else []
+        if not blocks or not all(b.ffn_in for b in blocks):
+            return None
+        widths.append(int(m.get_submodule(str(blocks[0].ffn_in)).out_features))
+    return widths[0], widths[1]
+
+
 @register_handler(PruneConfig)
 class PruneHandler:
     """Delegates to ``prune_transformer`` or ``prune_structured`` by what the model is."""
@@ -65,7 +97,8 @@ class PruneHandler:
         layers = len(find_blocks(model)) if isinstance(model, fx.GraphModule) else 0
         ref = ctx.reference
         float_layers = len(find_blocks(ref)) if layers and isinstance(ref, fx.GraphModule) else None
-        inner = delegate_for(cfg, layers=layers, float_layers=float_layers)
+        ffn = _ffn_widths(ref, model) if layers and cfg.shape == "mixed" else None
+        inner = delegate_for(cfg, layers=layers, float_layers=float_layers, ffn=ffn)
         ctx.log(f"prune level {cfg.level} ({cfg.shape}): {inner.type} {inner.model_dump(mode='json')}")
         splits: list[dict[str, Any]] = []
         if layers and cfg.shape == "width" and isinstance(inner, TransformerPruneConfig):
