@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("compression", "throughput", "stability", "peers", "deep_compression", "coverage_matrix", "lm_weight_only")
+BENCHMARKS = ("compression", "throughput", "stability", "peers", "deep_compression", "coverage_matrix", "lm_weight_only",
+              "layer_time")
 # Full sizes are each script's own defaults; these are the additions run_all makes to them.
 FULL_ARGS: dict[str, list[str]] = {
     "compression": [],
@@ -43,6 +44,7 @@ FULL_ARGS: dict[str, list[str]] = {
     "deep_compression": [],
     "coverage_matrix": [],
     "lm_weight_only": [],
+    "layer_time": [],
 }
 # Tiny sizes: enough to exercise every code path and JSON field (the smoke test), not to measure.
 SMOKE_ARGS: dict[str, list[str]] = {
@@ -55,6 +57,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
                          "--rounds", "1", "--runs", "3"],
     "coverage_matrix": ["--families", "multi-output CNN", "--runtimes", "torch"],
     "lm_weight_only": ["--quick"],
+    "layer_time": ["--quick"],
 }
 
 

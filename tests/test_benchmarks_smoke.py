@@ -38,7 +38,8 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     for section in ("## Machine", "## Commands", "## Compression quality", "## Pipeline throughput",
                     "## Measurement stability", "## Peers", "## Deep compression",
                     "## Coverage: architecture families × runtimes",
-                    "## Causal LM: weight-only int8/int4 of a small Llama, against NNCF INT4"):
+                    "## Causal LM: weight-only int8/int4 of a small Llama, against NNCF INT4",
+                    "## Where a transformer layer's time goes (int8, OpenVINO)"):
         assert section in docs_text
     assert "benchmarks/compression.py" in docs_text and "benchmarks/throughput.py" in docs_text
     assert "benchmarks/peers.py" in docs_text
@@ -48,7 +49,7 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     machine_keys = {"date_utc", "cpu_model", "logical_cpus", "versions", "load_average", "git_commit"}
     docs_by_name = {}
     for name in ("compression", "throughput", "stability", "peers", "deep_compression", "coverage_matrix",
-                 "lm_weight_only"):
+                 "lm_weight_only", "layer_time"):
         d = json.loads((out / f"{name}.json").read_text())
         assert (out / f"{name}.md").is_file()
         assert d["benchmark"] == name and d["command"].startswith(".venv/bin/python benchmarks/")
@@ -144,6 +145,14 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     assert rows["int4-weight-only"]["bytes"] < rows["int8-weight-only"]["bytes"] < rows["float (torch)"]["bytes"]
     assert {c["runtime"] for c in rows["int4-weight-only"]["candidates"]} == {"torch", "openvino"}
     assert len(lm["goals"]) == 5 and all(v in (True, False) for v in lm["goals"].values())
+
+    lt = docs_by_name["layer_time"]
+    # Each structure is a real int8 artifact of its own size, timed; a cut makes it smaller.
+    by = {r["structure"]: r for r in lt["rows"]}
+    assert set(by) == {"L6 H12 F1536", "L6 H12 F768", "L5 H12 F1216"}
+    assert max(by["L5 H12 F1216"]["bytes"], by["L6 H12 F768"]["bytes"]) < by["L6 H12 F1536"]["bytes"]
+    assert all(r["b1_ms"] > 0 and r["b32_ms"] > r["b1_ms"] for r in lt["rows"])
+    assert by["L6 H12 F1536"]["speedup_b32"] == 1.0 and lt["ffn_time_share_measured_b32"] is not None
 
 
 def test_the_docs_name_their_commit_and_a_dirty_tree_is_marked_or_refused(tmp_path: Path, monkeypatch) -> None:
