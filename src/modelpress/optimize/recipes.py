@@ -528,7 +528,7 @@ register_builtin_recipe({
 # is in the result's frontier. Two levels of 420 s of distillation each, with their int8 candidates in three
 # runtimes, fit the default 1800 s soft limit on 2 cores. A level is a share of the float model's time to
 # remove (shape "mixed"): 0.22 and 0.4 keep 5 of 6 layers with 1,216 FFN neurons, then 4 with 1,024 (measured
-# 1.29x and 1.65x faster than the whole model in OpenVINO int8 at batch 32, benchmarks/layer_time.py). Measured
+# 1.28x and 1.64x faster than the whole model in OpenVINO int8 at batch 32, benchmarks/layer_time.py). Measured
 # on all-MiniLM-L6-v2 (150 s of distillation, 5 layers of 1,280 neurons, validation cosine): lr 1e-4 0.972,
 # 2e-4 0.975, 5e-4 0.974; hidden-state matching at weight 0 0.971, 1 0.975, 4 0.976.
 _DISTILL = {"type": "distill_float", "max_steps": 3000, "max_seconds": 420, "validate_every": 50, "lr": 2e-4,
