@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+
+# One OpenBLAS thread in the test process, set before anything imports numpy. In the full suite on an AMX host the
+# causal-LM auto test (NNCF weight compression, numpy matmul) hung twice in OpenBLAS's exec_blas with its thread
+# pool gone: a fork while a BLAS call runs shuts the pool down under the caller (a known OpenBLAS hazard). With one
+# thread there is no pool to lose.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import socket
 import subprocess
 import sys
