@@ -427,14 +427,15 @@ def tagged_rows(n: int, *, seed: int, labels: bool = True) -> list[dict]:
     return rows
 
 
-def _train_saved(model, tok, folder: Path, train: list[dict], loss, *, steps: int) -> None:  # type: ignore[no-untyped-def]
+def _train_saved(model, tok, folder: Path, train: list[dict], loss, *, steps: int,  # type: ignore[no-untyped-def]
+                 lr: float = 3e-3) -> None:
     """Train ``model`` on ``train`` in batches of 32 (AdamW, warm-up then linear decay, one thread: the same model
     on any machine load), then save it and its tokenizer with ``save_pretrained``."""
     import torch
 
     from modelpress.optimize.measure import torch_threads
 
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 30) * max(0.05, 1 - i / steps))
     model.train()
     with torch_threads(1):
@@ -570,9 +571,13 @@ def qa_rows(n: int, *, seed: int, answers: bool = True) -> list[dict]:
     return rows
 
 
-def build_hf_qa(root: Path, *, steps: int = 400, seed: int = 0) -> dict[str, Path]:
+def build_hf_qa(root: Path, *, steps: int = 1500, seed: int = 0) -> dict[str, Path]:
     """A 2-layer BERT extractive question-answering model (``BertForQuestionAnswering``) trained on ``qa_rows``,
-    saved with ``save_pretrained``; JSONL files ``eval`` (with answers), ``plain`` (without) and ``calib``."""
+    saved with ``save_pretrained``; JSONL files ``eval`` (with answers), ``plain`` (without) and ``calib``.
+
+    Measured held-out span F1 (AMX host, one thread): the earlier width 64 on 512 rows, 400 steps at lr 3e-3
+    gave 0.89-0.91 by seed and 0.53-0.92 at 800 steps (it memorised the rows, then lost them); width 128 on
+    4,096 rows, 1,500 steps at lr 1e-3 gave 0.994-1.0 for seeds 0-4 in ~24 s."""
     import torch
 
     import_torchvision()
@@ -583,12 +588,12 @@ def build_hf_qa(root: Path, *, steps: int = 400, seed: int = 0) -> dict[str, Pat
     vocab = SPECIAL + sorted({w for ws in TOPICS.values() for w in ws} | set(FILLER) | set(TOPICS) | {"which"})
     vocab += ["##s"]
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=32)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=64, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0, architectures=["BertForQuestionAnswering"])
     torch.manual_seed(seed)
     model = BertForQuestionAnswering(cfg)
-    train = qa_rows(512, seed=seed + 100)
+    train = qa_rows(4096, seed=seed + 100)
 
     def loss(batch: list[dict]):  # type: ignore[no-untyped-def]
         enc = tok([r["question"] for r in batch], [r["context"] for r in batch], padding=True, truncation=True,
@@ -604,7 +609,7 @@ def build_hf_qa(root: Path, *, steps: int = 400, seed: int = 0) -> dict[str, Pat
         enc.pop("offset_mapping")
         return model(**enc, start_positions=torch.tensor(starts), end_positions=torch.tensor(ends)).loss
 
-    _train_saved(model, tok, folder, train, loss, steps=steps)
+    _train_saved(model, tok, folder, train, loss, steps=steps, lr=1e-3)
     return {"folder": folder,
             "eval": write_jsonl(root / "qa-eval.jsonl", qa_rows(160, seed=seed + 1)),
             "plain": write_jsonl(root / "qa-plain.jsonl", qa_rows(160, seed=seed + 1, answers=False)),
