@@ -113,6 +113,8 @@ class DistillFloatConfig(StepConfig):
     lr: float = Field(default=1e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
     validate_every: int = Field(default=50, ge=1, le=1_000_000)
+    embeddings: Literal["train", "freeze"] = Field(
+        default="train", description="'freeze': the student's embedding tables stay the teacher's (not trained).")
 
 
 __all__ = ["DistillFloatConfig", "PruneConfig", "TransformerPruneConfig"]

@@ -50,6 +50,21 @@ def test_distilling_a_cut_encoder_brings_it_back_towards_the_float_model_on_rows
     assert out.model is not student and _eval_cosine(student, model, data) == before  # the input is untouched
 
 
+def test_with_embeddings_frozen_the_students_tables_stay_the_teachers_and_its_layers_still_learn(cut) -> None:
+    spec, model, data, student = cut
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model)
+    with torch_threads(1):
+        out = apply_step(student, DistillFloatConfig(max_steps=30, validate_every=10, lr=1e-3, embeddings="freeze"),
+                         ctx)
+    before, after = dict(student.named_parameters()), dict(out.model.named_parameters())
+    tables = {n for n, p in before.items() if "embeddings" in n and p.dim() == 2}
+    assert tables and out.meta["frozen_params"] == sum(before[n].numel() for n in tables)
+    assert all(torch.equal(before[n], after[n]) for n in tables)
+    changed = [n for n in before if n not in tables and not torch.equal(before[n], after[n])]
+    assert changed and out.meta["validation_best"] > out.meta["validation_before"]
+    assert all(p.requires_grad for p in out.model.parameters())  # frozen while it trained, not for what follows
+
+
 def test_distillation_stops_at_its_time_bound(cut) -> None:
     spec, model, data, student = cut
     ctx = StepContext(spec=spec, data=data, engine="x86", reference=model)
