@@ -114,3 +114,30 @@ def test_the_tests_log_in_to_postgresql_as_a_password_role_and_no_login_is_ever_
             False, True)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(**dsn, password="not-" + url.password, connect_timeout=5)
+
+
+def test_a_run_under_another_home_reuses_the_roles_password_and_the_first_home_still_logs_in(tmp_path: Path) -> None:
+    """A fresh-HOME CI run used to set a new password on the one role, so the usual HOME's tests then failed
+    with "password authentication failed" until the script ran again under it."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import PG_ADMIN_URL
+
+    if os.environ.get("MODELPRESS_TEST_PG_PASSWORD") or os.environ.get("MODELPRESS_TEST_PG_URL"):
+        pytest.skip("the password comes from the environment here, not from files the script keeps")
+    if os.getuid() != 0:
+        pytest.skip("only root keeps the machine's copy of the password (/var/lib/modelpress)")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"} | {"HOME": str(home)}
+    out = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "creating PostgreSQL role" not in out.stdout  # the role was left as it was
+    new = (home / ".local" / "state" / "modelpress" / "test-pg-password")
+    assert oct(new.stat().st_mode & 0o777) == "0o600"
+    url = make_url(PG_ADMIN_URL)  # this HOME's password, as the rest of the suite uses it
+    assert new.read_text().strip() == url.password
+    with psycopg.connect(host=url.host, port=url.port, dbname="postgres", user=url.username, password=url.password,
+                         connect_timeout=5) as c:
+        assert c.execute("SELECT current_user").fetchone() == (url.username,)
