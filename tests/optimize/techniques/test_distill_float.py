@@ -11,6 +11,7 @@ import torch
 from modelpress.errors import UserInputError
 from modelpress.optimize.measure import compute_metric, predict, torch_threads
 from modelpress.optimize.recipes import DistillFloatConfig, TransformerPruneConfig
+from modelpress.optimize.techniques.distill_float import FINAL_TAP
 from modelpress.optimize.techniques.registry import StepContext, apply_step
 from tests.optimize.techniques.tiny_encoders import load_encoder
 
@@ -43,11 +44,29 @@ def test_distilling_a_cut_encoder_brings_it_back_towards_the_float_model_on_rows
     assert 1 - after < 0.5 * (1 - before), (before, after)
     assert out.meta["validation_best"] >= out.meta["validation_before"]
     assert out.meta["steps_run"] == 60 and out.meta["stopped_by"] == "max_steps"
-    assert out.meta["loss"] == "cosine" and out.meta["matched_layers"]  # hidden states of layers 1 and 2
+    assert out.meta["loss"] == "cosine" and out.meta["matched_layers"][:-1]  # hidden states of layers 1 and 2
+    assert out.meta["matched_layers"][-1] == FINAL_TAP  # and the last layer's output, through a tap ...
+    assert FINAL_TAP not in dict(out.model.named_modules())  # ... that the model it returns does not have
     assert "dynamic sequence length" in out.meta["trained_through"]
     assert [p["iteration"] for p in seen] == [20, 40, 60]
     assert all(p["step"] == "distill_float" and p["of"] == 60 and p["metric"] == "cosine" for p in seen)
     assert out.model is not student and _eval_cosine(student, model, data) == before  # the input is untouched
+
+
+def test_in_bfloat16_the_student_still_closes_the_gap_and_keeps_float32_weights_judged_in_float32(cut) -> None:
+    spec, model, data, student = cut
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model)
+    with torch_threads(1):
+        out = apply_step(student, DistillFloatConfig(max_steps=60, validate_every=20, lr=1e-3, precision="bfloat16"),
+                         ctx)
+    before, after = _eval_cosine(student, model, data), _eval_cosine(out.model, model, data)
+    assert 1 - after < 0.5 * (1 - before), (before, after)
+    assert out.meta["precision"] == "bfloat16"
+    assert all(p.dtype == torch.float32 for p in out.model.parameters())
+    # The best step was chosen on validation in float32: the returned weights score that figure without autocast.
+    val = compute_metric("cosine", predict(out.model, data.val_inputs), labels=None,
+                         reference=predict(model, data.val_inputs))
+    assert out.meta["validation_best"] == pytest.approx(val, abs=1e-5)
 
 
 def test_with_embeddings_frozen_the_students_tables_stay_the_teachers_and_its_layers_still_learn(cut) -> None:

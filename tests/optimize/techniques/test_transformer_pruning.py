@@ -10,7 +10,8 @@ import torch
 from modelpress.errors import UserInputError
 from modelpress.optimize.recipes import TransformerPruneConfig
 from modelpress.optimize.techniques.registry import StepContext, apply_step, rebuild_step
-from modelpress.optimize.techniques.transformer_graph import cut_ffn, cut_heads, drop_layers, find_blocks, sync_structure
+from modelpress.optimize.techniques.transformer_graph import (block_output, cut_ffn, cut_heads, drop_layers, find_blocks,
+                                                               sync_structure, with_output_tap)
 from tests.optimize.techniques.tiny_encoders import FFN, HEADS, HIDDEN, LAYERS, load_encoder
 
 
@@ -81,6 +82,27 @@ def test_the_training_view_shares_the_cut_models_parameters_and_gives_its_output
     assert trim(x)[0].shape[1] < x[0].shape[1]  # the rows are padded to 16; the longest is shorter
     with torch.no_grad():
         torch.testing.assert_close(view(*trim(x)), m(*x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_last_layers_output_is_what_pooling_reads_and_a_tap_on_it_leaves_the_model_as_it_was(encoder) -> None:
+    _, model, data = encoder
+    before = [n.format_node() for n in model.graph.nodes]
+    node = block_output(model, find_blocks(model)[-1])
+    assert node is not None and "layer_norm" in str(node.target)  # BERT is post-LN: the layer's sum is normalised
+    tapped = with_output_tap(model, node.name, "tap")
+    seen: dict[str, torch.Tensor] = {}
+    tapped.get_submodule("tap").register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0]))
+    x = data.eval_inputs
+    with torch.no_grad():
+        out, ref = tapped(*x), model(*x)
+    torch.testing.assert_close(out, ref)
+    h, mask = seen["h"], x[1].unsqueeze(-1).float()  # (input_ids, attention_mask, ...)
+    assert h.shape == (x[0].shape[0], x[0].shape[1], HIDDEN) and set(x[1].unique().tolist()) == {0, 1}
+    pooled = (h * mask).sum(1) / mask.sum(1)  # mean over each row's own tokens: what the encoder returns
+    torch.testing.assert_close(torch.nn.functional.normalize(pooled, dim=-1),
+                               torch.nn.functional.normalize(ref, dim=-1), atol=1e-5, rtol=1e-5)
+    assert [n.format_node() for n in model.graph.nodes] == before and not hasattr(model, "tap")
+    assert {id(p) for p in tapped.parameters()} == {id(p) for p in model.parameters()}  # training one trains both
 
 
 def test_heads_and_neurons_that_contribute_nothing_are_the_ones_cut(encoder) -> None:

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -34,6 +35,8 @@ from torch import fx, nn
 
 _SHAPE_OPS = ("view", "reshape", "transpose", "permute", "contiguous", "clone", "_unsafe_view", "expand",
               "alias", "detach")
+# Ops between a layer's FFN output projection and its residual add (dropout is inactive in an exported graph).
+_PASS_THROUGH = ("dropout", "native_dropout", "clone", "alias", "detach")
 _ACTIVATIONS = ("gelu", "relu", "silu", "tanh", "sigmoid", "gelu_", "relu_", "silu_")
 
 
@@ -165,6 +168,55 @@ def find_ffns(gm: fx.GraphModule) -> list[tuple[str, str]]:
     return out
 
 
+def block_output(gm: fx.GraphModule, block: Block) -> fx.Node | None:
+    """The node holding ``block``'s output hidden state (every token), or None when it cannot be told.
+
+    From the block's FFN output projection, through an (inactive) dropout, to the residual add. A post-LN layer
+    (BERT) then normalises that sum, and its output is that ``layer_norm``; a pre-LN layer's output is the sum.
+    For the last layer there is no next layer's input to read it from, and it is what pooling reads.
+
+    Example:
+        >>> node = block_output(graph_module, find_blocks(graph_module)[-1])  # doctest: +SKIP
+        >>> node.name  # doctest: +SKIP
+        'layer_norm_12'
+    """
+    if not block.ffn_out:
+        return None
+    node = next((n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) == block.ffn_out), None)
+    while node is not None and len(node.users) == 1 and _op_name(next(iter(node.users))) in _PASS_THROUGH:
+        node = next(iter(node.users))
+    if node is None or len(node.users) != 1:
+        return None
+    add = next(iter(node.users))
+    if add.op not in ("call_function", "call_method") or _op_name(add) != "add":
+        return None
+    norm = next(iter(add.users)) if len(add.users) == 1 else None
+    if norm is not None and norm.op == "call_function" and _op_name(norm) in ("layer_norm", "native_layer_norm"):
+        return norm
+    return add
+
+
+def with_output_tap(gm: fx.GraphModule, node_name: str, tap: str) -> fx.GraphModule:
+    """A copy of ``gm`` that passes node ``node_name`` through an ``nn.Identity`` submodule ``tap``, sharing
+    every module and parameter with ``gm``: a forward pre-hook on ``tap`` sees that node's value, training the
+    copy trains ``gm``, and ``gm``'s own graph is left as it was (it may be the user's model).
+
+    Example:
+        >>> tapped = with_output_tap(gm, "layer_norm_12", "modelpress_final_tap")  # doctest: +SKIP
+        >>> tapped(*batch).equal(gm(*batch))  # doctest: +SKIP
+        True
+    """
+    out = copy.deepcopy(gm)
+    sync_structure(out, gm)  # before the tap exists: every module out calls is then gm's
+    node = next(n for n in out.graph.nodes if n.name == node_name)
+    out.add_submodule(tap, nn.Identity())
+    with out.graph.inserting_after(node):
+        tapped = out.graph.call_module(tap, (node,))
+    node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+    out.recompile()
+    return out
+
+
 # ----------------------------------------------------------------------------- surgery
 def _set_module(gm: nn.Module, name: str, mod: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
@@ -287,4 +339,5 @@ def sync_structure(target: fx.GraphModule, source: fx.GraphModule) -> None:
             mod.register_buffer(leaf, value)
 
 
-__all__ = ["Block", "cut_ffn", "cut_heads", "drop_layers", "find_blocks", "find_ffns", "sync_structure"]
+__all__ = ["Block", "block_output", "cut_ffn", "cut_heads", "drop_layers", "find_blocks", "find_ffns", "sync_structure",
+           "with_output_tap"]
