@@ -115,9 +115,10 @@ class DistillFloatConfig(StepConfig):
     validate_every: int = Field(default=50, ge=1, le=1_000_000)
     embeddings: Literal["train", "freeze"] = Field(
         default="train", description="'freeze': the student's embedding tables stay the teacher's (not trained).")
-    precision: Literal["float32", "bfloat16"] = Field(
+    precision: Literal["float32", "bfloat16", "auto"] = Field(
         default="float32", description="'bfloat16': the student's forward under CPU autocast (fp32 weights, "
-                                       "optimizer and validation); faster where the CPU has bf16 arithmetic.")
+                                       "optimizer and validation), faster where the CPU has bf16 arithmetic; "
+                                       "'auto': bfloat16 on an x86 CPU with AMX or AVX-512 bf16, else float32.")
 
 
 __all__ = ["DistillFloatConfig", "PruneConfig", "TransformerPruneConfig"]

@@ -538,8 +538,11 @@ register_builtin_recipe({
 # CNN's BatchNorm trains on its batch's statistics. Validation every 100 steps keeps the rows between two
 # validations (and checkpoints) as they were; 6,000 steps lets time, not steps, end MiniLM's run, and gives a
 # CNN the rows 3,000 steps of 32 did.
+# precision auto: bf16 where the CPU has it natively (AMX, AVX-512 bf16), float32 elsewhere. On a Xeon with AMX, 420 s
+# at 2 threads ran 4,273 steps instead of 3,183 (validation cosine 0.9820 against 0.9814, eval 0.9792 against
+# 0.9785; 5 layers of 1,216 neurons).
 _DISTILL = {"type": "distill_float", "max_steps": 6000, "max_seconds": 420, "validate_every": 100, "lr": 2e-4,
-            "batch_size": 16, "intermediate_weight": 4.0, "embeddings": "freeze"}
+            "batch_size": 16, "intermediate_weight": 4.0, "embeddings": "freeze", "precision": "auto"}
 register_builtin_recipe({
     "name": "prune-distill-int8",
     "steps": [{"type": "prune", "level": 0.4, "shape": "mixed"}, dict(_DISTILL), {"type": "quantize_static"}],

@@ -11,9 +11,10 @@ import torch
 from modelpress.errors import UserInputError
 from modelpress.optimize.measure import compute_metric, predict, torch_threads
 from modelpress.optimize.recipes import DistillFloatConfig, TransformerPruneConfig
-from modelpress.optimize.techniques.distill_float import FINAL_TAP
+from modelpress.optimize.hostcpu import cpu_flags
+from modelpress.optimize.techniques.distill_float import BF16_CPU_FLAGS, FINAL_TAP, resolve_precision
 from modelpress.optimize.techniques.registry import StepContext, apply_step
-from tests.optimize.techniques.tiny_encoders import load_encoder
+from tests.optimize.techniques.tiny_encoders import LAYERS, load_encoder
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +64,28 @@ def test_in_bfloat16_the_student_still_closes_the_gap_and_keeps_float32_weights_
     _, model, data, _ = cut
     out, before, after = _distil_60_steps(cut, precision="bfloat16")
     assert 1 - after < 0.5 * (1 - before), (before, after)
-    assert out.meta["precision"] == "bfloat16"
+    assert out.meta["precision"] == "bfloat16" and out.meta["attention_float32"] == LAYERS  # every layer's attention
     assert all(p.dtype == torch.float32 for p in out.model.parameters())
     # The best step was chosen on validation in float32: the returned weights score that figure without autocast.
     val = compute_metric("cosine", predict(out.model, data.val_inputs), labels=None,
                          reference=predict(model, data.val_inputs))
     assert out.meta["validation_best"] == pytest.approx(val, abs=1e-5)
 
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16_arithmetic() -> None:
+    assert resolve_precision("auto", frozenset({"avx2", "avx512f", "amx_bf16"})) == "bfloat16"
+    assert resolve_precision("auto", frozenset({"avx2", "avx512f", "avx512_bf16"})) == "bfloat16"
+    assert resolve_precision("auto", frozenset({"avx2", "avx512f", "avx512_vnni"})) == "float32"
+    assert resolve_precision("auto", frozenset()) == "float32"  # /proc/cpuinfo unreadable: nothing assumed
+    assert resolve_precision("float32", frozenset({"amx_bf16"})) == "float32"  # asked for, not overridden
+
+
+def test_an_auto_precision_run_records_what_this_host_trained_in(cut) -> None:
+    out, before, after = _distil_60_steps(cut, precision="auto")
+    native = bool(BF16_CPU_FLAGS & cpu_flags())
+    assert out.meta["precision"] == ("bfloat16" if native else "float32")
+    assert out.meta["attention_float32"] == (LAYERS if native else 0)
+    assert 1 - after < 0.5 * (1 - before), (before, after)
 
 def test_with_embeddings_frozen_the_students_tables_stay_the_teachers_and_its_layers_still_learn(cut) -> None:
     spec, model, data, student = cut

@@ -11,7 +11,8 @@ from modelpress.errors import UserInputError
 from modelpress.optimize.recipes import TransformerPruneConfig
 from modelpress.optimize.techniques.registry import StepContext, apply_step, rebuild_step
 from modelpress.optimize.techniques.transformer_graph import (block_output, cut_ffn, cut_heads, drop_layers, find_blocks,
-                                                               sync_structure, with_output_tap)
+                                                               sync_structure, with_float32_attention,
+                                                               with_output_tap)
 from tests.optimize.techniques.tiny_encoders import FFN, HEADS, HIDDEN, LAYERS, load_encoder
 
 
@@ -104,6 +105,34 @@ def test_the_last_layers_output_is_what_pooling_reads_and_a_tap_on_it_leaves_the
     assert [n.format_node() for n in model.graph.nodes] == before and not hasattr(model, "tap")
     assert {id(p) for p in tapped.parameters()} == {id(p) for p in model.parameters()}  # training one trains both
 
+
+def test_under_bf16_autocast_the_float32_attention_copy_runs_attention_in_float32_sharing_the_weights(encoder) -> None:
+    _, model, data = encoder
+    before = [n.format_node() for n in model.graph.nodes]
+    fp32, n = with_float32_attention(model)
+    assert n == LAYERS
+    seen: list[torch.dtype] = []
+
+    def attention_dtypes(gm):  # type: ignore[no-untyped-def]
+        # What each layer's output projection receives is what its attention returned.
+        seen.clear()
+        hooks = [gm.get_submodule(b.o).register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+                 for b in find_blocks(model)]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = gm(*data.eval_inputs)
+        for h in hooks:
+            h.remove()
+        return out, list(seen)
+
+    out_bf16, dt_bf16 = attention_dtypes(model)
+    out_fp32, dt_fp32 = attention_dtypes(fp32)
+    assert dt_bf16 == [torch.bfloat16] * LAYERS  # autocast alone runs attention in bf16 ...
+    assert dt_fp32 == [torch.float32] * LAYERS   # ... the copy in float32 (the projections stay bf16)
+    torch.testing.assert_close(out_fp32.float(), out_bf16.float(), atol=0.05, rtol=0.05)
+    with torch.no_grad():  # without autocast the copy is the model
+        torch.testing.assert_close(fp32(*data.eval_inputs), model(*data.eval_inputs))
+    assert {id(p) for p in fp32.parameters()} == {id(p) for p in model.parameters()}
+    assert [n.format_node() for n in model.graph.nodes] == before
 
 def test_heads_and_neurons_that_contribute_nothing_are_the_ones_cut(encoder) -> None:
     spec, model, data = encoder

@@ -11,7 +11,8 @@ distilled: it needs train rows (``data: {train: ...}``), labels optional. The lo
   each row's own tokens (not its padding), normalised by the teacher's mean square.
 
 ``precision="bfloat16"`` runs the student's forward under CPU autocast (bf16 matrix products, fp32 weights,
-optimizer and losses); validation, and so the choice of the best weights, stays in float32.
+optimizer and losses), a transformer's attention kept in float32 (its bf16 backward is slow on CPU);
+validation, and so the choice of the best weights, stays in float32.
 
 The teacher's outputs and hidden states on the train rows are computed once before training
 (``teacher_cache``; when they fit its byte budget), not at every step.
@@ -44,13 +45,15 @@ import torch
 from torch import fx, nn
 
 from modelpress.errors import UserInputError
+from modelpress.optimize.hostcpu import cpu_flags
 from modelpress.optimize.measure import as_tuple, compute_metric, count_params, n_samples
 from modelpress.optimize.recipes import DistillFloatConfig
 from modelpress.optimize.techniques.distillation import hinton_loss
 from modelpress.optimize.techniques.registry import StepContext, StepOutput, register_handler
 from modelpress.optimize.techniques.teacher_cache import Taps, TeacherCache, hidden_loss, length_mask
 from modelpress.optimize.techniques.training import require_trainable
-from modelpress.optimize.techniques.transformer_graph import block_output, find_blocks, with_output_tap
+from modelpress.optimize.techniques.transformer_graph import (block_output, find_blocks, with_float32_attention,
+                                                             with_output_tap)
 from modelpress.optimize.techniques.transformer_pruning import training_view
 
 MAX_MATCH_POINTS = 8
@@ -154,6 +157,29 @@ def match_points(student: nn.Module, teacher: nn.Module, probe: tuple[torch.Tens
         step = len(ok) / MAX_MATCH_POINTS
         ok = [ok[int(i * step)] for i in range(MAX_MATCH_POINTS)]
     return ok + kept_extra
+
+
+#: x86 flags of native bf16 arithmetic, which ``precision: auto`` trains in bf16 on. Both are in the artifact key
+#: (``artifacts.BUILD_CPU_FLAGS``), so hosts that would train differently never share a result.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(asked: str, flags: frozenset[str] | None = None) -> str:
+    """The precision a run trains in: ``asked``, with ``auto`` made ``bfloat16`` on a CPU with native bf16
+    arithmetic (``BF16_CPU_FLAGS``) and ``float32`` elsewhere (without it, bf16 products are emulated and slower).
+
+    Measured with all-MiniLM-L6-v2 cut to 5 layers of 1,216 neurons, 420 s at 2 threads: a Xeon with AMX ran
+    4,273 steps in bf16 (attention kept in float32) against 3,183 in float32 (validation cosine 0.9820 against
+    0.9814, eval 0.9792 against 0.9785); an AMD EPYC with AVX-512 bf16 ran 9–13 % more (before attention was
+    kept in float32).
+
+    Example:
+        >>> resolve_precision("auto", frozenset({"avx512_bf16"})), resolve_precision("auto", frozenset({"avx2"}))
+        ('bfloat16', 'float32')
+    """
+    if asked != "auto":
+        return asked
+    return "bfloat16" if (BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags)) else "float32"
 
 
 def fused_ok(params: list[torch.Tensor]) -> bool:
@@ -285,6 +311,10 @@ class DistillFloatHandler:
             student, teacher, extra = final_taps(student, teacher)
         probe = trim(tuple(t[: min(4, n)] for t in inputs))
         points = match_points(student, teacher, probe, extra) if cfg.intermediate_weight > 0 else []
+        precision, attention_fp32 = resolve_precision(cfg.precision), 0
+        if precision == "bfloat16" and isinstance(student, fx.GraphModule):
+            # Last: the copy's attention calls are no longer ones find_blocks reads (see with_float32_attention).
+            student, attention_fp32 = with_float32_attention(student)
         val_x, val_y = ctx.data.val_inputs, ctx.data.val_labels
         if val_x is None:  # no validation rows (a registered model's spec): calibration rows, fidelity only
             val_x, val_y = ctx.data.calib_inputs, None
@@ -354,7 +384,7 @@ class DistillFloatHandler:
                     with torch.no_grad():
                         t_out = teacher(*x)
                     t_hid, mask = t_taps.seen, length_mask(lengths[idx] if lengths is not None else None, length)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
                     s_out = student(*x)
                 loss = output_loss(kind, s_out.float(), t_out, labels[idx] if labels is not None else None, cfg)
                 if points:  # over each row's own tokens: padding is not something to learn
@@ -398,7 +428,7 @@ class DistillFloatHandler:
         elapsed = base_elapsed + time.monotonic() - t0
         meta = {"loss": kind, "temperature": cfg.temperature if kind == "kl" else None,
                 "labels_used": labels is not None, "train_rows": n, "matched_layers": points,
-                "precision": cfg.precision, "frozen_params": n_frozen,
+                "precision": precision, "attention_float32": attention_fp32, "frozen_params": n_frozen,
                 "trained_through": view_note, "steps_run": step, "stopped_by": stopped_by,
                 "seconds": round(elapsed, 1), "setup_seconds": round(t0 - started, 1),
                 "teacher_cache_mb": round(cache.nbytes / 2**20, 1) if cache is not None else None,
