@@ -204,7 +204,10 @@ def bench_subject(name: str, a: argparse.Namespace, store: Path) -> dict[str, An
     from modelpress.optimize.recipes import BUILTIN_RECIPES, Recipe
     from modelpress.optimize.runtimes.registry import get_runtime
     from modelpress.optimize.sources import get_source
+    from modelpress.settings import Settings
     from modelpress.zoo.text import top1_retrieval_agreement
+
+    soft_limit = Settings().task_soft_time_limit
 
     info = SUBJECTS[name]
     store.mkdir(parents=True, exist_ok=True)
@@ -243,14 +246,18 @@ def bench_subject(name: str, a: argparse.Namespace, store: Path) -> dict[str, An
             spec["search"] = {"levels": [0.5]}
             spec["steps"][1].update(max_seconds=20, validate_every=10)
         t0 = time.monotonic()
+        # As a worker runs it: bounded by the deployment's default soft time limit (a search skips a level
+        # that cannot fit, and polishing spends only the time left).
         r = optimize_model(model_ref=ref, recipe=Recipe.from_dict(spec), engine="x86", store=store / "jobs",
-                           threads=a.job_threads, log=lambda m: print(f"  [{name}] {m}", file=sys.stderr))
+                           threads=a.job_threads, log=lambda m: print(f"  [{name}] {m}", file=sys.stderr),
+                           deadline=t0 + soft_limit)
         torch.set_num_threads(a.threads)
         key = f"b{b}"
         models[key] = get_runtime(r.runtime).load(Path(r.artifact_path), threads=a.threads)
         distill = [m for m in r.steps_meta if "steps_run" in m]
         jobs.append({"budget": b, "status": r.status, "reason": r.reason, "runtime": r.runtime,
                      "chosen_level": r.extra.get("chosen_level"), "frontier": r.extra.get("frontier"),
+                     "search_unfinished": r.extra.get("search_unfinished"),
                      "job_seconds": round(time.monotonic() - t0, 1), "float_bytes": r.size_before_bytes,
                      "distill_seconds": [m["seconds"] for m in distill],
                      "peak_rss_mb": [m["peak_rss_mb"] for m in distill]})

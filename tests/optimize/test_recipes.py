@@ -148,3 +148,14 @@ def test_the_mlp_after_prune50_dynamic_int8_is_rejected_with_its_reason(tmp_path
     assert r.status == "rejected" and r.metric_after < 0.6
     assert r.reason.startswith("top1_agreement fell from 1.0000 to 0.4") and "more than the budget allows (0.0100)" in r.reason
     assert "/rejected/" in r.artifact_path
+
+
+def test_a_search_without_polishing_keeps_the_recipe_json_it_always_had_and_one_with_it_says_so() -> None:
+    base = {"name": "s", "runtime": "auto", "steps": [{"type": "prune", "level": 0.4}, {"type": "quantize_static"}]}
+    plain = Recipe.from_dict({**base, "search": {"levels": [0.2, 0.4]}})
+    polished = Recipe.from_dict({**base, "search": {"levels": [0.2, 0.4], "polish_seconds": 600}})
+    assert json.loads(plain.to_json())["search"] == {"levels": [0.4, 0.2]}
+    assert json.loads(polished.to_json())["search"] == {"levels": [0.4, 0.2], "polish_seconds": 600.0}
+    assert plain.sha256 != polished.sha256
+    with pytest.raises(Exception, match="polish_seconds"):
+        Recipe.from_dict({**base, "search": {"levels": [0.2], "polish_seconds": -1}})

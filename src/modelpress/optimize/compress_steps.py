@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -119,6 +121,18 @@ class DistillFloatConfig(StepConfig):
         default="float32", description="'bfloat16': the student's forward under CPU autocast (fp32 weights, "
                                        "optimizer and validation), faster where the CPU has bf16 arithmetic; "
                                        "'auto': bfloat16 on an x86 CPU with AMX or AVX-512 bf16, else float32.")
+
+    def extended(self, seconds: float) -> "DistillFloatConfig":
+        """This step run again for ``seconds`` on the model it trained (a search polishing its chosen level): the
+        same settings, steps bounded at the rate this step's own bounds allow.
+
+        Example:
+            >>> c = DistillFloatConfig(max_steps=6000, max_seconds=420).extended(210)
+            >>> c.max_seconds, c.max_steps
+            (210.0, 3000)
+        """
+        steps = max(1, math.ceil(self.max_steps * seconds / self.max_seconds))
+        return self.model_copy(update={"max_seconds": float(seconds), "max_steps": min(steps, 1_000_000)})
 
 
 __all__ = ["DistillFloatConfig", "PruneConfig", "TransformerPruneConfig"]

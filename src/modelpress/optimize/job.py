@@ -67,7 +67,8 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
                    warmup: int = 10, runs: int = 50, log: Callable[[str], None] = lambda m: None,
                    onnx_export: Literal["float", "result"] | None = None, verify_reload: bool = True,
                    reuse: bool = True, timing_lock_dir: str | os.PathLike[str] | None = None,
-                   progress: Callable[[dict[str, Any]], None] = lambda p: None) -> OptimizeResult:
+                   progress: Callable[[dict[str, Any]], None] = lambda p: None,
+                   deadline: float | None = None) -> OptimizeResult:
     """Optimize a model with ``recipe`` for ``engine``; artifacts go under ``store``.
 
     The model is a registered ``model_name`` or a ``model_ref`` (``optimize.sources.ModelRef``, its paths
@@ -78,6 +79,8 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     the host-wide lock in ``timing_lock_dir``; ``extra["timing"]`` records waits and load. ``progress`` is
     called by long steps with a dict such as ``{"step": "distill_float", "iteration": 120, "of": 600,
     "loss": 0.031, "elapsed_s": 41.2}``, every few seconds, in the job's own thread: it must return quickly.
+    ``deadline`` is the ``time.monotonic()`` of the job's soft time limit: a search's ``polish_seconds`` are
+    bounded by it (without one, they are spent in full).
 
     Example:
         >>> seen = []
@@ -102,7 +105,7 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
                      float_model=source.model, content=source.content, allowlist=allowlist, threads=threads,
                      warmup=warmup, runs=runs, log=log, verify_reload=verify_reload, reuse=reuse,
                      timing_lock_dir=timing_lock_dir, model_manifest=manifest, onnx_export=onnx_export,
-                     progress=progress)
+                     progress=progress, deadline=deadline)
 
 
 def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, store: str | Path,
@@ -111,7 +114,8 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
               verify_reload: bool = True, reuse: bool = True, timing_lock_dir: Any = None,
               model_manifest: dict[str, Any] | None = None,
               onnx_export: Literal["float", "result"] | None = None,
-              progress: Callable[[dict[str, Any]], None] = lambda p: None) -> OptimizeResult:
+              progress: Callable[[dict[str, Any]], None] = lambda p: None,
+              deadline: float | None = None) -> OptimizeResult:
     """Stages 2–5 for a model already resolved: candidates, choice, measurement, publishing.
 
     ``progress`` and the job's checkpoint folder reach every step as in ``optimize_model``.
@@ -132,7 +136,7 @@ def run_model(*, model_name: str, spec: ModelSpec, recipe: Recipe, engine: str, 
                    model_manifest=model_manifest or {"name": model_name, "spec_name": spec.name,
                                                      "version": spec.version, "content_sha256": content},
                    allowlist=allowlist, threads=threads, warmup=warmup, runs=runs, log=log, lock_dir=timing_lock_dir,
-                   progress=progress)
+                   progress=progress, deadline=deadline)
     # ``reuse=False`` re-measures (a nightly run watching for drift, --force): new objects, the index re-pointed.
     if reuse and (stored := cached_result(store, plan.key, log)) is not None:
         log(f"reusing stored result {plan.key[:12]}")

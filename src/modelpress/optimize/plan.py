@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -80,6 +81,18 @@ class JobPlan:
     timings: list[dict[str, Any]] = field(default_factory=list)
     data: TaskData | None = None
     base: FloatBaseline | None = None
+    #: ``time.monotonic()`` at the job's soft time limit (None: no limit known); a search's polishing uses the
+    #: time before it that the job does not otherwise need.
+    deadline: float | None = None
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the job's soft time limit, or None when the job has none.
+
+        Example:
+            >>> plan.seconds_left()  # doctest: +SKIP
+            912.4
+        """
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     @property
     def checkpoint_dir(self) -> Path:

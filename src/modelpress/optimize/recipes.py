@@ -250,6 +250,11 @@ class Search(BaseModel):
     candidate keeps the budget: cutting a student that already misses would miss further. Every level tried
     is recorded in the result (``extra.frontier``). Levels are kept most cut first, as the frontier reads.
 
+    ``polish_seconds``: once the levels are done, the level the job would choose (the most cut that keeps the
+    budget on validation rows, else the least cut) trains on for up to this long, within the job's soft time
+    limit (what its candidates, their rebuilding and the job's last measurements need is kept back). Its
+    candidates are then built again, and whichever of the two rounds scores better on validation rows stands.
+
     Example:
         >>> Search(levels=(0.25, 0.5)).levels
         (0.5, 0.25)
@@ -257,6 +262,8 @@ class Search(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     levels: tuple[float, ...] = Field(min_length=1, max_length=8)
+    polish_seconds: float = Field(default=0.0, ge=0.0, le=86_400.0,
+                                  description="Up to this long more training for the chosen level (0: none).")
 
     @field_validator("levels")
     @classmethod
@@ -322,7 +329,9 @@ class Recipe(BaseModel):
             "budget": self.budget.model_dump(mode="json") if self.budget else None,
             **({"runtime": self.runtime} if self.runtime != "torch" else {}),
             **({"objective": self.objective} if self.objective != "latency_bN" else {}),
-            **({"search": self.search.model_dump(mode="json")} if self.search is not None else {}),
+            # Defaults left out: a search without polishing keeps the hash it always had.
+            **({"search": self.search.model_dump(mode="json", exclude_defaults=True)}
+               if self.search is not None else {}),
         }
 
     def to_json(self) -> str:

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from typing import Any, Callable
 
@@ -301,6 +302,7 @@ def figure_columns(result: dict[str, Any]) -> dict[str, Any]:
 
 def run_job(task: Task, job_id: str) -> str:
     """Body of ``modelpress.optimize``; returns a short word for logs and Flower."""
+    started = time.monotonic()  # the soft time limit counts from the task's start
     settings: Settings = task.app.modelpress_settings  # type: ignore[attr-defined]
     sessions = _sessions(settings)
     with sessions() as s:
@@ -404,6 +406,7 @@ def run_job(task: Task, job_id: str) -> str:
                     threads=settings.worker_threads, warmup=settings.latency_warmup, runs=settings.latency_runs,
                     log=lambda m: log.info("job %s: %s", job_id[:8], m), reuse=reuse_cached,
                     timing_lock_dir=settings.timing_lock_dir, progress=report,
+                    deadline=started + _soft_limit(task, settings),
                 ).to_dict()
             except Exception as e:  # noqa: BLE001 - sorted here only when it is the memory ceiling's doing
                 over = guard.explain(e)
@@ -478,8 +481,6 @@ def _record_with_retries(sessions: Any, settings: Settings, *, job_id: str, toke
         >>> _record_with_retries(sessions, settings, job_id=j, token=t, status="succeeded", values={})  # doctest: +SKIP
         True
     """
-    import time
-
     delay = settings.result_write_backoff
     for attempt in range(1, settings.result_write_attempts + 1):
         try:

@@ -147,6 +147,50 @@ def test_a_checkpoint_of_another_student_is_not_resumed(cut, tmp_path) -> None:
     assert apply_step(other, cfg, ctx).meta["resumed_from_step"] is None
 
 
+
+def test_a_run_given_a_new_time_bound_resumes_its_checkpoint_under_that_bound(cut, tmp_path) -> None:
+    # A search's polishing is bounded by the time the job has left, which a redelivered job computes again.
+    spec, model, data, student = cut
+    ctx = StepContext(spec=spec, data=data, engine="x86", reference=model, checkpoint_dir=tmp_path)
+    with torch_threads(1):
+        first = apply_step(student, DistillFloatConfig(max_steps=10, validate_every=5, max_seconds=600), ctx)
+        again = apply_step(student, DistillFloatConfig(max_steps=15, validate_every=5, max_seconds=900), ctx)
+    assert first.meta["steps_run"] == 10
+    assert again.meta["resumed_from_step"] == 10 and again.meta["steps_run"] == 15
+    assert [h["step"] for h in again.meta["history"]] == [5, 10, 15]
+
+
+def test_an_extended_run_keeps_every_setting_and_the_steps_per_second_its_bounds_allow() -> None:
+    cfg = DistillFloatConfig(max_steps=6000, max_seconds=420, lr=2e-4, precision="auto")
+    more = cfg.extended(630)
+    assert (more.max_seconds, more.max_steps) == (630.0, 9000)
+    assert more.model_dump(exclude={"max_seconds", "max_steps"}) == cfg.model_dump(exclude={"max_seconds", "max_steps"})
+    assert cfg.extended(0.01).max_steps == 1
+
+
+def test_a_run_whose_target_is_out_of_reach_stops_at_half_its_bound_and_one_within_reach_does_not(cut) -> None:
+    spec, model, data, student = cut
+    cfg = DistillFloatConfig(max_steps=40, validate_every=5, lr=1e-3)
+    with torch_threads(1):
+        beyond = apply_step(student, cfg, StepContext(spec=spec, data=data, engine="x86", reference=model,
+                                                      target=1.5))  # a cosine never reaches it
+        within = apply_step(student, cfg, StepContext(spec=spec, data=data, engine="x86", reference=model,
+                                                      target=0.0))
+    assert beyond.meta["stopped_by"] == "out_of_reach" and beyond.meta["steps_run"] == 20  # the first check: half
+    assert beyond.meta["target"] == 1.5
+    assert within.meta["stopped_by"] == "max_steps" and within.meta["steps_run"] == 40
+
+
+def test_the_projection_that_stops_a_run_is_generous_and_waits_for_half_the_run() -> None:
+    from modelpress.optimize.techniques.distill_float import out_of_reach
+
+    state = {"best": 0.9617, "best_at_quarter": 0.957}
+    assert out_of_reach(state, 0.5, 0.98) == pytest.approx(0.9711)
+    assert out_of_reach(state, 0.49, 0.98) is None  # not yet half done
+    assert out_of_reach(state, 0.5, 0.97) is None  # 0.9711 would reach it
+    assert out_of_reach(state, 0.9, None) is None  # no target: train to the bounds
+    assert out_of_reach({"best": 0.96, "best_at_quarter": None}, 0.6, 0.98) is None
+
 def test_without_train_rows_the_step_says_how_to_give_them(cut) -> None:
     spec, model, data, student = cut
     ctx = StepContext(spec=spec, data=dataclasses.replace(data, train_inputs=None), engine="x86", reference=model)

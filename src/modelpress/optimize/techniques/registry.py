@@ -50,6 +50,9 @@ class StepContext:
     #: A folder that survives a worker restart, one per job (keyed by the artifact key): a training step saves
     #: its state there and resumes from it, so a redelivered job does not train from the start. None: no resume.
     checkpoint_dir: Path | None = None
+    #: The validation metric this step's output must reach to be of use (a search's budget on a level after
+    #: the first): a training step may stop once it is clearly out of reach. None: train to the step's bounds.
+    target: float | None = None
 
 
 @dataclass
