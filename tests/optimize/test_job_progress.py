@@ -34,7 +34,7 @@ def _fresh_runs():
 
 
 # torch builds the whole recipe itself (runtimes.torch_recipe); onnxruntime runs the torch steps first and then
-# quantizes (candidates.build_in_runtimes): both create the StepContext a step gets.
+# quantizes (candidates.build_in_runtimes, search.search_levels): both create the StepContext a step gets.
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_a_step_reports_through_optimize_models_progress_and_trains_in_a_private_folder_named_by_the_key(
         tmp_path, runtime):

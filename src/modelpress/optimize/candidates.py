@@ -31,7 +31,6 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,15 +38,15 @@ import torch
 from torch import nn
 
 from modelpress.errors import UserInputError
-from modelpress.filemodes import make_private_dirs
 from modelpress.optimize.chain import StepChain, run_steps
 from modelpress.optimize.choose import Selection, unbatch, variant_label
 from modelpress.optimize.measure import as_tuple, batch_of, compute_metric, n_samples, predict
 from modelpress.optimize.plan import JobPlan
-from modelpress.optimize.recipes import PruneConfig, QATConfig, Recipe, StaticQuantConfig, StepConfig
+from modelpress.optimize.recipes import QATConfig, Recipe, StaticQuantConfig, StepConfig
 from modelpress.optimize.runtimes.base import Exported, Runtime, RuntimeUnavailableError
 from modelpress.optimize.runtimes.registry import AUTO, get_runtime, runtime_names
 from modelpress.optimize.runtimes.torch_handle import TorchHandle
+from modelpress.optimize.search import search_levels
 from modelpress.optimize.spec import ModelSpec
 from modelpress.optimize.techniques.registry import StepContext, handler_for
 
@@ -375,12 +374,8 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
     which the caller removes after publishing the chosen one. A recipe naming one runtime raises that
     runtime's own error (its message, its retry class) when none of its variants could be built.
 
-    With a ``search``, the torch steps run once per level of the ``prune`` step, least cut first, each level
-    on the previous level's trained student (cut further, then trained again: iterative pruning), and each
-    level's candidates are built and judged on the selection rows. The search stops at the first level where
-    no candidate keeps the budget: a deeper cut of a student that already misses would miss too. Every
-    candidate carries its ``level``, and ``extra["frontier"]`` lists each level tried with its best candidate
-    on selection rows.
+    With a ``search``, the torch steps run once per level of the ``prune`` step and each level's candidates
+    are built and judged on the selection rows (``search.search_levels``: levels, time, frontier, polish).
     """
     recipe, spec, data, log = plan.recipe, plan.spec, plan.rows(), plan.log
     qi = quant_index(recipe)
@@ -395,205 +390,26 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
         raise UserInputError("choosing in a runtime needs calibration or validation inputs, and this "
                              "model's spec has none")
     extra["selection"] = sel.describe()
-    torch_steps = recipe.steps[:qi] if qi is not None else recipe.steps
-    levels: list[float | None] = sorted(recipe.search.levels) if recipe.search is not None else [None]
-    candidates: list[dict[str, Any]] = []
-    frontier: list[dict[str, Any]] = []
-    tried: dict[float, _Level] = {}
-    first_error: Exception | None = None
-    # The previous level's chain and steps: the next level starts from its trained student.
-    done: tuple[StepChain, tuple[StepConfig, ...], float] | None = None
-    for level in levels:
-        if level is not None and done is not None and (why := _no_time_for(plan, tried[done[2]])):
-            log(f"search: level {level} not tried: {why}")
-            extra["search_unfinished"] = {"level": level, "reason": why}
-            break
-        t_level = time.monotonic()
-        cut_from = done[2] if done is not None else 0.0
-        steps = tuple(s.model_copy(update={"level": level, "from_level": cut_from})
-                      if (level is not None and isinstance(s, PruneConfig)) else s for s in torch_steps)
-        if level is not None:
-            log(f"search: level {level}" + (f", from the level-{cut_from} student" if done is not None else ""))
-        # Each level trains its own student: its checkpoints live apart from the other levels'.
-        ckpt = plan.checkpoint_dir / (f"level-{level}" if level is not None else "")
-        # After the first level, training may stop once the budget is out of its reach (a level that cannot
-        # keep it ends the search either way, and its time is better spent polishing the level before).
-        target = (sel.before - budget.allowed_drop(sel.before)
-                  if done is not None and budget is not None and sel.rows == "validation" else None)
-        ctx = StepContext(spec=spec, data=data, engine=plan.engine, reference=plan.float_model, log=log,
-                          progress=plan.progress, checkpoint_dir=ckpt, target=target)
-        chain = StepChain([plan.float_model], [])
-        start = 0
-        if done is not None:  # this level's steps run after the previous level's, on its output
-            chain, steps = StepChain(done[0].inputs + [done[0].model], done[0].outputs), done[1] + steps
-            start = len(done[1])
-        if steps:
-            if level is not None:
-                make_private_dirs(ckpt)
-            chain = run_steps(chain, steps, start, ctx, log)
-        steps_s = time.monotonic() - t_level
-        if level is not None and (gave_up := [m for m in chain.metas[start:] if m.get("stopped_by") == "out_of_reach"]):
-            last = gave_up[-1]
-            why = (f"training stopped at {last['seconds']:.0f} s: validation {last['validation_best']:.4f} would not "
-                   f"reach {target:.4f}")
-            log(f"search: level {level} not built: {why}")
-            frontier.append({**_frontier_row(level, [], chain), "abandoned": why})
-            break
-        t_cand = time.monotonic()
-        built, error = _level_candidates(plan, chain, ctx, _prefix(plan, steps, chain, qi), sel,
-                                         workdir / (f"level-{level}" if level else "all"), level)
-        first_error = first_error or error
-        candidates += built
-        if level is None:
-            continue
-        frontier.append(_frontier_row(level, built, chain))
-        tried[level] = _Level(chain, steps, built, ctx, steps_s, time.monotonic() - t_cand,
-                              _training_seconds(chain.metas[start:]))
-        if not frontier[-1]["within_budget_on_selection"]:
-            log(f"search: level {level} misses the budget on {sel.rows} rows; a deeper cut would miss too")
-            break
-        done = (chain, steps, level)
+    torch_steps = tuple(recipe.steps[:qi] if qi is not None else recipe.steps)
+
+    def build(chain: StepChain, ctx: StepContext, steps: tuple[StepConfig, ...], wd: Path,
+              level: float | None) -> tuple[list[dict[str, Any]], Exception | None]:
+        prefix = {"quant_index": qi, "steps": [s.to_dict() for s in steps], "steps_meta": chain.metas,
+                  "manifest": {**plan.base_manifest, "recipe": recipe.to_dict()}}
+        return _level_candidates(plan, chain, ctx, prefix, sel, wd, level)
+
     if recipe.search is not None:
-        if recipe.search.polish_seconds > 0 and frontier:
-            polished, error = _polish(plan, recipe.search.polish_seconds, tried, frontier, sel, qi, workdir)
-            candidates += polished
-            first_error = first_error or error
-        extra["frontier"] = frontier
+        candidates, first_error = search_levels(plan, torch_steps, sel, build, extra, workdir)
+    else:
+        ctx = StepContext(spec=spec, data=data, engine=plan.engine, reference=plan.float_model, log=log,
+                          progress=plan.progress, checkpoint_dir=plan.checkpoint_dir)
+        chain = StepChain([plan.float_model], [])
+        if torch_steps:
+            chain = run_steps(chain, torch_steps, 0, ctx, log)
+        candidates, first_error = build(chain, ctx, torch_steps, workdir / "all", None)
     if recipe.runtime != AUTO and first_error is not None and not any(c.get("status") == "built" for c in candidates):
         raise first_error
     return candidates
-
-
-#: Polishing shorter than this is not started: the warm-up and the first validations would be most of it.
-MIN_POLISH_SECONDS = 30.0
-
-
-@dataclass
-class _Level:
-    """One search level as built: its chain and steps, its candidates, and what each part of it took (s)."""
-
-    chain: StepChain
-    steps: tuple[StepConfig, ...]
-    built: list[dict[str, Any]]
-    ctx: StepContext
-    steps_s: float
-    candidates_s: float
-    training_s: float
-
-    def finish_reserve(self) -> float:
-        """What the job needs after its candidates are built: the choice (a runoff re-times the closest), the
-        published artifact's reload, and the fresh timing and metric on the eval rows (31 s for MiniLM on 2
-        cores, after 135 s of candidates)."""
-        return max(60.0, 0.25 * self.candidates_s)
-
-    def again(self, *, training: bool) -> float:
-        """About what a level like this one takes (its steps, or only their set-up without ``training``, then its
-        candidates), with a quarter to spare: one MiniLM job built the same candidates in 135 s, then 170 s."""
-        steps = self.steps_s if training else max(0.0, self.steps_s - self.training_s)
-        return 1.25 * (self.candidates_s + steps)
-
-
-def _training_seconds(metas: list[dict[str, Any]]) -> float:
-    """Seconds of a chain's training steps spent training (the rest of their time is set-up, pruning, ...)."""
-    return sum(float(m.get("seconds") or 0.0) for m in metas if "steps_run" in m)
-
-
-def _no_time_for(plan: JobPlan, previous: _Level) -> str | None:
-    """Why the next level cannot fit before the job's soft time limit (None: it can, or there is no limit).
-
-    A level costs about what the previous one did (its steps and its candidates), and the job still has to
-    choose and measure after it.
-    """
-    left = plan.seconds_left()
-    need = previous.again(training=True) + previous.finish_reserve()
-    if left is None or left >= need:
-        return None
-    return f"about {need:.0f} s needed and {max(left, 0):.0f} s left before the job's soft time limit"
-
-
-def _prefix(plan: JobPlan, steps: tuple[StepConfig, ...], chain: StepChain, qi: int | None) -> dict[str, Any]:
-    return {"quant_index": qi, "steps": [s.to_dict() for s in steps], "steps_meta": chain.metas,
-            "manifest": {**plan.base_manifest, "recipe": plan.recipe.to_dict()}}
-
-
-def _frontier_row(level: float, built: list[dict[str, Any]], chain: StepChain) -> dict[str, Any]:
-    ok = [c for c in built if c.get("status") == "built"]
-    best = max(ok, key=lambda c: c["selection_metric"], default=None)
-    return {"level": level, "candidates_built": len(ok),
-            "within_budget_on_selection": any(c["within_budget_on_selection"] for c in ok),
-            "best_selection_metric": best["selection_metric"] if best else None,
-            "best_runtime": best["runtime"] if best else None,
-            "latency": best["latency"] if best else None,
-            "bytes": best["bytes"] if best else None,
-            "steps_meta": _step_summary(chain.metas)}
-
-
-def _polish(plan: JobPlan, seconds: float, tried: dict[float, _Level], frontier: list[dict[str, Any]],
-            sel: Selection, qi: int | None, workdir: Path) -> tuple[list[dict[str, Any]], Exception | None]:
-    """Train the level the job would choose for up to ``seconds`` more, then build its candidates again.
-
-    The level is the most cut one that kept the budget on the selection rows, else the least cut (the one
-    closest to keeping it). Its last training step runs again from its trained student (``extended``), for
-    ``seconds`` or what the job's time allows after keeping back what rebuilding the candidates, the
-    training step's set-up and the job's last measurements took or need. Of the level's two rounds of
-    candidates, the one whose best scores higher on the selection rows stands; the other's are recorded as
-    ``superseded`` (never chosen). The level's frontier row says what was done (``polish``).
-    """
-    keeping = [f["level"] for f in frontier if f["within_budget_on_selection"]]
-    level = max(keeping) if keeping else frontier[0]["level"]
-    row = next(f for f in frontier if f["level"] == level)
-    lv = tried[level]
-    trainable = [s for s in lv.steps if callable(getattr(s, "extended", None))]
-    if not trainable:
-        row["polish"] = {"skipped": "the level has no training step to continue"}
-        return [], None
-    reserve = lv.again(training=False) + lv.finish_reserve()
-    left = plan.seconds_left()
-    budget = seconds if left is None else min(seconds, left - reserve)
-    if budget < MIN_POLISH_SECONDS:
-        row["polish"] = {"skipped": f"{max(left or 0.0, 0.0):.0f} s left before the job's soft time limit, "
-                                    f"{reserve:.0f} s of it kept back"}
-        plan.log(f"search: level {level} not polished: {row['polish']['skipped']}")
-        return [], None
-    plan.log(f"search: polishing level {level}: {budget:.0f} s more of {trainable[-1].type}")
-    ext = trainable[-1].extended(budget)  # type: ignore[attr-defined]
-    steps = lv.steps + (ext,)
-    # No target: the chosen level keeps the budget already, or is the one to bring closest to it.
-    ctx = replace(lv.ctx, target=None)
-    chain = run_steps(StepChain(lv.chain.inputs + [lv.chain.model], lv.chain.outputs), steps, len(lv.steps),
-                      ctx, plan.log)
-    built, error = _level_candidates(plan, chain, ctx, _prefix(plan, steps, chain, qi), sel,
-                                     workdir / f"level-{level}-polished", level)
-    for c in built:
-        c["polished"] = True
-    after = _frontier_row(level, built, chain)
-    before = row["best_selection_metric"]
-    kept = after["best_selection_metric"] is not None and (before is None or after["best_selection_metric"] > before)
-    loser = lv.built if kept else built
-    for c in loser:
-        if c.get("status") == "built":
-            c["status"] = "superseded"
-            c["reason"] = ("the level's " + ("polished" if kept else "first") + " round scored better on "
-                           f"the {sel.rows} rows")
-    polish = {"seconds": round(budget, 1), "best_selection_metric_before": before,
-              "best_selection_metric_after": after["best_selection_metric"], "kept": kept}
-    if kept:
-        row.update(after)
-    row["polish"] = polish
-    plan.log(f"search: level {level} polished: best {sel.rows} metric {before} → {after['best_selection_metric']}"
-             f" ({'kept' if kept else 'the first round stands'})")
-    return built, error
-
-
-def _step_summary(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The figures of each torch step a frontier row shows (structure and history left to the artifact)."""
-    keep = ("level", "params_before", "params_after", "layers_after", "heads_per_layer_after", "ffn_per_layer_after",
-            "steps_run", "stopped_by", "seconds", "validation_before", "validation_best", "peak_rss_mb", "flops_ratio")
-    out = []
-    for m in metas:
-        flat = {**m, **(m.get("delegate_meta") or {})}
-        out.append({k: flat[k] for k in keep if k in flat})
-    return out
 
 
 def _level_candidates(plan: JobPlan, chain: StepChain, ctx: StepContext, prefix: dict[str, Any], sel: Selection,
