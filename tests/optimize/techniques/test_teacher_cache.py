@@ -51,6 +51,22 @@ def test_nothing_is_cached_when_the_rows_would_take_more_than_the_budget(view) -
     assert TeacherCache.build(teacher, inputs, trim, points, lengths, max_bytes=10_000) is None
 
 
+def test_a_cache_of_mostly_short_rows_is_kept_when_its_real_size_fits_the_budget(view) -> None:
+    # Shortest rows come first; scaling their size by the longest row's length refused caches well under budget.
+    teacher, trim, inputs = view
+    lengths = _row_lengths(inputs, trim)
+    assert lengths is not None
+    points = match_points(teacher, teacher, trim(tuple(t[:4] for t in inputs)))
+    full = TeacherCache.build(teacher, inputs, trim, points, lengths)
+    assert full is not None
+    longest_bound = full.outputs[0].numel() * 4 * len(lengths) + sum(
+        int(lengths.max()) * rows[0][0].numel() * 2 * len(lengths) for rows in full.hidden.values())
+    assert full.nbytes < longest_bound  # the rows differ in length, so the two bounds differ
+    kept = TeacherCache.build(teacher, inputs, trim, points, lengths, max_bytes=full.nbytes)
+    assert kept is not None and kept.nbytes == full.nbytes
+    assert TeacherCache.build(teacher, inputs, trim, points, lengths, max_bytes=full.nbytes - 1) is None
+
+
 def test_the_hidden_state_loss_ignores_padding_and_is_scale_free() -> None:
     t = torch.randn(2, 5, 8)
     s = t + 0.1 * torch.randn(2, 5, 8)

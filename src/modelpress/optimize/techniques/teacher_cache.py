@@ -79,6 +79,28 @@ def hidden_loss(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> 
     return ((s - t).pow(2) * m).sum() / n / ((t.pow(2) * m).sum() / n + 1e-6)
 
 
+def estimate_bytes(out: torch.Tensor, seen: dict[str, torch.Tensor], lengths: torch.Tensor | None, n: int) -> int:
+    """What ``n`` rows will take, from one chunk's output and hidden states: outputs in float32 at their own
+    shape, hidden states in float16 at each row's own length (``lengths``; else at the chunk's).
+
+    Each row is counted at its length, not the longest row's: a scale-by-the-longest bound refused caches of
+    533 and 798 MB under a 1 GiB budget, and the teacher then ran at every step.
+
+    Example:
+        >>> h = {"block": torch.zeros(2, 8, 4)}                    # a chunk of 2 rows trimmed to 8 tokens
+        >>> estimate_bytes(torch.zeros(2, 3), h, torch.tensor([8, 2, 5]), 3)
+        156
+    """
+    per_row_out = out[0].numel() * 4
+    total = per_row_out * n
+    for h in seen.values():
+        if lengths is not None and h.dim() >= 3:
+            total += int(lengths.sum()) * (h[0, 0].numel() * 2)  # one position of one row, float16
+        else:
+            total += n * h[0].numel() * 2
+    return total
+
+
 class TeacherCache:
     """Per train row: the teacher's output, and its hidden state at each match point (at the row's length)."""
 
@@ -102,11 +124,7 @@ class TeacherCache:
                 idx = order[start:start + _CHUNK]
                 out = teacher(*trim(tuple(t[idx] for t in inputs))).float()
                 if outputs is None:
-                    per_row = out[0].numel() * 4 + sum(v[0].numel() * 2 for v in taps.seen.values())
-                    # Rows are taken shortest first: the first chunk's per-row size bounds the mean from below,
-                    # so scale by the longest row's length over this chunk's.
-                    scale = (float(lengths.max()) / max(1, int(lengths[idx].max()))) if lengths is not None else 1.0
-                    if per_row * n * scale > max_bytes:
+                    if estimate_bytes(out, taps.seen, lengths, n) > max_bytes:
                         return None
                     outputs = torch.empty((n, *out.shape[1:]), dtype=torch.float32)
                 outputs[idx] = out
@@ -139,4 +157,4 @@ class TeacherCache:
         return out, hidden, length_mask(self.lengths[idx] if self.lengths is not None else None, length)
 
 
-__all__ = ["TEACHER_CACHE_MAX_BYTES", "Taps", "TeacherCache", "hidden_loss", "length_mask"]
+__all__ = ["TEACHER_CACHE_MAX_BYTES", "Taps", "TeacherCache", "estimate_bytes", "hidden_loss", "length_mask"]
