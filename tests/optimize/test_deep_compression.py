@@ -81,6 +81,23 @@ def test_when_the_least_cut_level_misses_the_budget_the_search_stops_there_and_t
 
 
 
+def test_a_quantization_step_may_top_its_calibration_rows_up_with_train_rows(encoder_ref, tmp_path) -> None:
+    def job(top_up: bool):  # type: ignore[no-untyped-def]
+        recipe = Recipe.from_dict({"name": f"cal-{top_up}", "runtime": "openvino", "steps": [
+            {"type": "quantize_static", "calibration_batches": 4, "calibration_batch_size": 16,
+             "top_up_from_train": top_up}]})
+        return optimize_model(model_ref=encoder_ref, recipe=recipe, engine="x86", store=tmp_path / str(top_up),
+                              warmup=1, runs=3)
+
+    plain, topped = job(False), job(True)
+    (c_plain,), (c_topped,) = plain.extra["candidates"], topped.extra["candidates"]
+    n = c_plain["calibration"]["calibration_rows"]
+    assert c_plain["calibration"]["train_rows"] == 0 and 0 < n < 64
+    assert c_topped["calibration"] == {"calibration_rows": n, "train_rows": 64 - n}
+    # Other rows, other activation ranges: the int8 model is not the same one.
+    assert plain.metric_after != topped.metric_after
+
+
 def test_polishing_trains_the_chosen_level_on_and_the_round_better_on_validation_stands(encoder_ref, tmp_path) -> None:
     # 30 s at the 20-steps-per-60-s rate the step's bounds allow: 10 more steps, from the chosen level's student.
     r = optimize_model(model_ref=encoder_ref, recipe=_recipe(0.3, "size", polish_seconds=30), engine="x86",

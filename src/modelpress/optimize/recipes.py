@@ -142,6 +142,11 @@ class StaticQuantConfig(StepConfig):
     per_channel: bool | None = Field(default=None, description=PER_CHANNEL_DOC)
     keep_float: tuple[str, ...] = Field(default=(), description="Module names left in float.")
     backend: str = Field(default="torch.ao", description="Registered quantization backend (optimize.backends).")
+    top_up_from_train: bool = Field(
+        default=False,
+        description="When the calibration rows are fewer than calibration_batches × calibration_batch_size, a seeded "
+                    "sample of train rows fills them up (candidates built per runtime; a recipe naming runtime: torch "
+                    "calibrates on the calibration rows).")
 
 
 @register_step("qat")
@@ -552,9 +557,13 @@ register_builtin_recipe({
 # 0.9785; 5 layers of 1,216 neurons).
 _DISTILL = {"type": "distill_float", "max_steps": 6000, "max_seconds": 420, "validate_every": 100, "lr": 2e-4,
             "batch_size": 16, "intermediate_weight": 4.0, "embeddings": "freeze", "precision": "auto"}
+# These recipes need train rows anyway: the int8 step calibrates on up to 256 rows, the calibration file's
+# rows first, then a seeded sample of train rows (MiniLM's 0.22 student in OpenVINO: int8 cost -0.0021 in
+# cosine on the reported rows, -0.0024 with the 64 calibration rows alone).
+_INT8_TOPPED_UP = {"type": "quantize_static", "top_up_from_train": True}
 register_builtin_recipe({
     "name": "prune-distill-int8",
-    "steps": [{"type": "prune", "level": 0.4, "shape": "mixed"}, dict(_DISTILL), {"type": "quantize_static"}],
+    "steps": [{"type": "prune", "level": 0.4, "shape": "mixed"}, dict(_DISTILL), dict(_INT8_TOPPED_UP)],
     "runtime": "auto",
     "search": {"levels": [0.4, 0.22]},
     "budget": {"max_drop": 0.02, "max_float_layers": 0},
@@ -563,7 +572,7 @@ register_builtin_recipe({
 # to be the whole model again. Depth 0.2 then 0.4 of 6 layers: 1, then 2 layers dropped.
 register_builtin_recipe({
     "name": "distill-int8",
-    "steps": [{"type": "prune", "level": 0.4, "shape": "depth"}, dict(_DISTILL), {"type": "quantize_static"}],
+    "steps": [{"type": "prune", "level": 0.4, "shape": "depth"}, dict(_DISTILL), dict(_INT8_TOPPED_UP)],
     "runtime": "auto",
     "search": {"levels": [0.4, 0.2]},
     "budget": {"max_drop": 0.02, "max_float_layers": 0},
