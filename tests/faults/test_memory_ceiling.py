@@ -75,7 +75,11 @@ def test_a_job_over_its_memory_ceiling_fails_alone_and_the_same_child_runs_the_n
     rows = mem_stack.wait_finished([one, many, after], timeout=180)
 
     assert_failed_on_its_ceiling(rows[one], says=r"an allocation of 6\.00 GiB was refused")
-    assert_failed_on_its_ceiling(rows[many], says=r"an allocation of 1 MiB was refused")
+    # 1 MiB pieces: the private data the kernel's limit counts and the resident memory the watchdog samples
+    # grow together, and either may pass the ceiling first (the allocator reuses pages it holds, resident but
+    # already counted): 2 runs of 3 right after a full suite were stopped by the watchdog, 8 of 8 later by the
+    # kernel. Both stop the job alone, with the ceiling in its error, and the child lives on (asserted below).
+    assert_failed_on_its_ceiling(rows[many], says=r"an allocation of 1 MiB was refused|" + STOPPED_BY_WATCHDOG)
     assert rows[after]["status"] == "succeeded", rows[after]["error"]
     # One child ran all three: a refused allocation costs no process.
     pids = {mem_stack.child_pid(rows[j]) for j in (one, many, after)}
