@@ -79,8 +79,9 @@ def optimize_model(*, model_name: str | None = None, recipe: Recipe, engine: str
     the host-wide lock in ``timing_lock_dir``; ``extra["timing"]`` records waits and load. ``progress`` is
     called by long steps with a dict such as ``{"step": "distill_float", "iteration": 120, "of": 600,
     "loss": 0.031, "elapsed_s": 41.2}``, every few seconds, in the job's own thread: it must return quickly.
-    ``deadline`` is the ``time.monotonic()`` of the job's soft time limit: a search's ``polish_seconds`` are
-    bounded by it (without one, they are spent in full).
+    ``deadline`` is the ``time.monotonic()`` of the job's soft time limit: a search tries no level that would
+    not fit before it, and its ``polish_seconds`` are bounded by it (without one, levels all run and polishing
+    is spent in full).
 
     Example:
         >>> seen = []

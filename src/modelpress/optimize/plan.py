@@ -81,8 +81,8 @@ class JobPlan:
     timings: list[dict[str, Any]] = field(default_factory=list)
     data: TaskData | None = None
     base: FloatBaseline | None = None
-    #: ``time.monotonic()`` at the job's soft time limit (None: no limit known); a search's polishing uses the
-    #: time before it that the job does not otherwise need.
+    #: ``time.monotonic()`` at the job's soft time limit (None: no limit known); a search tries no level that
+    #: would not fit before it, and its polishing uses only the time the job does not otherwise need.
     deadline: float | None = None
 
     def seconds_left(self) -> float | None:
