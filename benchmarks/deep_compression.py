@@ -241,7 +241,8 @@ def bench_subject(name: str, a: argparse.Namespace, store: Path) -> dict[str, An
     budgets = [float(v) for v in a.budgets.split(",")] if a.budgets else list(info["budgets"])
     for b in budgets:
         spec = json.loads(json.dumps(BUILTIN_RECIPES["prune-distill-int8"]))
-        spec.update(name=f"prune-distill-int8-b{b}", budget={"max_drop": b, "max_float_layers": 0}, runtime=a.runtime)
+        # As a manifest's `budget: {max_drop: b}` does: the recipe's own budget with only its drop changed.
+        spec.update(name=f"prune-distill-int8-b{b}", budget={**spec["budget"], "max_drop": b}, runtime=a.runtime)
         if a.quick:
             spec["search"] = {"levels": [0.5]}
             spec["steps"][1].update(max_seconds=20, validate_every=10)

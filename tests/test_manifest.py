@@ -88,6 +88,19 @@ def test_a_budget_changes_the_recipe_hash_so_results_under_another_budget_are_no
     assert plain.recipe.sha256 != budgeted.recipe.sha256
 
 
+def test_a_manifest_budget_changes_only_the_fields_it_gives_of_the_recipes_own_budget(settings):
+    plan = _parse("""
+        defaults: {recipes: [prune-distill-int8], backends: [fbgemm]}
+        models:
+          - {model: mlp, budget: {max_drop: 0.05}}
+          - {model: mlp, budget: {max_drop: 0.05, max_float_layers: 2, confidence: 0.95}}
+        """, settings)
+    own = plan.requests[0].recipe.budget, plan.requests[1].recipe.budget
+    # The recipe's no-float-layers and its 0.9 bound stay unless the manifest says otherwise.
+    assert (own[0].max_drop, own[0].max_float_layers, own[0].confidence) == (0.05, 0, 0.9)
+    assert (own[1].max_drop, own[1].max_float_layers, own[1].confidence) == (0.05, 2, 0.95)
+
+
 def test_a_recipe_file_is_found_relative_to_the_manifest(settings, tmp_path):
     (tmp_path / "r.yaml").write_text("name: mine\nsteps: [{type: quantize_dynamic, per_channel: false}]\n")
     plan = _parse("models: [mlp]\ndefaults: {recipes: [r.yaml], backends: [fbgemm]}\n", settings, tmp_path)

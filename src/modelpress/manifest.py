@@ -7,7 +7,7 @@ under ``defaults``, the recipes to run, the backends to target and an accuracy b
     defaults:
       recipes: [dynamic-int8, prune50-dynamic-int8]
       backends: [fbgemm, qnnpack]
-      budget: {max_drop: 0.02}        # overrides each recipe's own budget
+      budget: {max_drop: 0.02}        # its fields override those of each recipe's own budget
     models:
       - mlp                           # shorthand for {model: mlp}
       - model: mlp
@@ -101,7 +101,7 @@ class Defaults(_Strict):
 
     recipes: list[RecipeRef] | None = Field(default=None, min_length=1, description="Recipe names, files or inline recipes.")
     backends: list[str] | None = Field(default=None, min_length=1, description="Target backends (queues).")
-    budget: Budget | None = Field(default=None, description="Largest allowed metric drop; overrides the recipe's.")
+    budget: Budget | None = Field(default=None, description="Largest allowed metric drop; the fields given override the recipe's.")
     runtime: str | None = Field(default=None, description="torch | onnxruntime | openvino | auto; overrides the recipe's.")
 
     @field_validator("runtime")
@@ -250,6 +250,21 @@ def _entry_ref(validator: "Producer", entry: ModelEntry, base: Path, here: Loc, 
     return None
 
 
+def merged_budget(own: Budget | None, given: Budget) -> Budget:
+    """The fields a manifest gives (``given``) over the recipe's ``own`` budget, the rest kept from it.
+
+    A recipe's budget can carry more than its drop (``prune-distill-int8``: no float layers, a confidence
+    bound); a manifest that only says ``max_drop`` changes only that.
+
+    Example:
+        >>> merged_budget(Budget(max_drop=0.02, max_float_layers=0, confidence=0.9), Budget(max_drop=0.05))
+        Budget(max_drop=0.05, relative=False, max_float_layers=0, sensitivity_samples=64, confidence=0.9, sensitivity_method='leave_one_float')
+    """
+    if own is None:
+        return given
+    return own.model_copy(update={k: getattr(given, k) for k in given.model_fields_set})
+
+
 def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".",
                    filename: str = "manifest.yaml", producer: "Producer | None" = None) -> ManifestPlan:
     """Validate a manifest's text completely; raise ``ManifestError`` listing every problem.
@@ -388,7 +403,7 @@ def parse_manifest(text: str, *, settings: "Settings", base_dir: str | Path = ".
             if recipe is None:
                 continue
             if budget is not None:
-                recipe = recipe.model_copy(update={"budget": budget})
+                recipe = recipe.model_copy(update={"budget": merged_budget(recipe.budget, budget)})
             for b, backend in enumerate(backend_names):
                 if not backends_ok.get(backend_owner + ("backends", b)):
                     continue

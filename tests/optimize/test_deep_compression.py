@@ -1,9 +1,10 @@
 """Prune → distill → int8 of a team's own transformer (``hf:`` folder + a train file), searched over levels.
 
-Issue 22: a recipe with a ``search`` tries the ``prune`` levels least-cut first, each level cutting the previous
-level's trained student further (iterative pruning) and distilling it from the float model on the train rows,
-quantizes it in the runtime, and stops at the first level whose candidates miss the budget on validation rows;
-the job keeps the fastest candidate that kept it, and every level tried is the frontier. The chosen artifact
+Issue 22: a recipe with a ``search`` bisects the ``prune`` levels: a level that keeps the budget on validation
+rows is cut further from its trained student (iterative pruning, distilled from the float model on the train
+rows), one that misses rules out every deeper level and the search goes on below it from the float model; each
+level is quantized in the runtime, the job keeps the fastest candidate that kept the budget, and every level
+tried is the frontier. The chosen artifact
 serves without modelpress and reloads to the outputs that were measured.
 """
 
@@ -152,12 +153,36 @@ def test_a_deeper_level_whose_training_cannot_reach_the_budget_builds_nothing_an
     r = optimize_model(model_ref=encoder_ref, recipe=Recipe.from_dict(spec), engine="x86", store=tmp_path, warmup=1,
                        runs=3)
     assert targets[0] is None and targets[-1] == pytest.approx(0.7)  # the first level trains to its bounds
-    first, deeper = r.extra["frontier"]  # and 0.75 is not tried: a deeper cut would miss too
-    assert first["within_budget_on_selection"] and r.status == "succeeded" and r.extra["chosen_level"] == 0.25
-    assert deeper["level"] == 0.5 and not deeper["within_budget_on_selection"] and deeper["candidates_built"] == 0
+    # The middle level first; it keeps the budget, so 0.25 is never tried and 0.75 is cut from its student.
+    first, deeper = r.extra["frontier"]
+    assert first["level"] == 0.5 and first["within_budget_on_selection"]
+    assert r.status == "succeeded" and r.extra["chosen_level"] == 0.5
+    assert deeper["level"] == 0.75 and not deeper["within_budget_on_selection"] and deeper["candidates_built"] == 0
     assert "would not reach 0.7000" in deeper["abandoned"]
     assert deeper["steps_meta"][-1]["stopped_by"] == "out_of_reach" and deeper["steps_meta"][-1]["steps_run"] == 10
-    assert {c["level"] for c in r.extra["candidates"]} == {0.25}
+    assert {c["level"] for c in r.extra["candidates"]} == {0.5}
+
+
+def test_a_level_that_misses_rules_out_the_deeper_ones_and_the_search_goes_on_below_it_from_the_float_model(
+        encoder_ref, tmp_path) -> None:
+    # A budget of 0 no cut keeps: the middle level misses, so 0.75 is never tried and 0.25 is cut from the
+    # float model (not from the student that missed).
+    logged: list[str] = []
+    spec = _recipe(0.0, "size").to_dict()
+    spec["search"] = {"levels": [0.25, 0.5, 0.75]}
+    r = optimize_model(model_ref=encoder_ref, recipe=Recipe.from_dict(spec), engine="x86", store=tmp_path, warmup=1,
+                       runs=3, log=logged.append)
+    tried = [m for m in logged if m.startswith("search: level")]
+    assert tried[0] == "search: level 0.5" and tried[1].startswith("search: level 0.5 misses the budget")
+    assert tried[2] == "search: level 0.25" and tried[3].startswith("search: level 0.25 misses the budget")
+    assert len(tried) == 4
+    assert [f["level"] for f in r.extra["frontier"]] == [0.25, 0.5]  # least cut first, as tried or not
+    assert not any(f["within_budget_on_selection"] for f in r.extra["frontier"])
+    assert r.status == "rejected" and {c["level"] for c in r.extra["candidates"]} == {0.25, 0.5}
+    # Each level's student was cut from the float model: the same parameters before either cut.
+    starts = {f["level"]: f["steps_meta"][0]["params_before"] for f in r.extra["frontier"]}
+    assert starts[0.25] == starts[0.5]
+
 
 def test_the_chosen_artifact_serves_with_openvino_alone_and_gives_the_measured_outputs(encoder_ref, tmp_path) -> None:
     import numpy as np

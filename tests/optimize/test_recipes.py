@@ -159,3 +159,16 @@ def test_a_search_without_polishing_keeps_the_recipe_json_it_always_had_and_one_
     assert plain.sha256 != polished.sha256
     with pytest.raises(Exception, match="polish_seconds"):
         Recipe.from_dict({**base, "search": {"levels": [0.2], "polish_seconds": -1}})
+
+
+def test_a_budget_without_a_confidence_keeps_the_hash_it_had_and_one_with_it_hashes_apart() -> None:
+    plain = Recipe.from_dict({"name": "b", "steps": [{"type": "quantize_dynamic"}], "budget": {"max_drop": 0.02}})
+    bound = Recipe.from_dict({"name": "b", "steps": [{"type": "quantize_dynamic"}],
+                              "budget": {"max_drop": 0.02, "confidence": 0.9}})
+    assert "confidence" not in json.loads(plain.to_json())["budget"]
+    assert json.loads(bound.to_json())["budget"]["confidence"] == 0.9
+    assert plain.sha256 != bound.sha256
+    assert Recipe.from_json(bound.to_json()) == bound
+    with pytest.raises(RecipeError, match="confidence"):
+        Recipe.from_dict({"name": "b", "steps": [{"type": "quantize_dynamic"}],
+                          "budget": {"max_drop": 0.02, "confidence": 1.0}})

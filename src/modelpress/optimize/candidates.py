@@ -423,7 +423,8 @@ def build_in_runtimes(plan: JobPlan, extra: dict[str, Any], workdir: Path) -> li
     # Fidelity on selection rows is judged against the user's float model, like the reported metric.
     budget = recipe.budget
     sel = Selection.of(spec, data, plan.float_model, batch_size=plan.eval_bs,
-                       max_calibration_rows=budget.sensitivity_samples if budget else 256)
+                       max_calibration_rows=budget.sensitivity_samples if budget else 256,
+                       confidence=budget.confidence if budget else None)
     if sel is None:
         raise UserInputError("choosing in a runtime needs calibration or validation inputs, and this "
                              "model's spec has none")

@@ -36,6 +36,8 @@ from modelpress.optimize.spec import ModelSpec, TaskData
 #: Candidates keeping the budget whose objective latency is within this fraction of the best one are timed
 #: again side by side (``runoff``) before one is chosen; env override.
 RUNOFF_MARGIN = float(os.environ.get("MODELPRESS_RUNOFF_MARGIN", "0.10"))
+#: Bootstrap resamples of the selection rows behind a budget's ``confidence`` bound.
+BOOTSTRAP_RESAMPLES = 1000
 #: Rounds of the run-off; each times every contender for ``ceil(runs / RUNOFF_ROUNDS)`` calls.
 RUNOFF_ROUNDS = 5
 #: At most this many contenders (the closest to the best) go into a run-off.
@@ -59,18 +61,26 @@ class Selection:
     """
 
     def __init__(self, rows: str, inputs: Any, labels: torch.Tensor | None, metric: Any,
-                 reference: torch.Tensor, batch_size: int) -> None:
+                 reference: torch.Tensor, batch_size: int, confidence: float | None = None) -> None:
         self.rows, self.inputs, self.labels, self.metric = rows, inputs, labels, metric
-        self.reference, self.batch_size = reference, batch_size
-        self.before = self.score_outputs(reference)
+        self.reference, self.batch_size, self.confidence = reference, batch_size, confidence
+        self.before = self._metric(reference)
+        self._resamples: list[tuple[torch.Tensor, float]] = []
+        if confidence is not None:
+            # Fixed resamples (seeded), so that two candidates are judged on the same draws.
+            n = int(reference.shape[0])
+            g = torch.Generator().manual_seed(0)
+            for _ in range(BOOTSTRAP_RESAMPLES):
+                idx = torch.randint(0, n, (n,), generator=g)
+                self._resamples.append((idx, self._metric(reference, idx)))
 
     @classmethod
     def of(cls, spec: ModelSpec, data: TaskData, float_fn: Callable[..., torch.Tensor], *, batch_size: int,
-           max_calibration_rows: int | None = None) -> "Selection | None":
+           max_calibration_rows: int | None = None, confidence: float | None = None) -> "Selection | None":
         """The selection rows of ``data``, or None when it has neither validation nor calibration rows.
 
         Calibration rows are cut to the first ``max_calibration_rows`` when given (a runtime scores every
-        candidate, fallback trial and tuning on them).
+        candidate, fallback trial and tuning on them). ``confidence``: scores are lower bounds (the budget's).
         """
         if data.val_inputs is not None and n_samples(data.val_inputs) > 0:
             rows, inputs, labels = "validation", data.val_inputs, data.val_labels
@@ -97,10 +107,31 @@ class Selection:
         else:
             metric, labels = ("cosine" if spec.metric == "cosine" else "top1_agreement"), None
         reference = predict(float_fn, inputs, batch_size=batch_size)
-        return cls(rows, inputs, labels, metric, reference, batch_size)
+        return cls(rows, inputs, labels, metric, reference, batch_size, confidence)
+
+    def _metric(self, out: torch.Tensor, idx: torch.Tensor | None = None) -> float:
+        if idx is None:
+            return compute_metric(self.metric, out, labels=self.labels, reference=self.reference)
+        return compute_metric(self.metric, out[idx], labels=None if self.labels is None else self.labels[idx],
+                              reference=self.reference[idx])
 
     def score_outputs(self, out: torch.Tensor) -> float:
-        return compute_metric(self.metric, out, labels=self.labels, reference=self.reference)  # type: ignore[arg-type]
+        """The metric of outputs ``out`` on these rows: the mean, or with a ``confidence`` its lower bound.
+
+        Example:
+            >>> ref = torch.eye(4)
+            >>> s = Selection("validation", None, None, "cosine", ref, 32, confidence=0.9)
+            >>> s.score_outputs(ref)
+            1.0
+            >>> out = ref.clone(); out[0] = torch.tensor([1.0, 1.0, 0.0, 0.0])
+            >>> mean = Selection("validation", None, None, "cosine", ref, 32).score_outputs(out)
+            >>> round(mean, 4), round(s.score_outputs(out), 4)
+            (0.9268, 0.8536)
+        """
+        if self.confidence is None:
+            return self._metric(out)
+        drops = torch.tensor([before - self._metric(out, idx) for idx, before in self._resamples], dtype=torch.float64)
+        return self.before - float(torch.quantile(drops, self.confidence))
 
     def score(self, fn: Callable[..., torch.Tensor]) -> float:
         """The metric of ``fn`` (a model or a loaded artifact) on these rows."""
@@ -110,7 +141,10 @@ class Selection:
         return budget is None or budget.allows(before=self.before, after=after)
 
     def describe(self) -> dict[str, Any]:
-        return {"rows": self.rows, "samples": n_samples(self.inputs), "metric": str(self.metric), "before": self.before}
+        d = {"rows": self.rows, "samples": n_samples(self.inputs), "metric": str(self.metric), "before": self.before}
+        if self.confidence is not None:
+            d["lower_bound"] = {"confidence": self.confidence, "bootstrap_resamples": BOOTSTRAP_RESAMPLES}
+        return d
 
 
 def variant_label(name: str, variant: dict[str, Any] | None) -> str:

@@ -1,14 +1,18 @@
 """A recipe's level search: its torch steps once per level of its ``prune`` step, each level's candidates judged.
 
-Levels run least cut first, each on the previous level's trained student (cut further, then trained again:
-iterative pruning), and each level's candidates are built (by the caller's ``build``, one per runtime and
-variant) and judged on the selection rows. The search stops:
+The levels are bisected: the middle one of those not yet ruled out is tried next (of two levels, the least cut
+first). A level that keeps the budget rules out every level less cut than it, and the next, deeper level is cut
+from its trained student (iterative pruning: each student inherits the training of the one before). A level
+that misses it rules out every deeper level (a deeper cut would miss too), and the next, shallower level is cut
+from the float model again, or from the most cut student that kept the budget. So with levels 0.18, 0.22 and
+0.4, a job tries 0.22 first, then 0.4 from its student when 0.22 kept the budget, else 0.18: two levels' time
+for any budget, where trying them in order would spend three to reach 0.4. Each level's candidates are built
+(by the caller's ``build``, one per runtime and variant) and judged on the selection rows. The search stops
+when no level is left, or:
 
-- at the first level where no candidate keeps the budget: a deeper cut of a student that already misses
-  would miss too;
 - before a level that would not fit in the job's soft time limit (``extra["search_unfinished"]``);
-- at a level whose training stopped because the budget's floor was out of its reach (its frontier row says
-  ``abandoned``; no candidates are built for it).
+- a level deeper than one that kept the budget stops training once the budget's floor is out of its reach
+  (its frontier row says ``abandoned``; no candidates are built for it, and it counts as a miss).
 
 Every candidate carries its ``level``, and ``extra["frontier"]`` lists each level tried with its best
 candidate on selection rows. With ``search.polish_seconds``, the level the job would choose trains on with the
@@ -84,10 +88,15 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
     frontier: list[dict[str, Any]] = []
     tried: dict[float, _Level] = {}
     first_error: Exception | None = None
-    # The last level that kept the budget: the next level starts from its trained student.
+    levels = sorted(recipe.search.levels)
+    # The levels not yet ruled out are levels[lo:hi + 1]; each round tries the middle one (bisection).
+    lo, hi = 0, len(levels) - 1
+    # The most cut level that kept the budget: a deeper level starts from its trained student.
     previous: _Level | None = None
-    for level in sorted(recipe.search.levels):
-        if previous is not None and (why := _no_time_for(plan, previous)):
+    last: _Level | None = None  # the level tried last: what a level costs, for the time check
+    while lo <= hi:
+        level = levels[(lo + hi) // 2]
+        if last is not None and (why := _no_time_for(plan, last)):
             log(f"search: level {level} not tried: {why}")
             extra["search_unfinished"] = {"level": level, "reason": why}
             break
@@ -98,8 +107,8 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
         log(f"search: level {level}" + (f", from the level-{cut_from} student" if previous is not None else ""))
         # Each level trains its own student: its checkpoints live apart from the other levels'.
         ckpt = plan.checkpoint_dir / f"level-{level}"
-        # After the first level, training may stop once the budget is out of its reach (a level that cannot
-        # keep it ends the search either way, and its time is better spent polishing the level before).
+        # A deeper level than one that kept the budget may stop training once the budget is out of its reach
+        # (missing it rules out every deeper level either way, and the time is better spent elsewhere).
         target = (sel.before - budget.allowed_drop(sel.before)
                   if previous is not None and budget is not None and sel.rows == "validation" else None)
         ctx = StepContext(spec=plan.spec, data=plan.rows(), engine=plan.engine, reference=plan.float_model, log=log,
@@ -114,23 +123,29 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
             chain = run_steps(chain, steps, start, ctx, log)
         steps_s = time.monotonic() - t_level
         if gave_up := [m for m in chain.metas[start:] if m.get("stopped_by") == "out_of_reach"]:
-            last = gave_up[-1]
-            why = (f"training stopped at {last['seconds']:.0f} s: validation {last['validation_best']:.4f} would not "
+            g = gave_up[-1]
+            why = (f"training stopped at {g['seconds']:.0f} s: validation {g['validation_best']:.4f} would not "
                    f"reach {target:.4f}")
             log(f"search: level {level} not built: {why}")
             frontier.append({**_frontier_row(level, [], chain), "abandoned": why})
-            break
+            hi = levels.index(level) - 1
+            continue
         t_cand = time.monotonic()
         built, error = build(chain, ctx, steps, workdir / f"level-{level}", level)
         first_error = first_error or error
         candidates += built
         frontier.append(_frontier_row(level, built, chain))
-        tried[level] = _Level(level, chain, steps, built, ctx, steps_s, time.monotonic() - t_cand,
-                              _training_seconds(chain.metas[start:]))
-        if not frontier[-1]["within_budget_on_selection"]:
-            log(f"search: level {level} misses the budget on {sel.rows} rows; a deeper cut would miss too")
-            break
-        previous = tried[level]
+        tried[level] = last = _Level(level, chain, steps, built, ctx, steps_s, time.monotonic() - t_cand,
+                                     _training_seconds(chain.metas[start:]))
+        if frontier[-1]["within_budget_on_selection"]:
+            previous, lo = last, levels.index(level) + 1
+        else:
+            # Every deeper level would miss too; a shallower one is cut from the float model again, or from the
+            # most cut student that kept the budget.
+            log(f"search: level {level} misses the budget on {sel.rows} rows; deeper cuts would miss too")
+            hi = levels.index(level) - 1
+    # Least cut first, whatever the order they were tried in.
+    frontier.sort(key=lambda f: f["level"])
     if recipe.search.polish_seconds > 0 and frontier:
         polished, error = _polish(plan, recipe.search.polish_seconds, tried, frontier, sel, build, workdir)
         candidates += polished

@@ -118,7 +118,7 @@ def build_torch_recipe(plan: JobPlan, extra: dict[str, Any]) -> dict[str, Any]:
         # Whether to fall back, and how far, is decided on selection rows; the eval rows only ever give
         # the reported number, and the verdict on it.
         first_metric = metric_after
-        choice = Selection.of(spec, data, plan.float_model, batch_size=eval_bs)
+        choice = Selection.of(spec, data, plan.float_model, batch_size=eval_bs, confidence=budget.confidence)
         fb = None
         if choice is not None:
             choice_after = choice.score(chain.model)
