@@ -163,6 +163,51 @@ def test_a_deeper_level_whose_training_cannot_reach_the_budget_builds_nothing_an
     assert {c["level"] for c in r.extra["candidates"]} == {0.5}
 
 
+def test_the_last_level_a_search_can_try_trains_longer_with_the_jobs_spare_time(encoder_ref, tmp_path) -> None:
+    spec = _recipe(0.3, "size").to_dict()
+    spec["search"] = {"levels": [0.25, 0.5], "last_level_seconds": 45}
+    logged: list[str] = []
+    r = optimize_model(model_ref=encoder_ref, recipe=Recipe.from_dict(spec), engine="x86", store=tmp_path, warmup=1,
+                       runs=3, log=logged.append)
+    assert r.status == "succeeded", r.reason
+    first, last = r.extra["frontier"]
+    # 0.25 leaves 0.5 to try after it; 0.5 is the last, and without a time limit it has all 45 s.
+    assert "extra_training_seconds" not in first and last["extra_training_seconds"] == 45.0
+    assert any("may train 45 s more (105 s)" in m for m in logged)
+    # What ran is recorded as it ran: the second distillation's bound is 60 + 45 s, the first's as written; more
+    # time gives no more steps than max_steps.
+    distills = [m for m in r.steps_meta if "steps_run" in m]
+    assert [m["max_seconds"] for m in distills] == [60.0, 105.0]
+    assert [m["steps_run"] for m in distills] == [20, 20]
+    assert last["steps_meta"][-1]["max_seconds"] == 105.0
+
+
+def test_the_last_levels_extra_time_is_what_the_job_can_spare_before_its_soft_limit() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from modelpress.optimize.compress_steps import DistillFloatConfig, PruneConfig
+    from modelpress.optimize.search import _lengthen_training, _Level
+
+    steps = (PruneConfig(level=0.4), DistillFloatConfig(max_seconds=420, max_steps=6000))
+    # The level before: 20 s of set-up, 420 s of training, 280 s of candidates.
+    before = _Level(0.22, None, steps, [], None,  # type: ignore[arg-type]
+                    steps_s=440.0, candidates_s=280.0, training_s=420.0)
+
+    def spare(left: float | None) -> float:
+        plan = SimpleNamespace(log=lambda m: None, seconds_left=lambda: left,
+                               deadline=None if left is None else time.monotonic() + left)
+        longer, more = _lengthen_training(plan, steps, before, 600.0)  # type: ignore[arg-type]
+        assert longer[0] == steps[0] and longer[1].max_seconds == 420.0 + more and longer[1].max_steps == 6000
+        return more
+
+    # Kept back: 1.25 × (280 + 20) for set-up and candidates, 420 s of training, max(60, 0.25 × 280) to finish.
+    assert spare(1000.0) == pytest.approx(1000 - 375 - 420 - 70)
+    assert spare(None) == 600.0  # no time limit: all it may have
+    assert spare(1000.0 - 135 + 29) == 0.0  # under 30 s is not worth a longer schedule
+    assert spare(5000.0) == 600.0
+
+
 def test_a_level_that_misses_rules_out_the_deeper_ones_and_the_search_goes_on_below_it_from_the_float_model(
         encoder_ref, tmp_path) -> None:
     # A budget of 0 no cut keeps: the middle level misses, so 0.75 is never tried and 0.25 is cut from the

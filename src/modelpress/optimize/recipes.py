@@ -266,6 +266,13 @@ class Search(BaseModel):
     limit (what its candidates, their rebuilding and the job's last measurements need is kept back). Its
     candidates are then built again, and whichever of the two rounds scores better on validation rows stands.
 
+    ``last_level_seconds``: the last level the search can try (no other level is left to try after it) may
+    train up to this long beyond its training step's ``max_seconds`` (never more steps than ``max_steps``), with
+    the time the job has left once what that level's set-up, candidates and the job's last measurements take is
+    kept back (their times as the level before took them, with a quarter to spare). The earlier levels only
+    decide where to look; the last one is the one the job keeps when it keeps the budget, so spare time goes
+    there. Unlike polishing, its candidates are built once.
+
     Example:
         >>> Search(levels=(0.25, 0.5)).levels
         (0.5, 0.25)
@@ -275,6 +282,9 @@ class Search(BaseModel):
     levels: tuple[float, ...] = Field(min_length=1, max_length=8)
     polish_seconds: float = Field(default=0.0, ge=0.0, le=86_400.0,
                                   description="Up to this long more training for the chosen level (0: none).")
+    last_level_seconds: float = Field(default=0.0, ge=0.0, le=86_400.0,
+                                      description="Up to this long more training for the last level the search can "
+                                                  "try, from the job's spare time (0: none).")
 
     @field_validator("levels")
     @classmethod
@@ -546,11 +556,15 @@ register_builtin_recipe({
 # Issue 22: deep compression of a team's own models. Prune (structured: a transformer's layers and FFN neurons,
 # a CNN's channels), distil from the float model on the job's train rows, then int8 in the runtime `auto`
 # picks. The search bisects the levels: 0.22 first; when it keeps the budget on validation rows, 0.4 is cut
-# from its trained student, else 0.18 from the float model. Two levels of 420 s of distillation each, with
-# their int8 candidates in three runtimes, fit the default 1800 s soft limit on 2 cores, for any budget. A
-# level is a share of the float model's time to remove (shape "mixed"): 0.18, 0.22 and 0.4 keep 5 of 6
-# layers with 1,408 or 1,216 FFN neurons, or 4 with 1,024 (measured 1.28x and 1.64x faster than the whole
-# model in OpenVINO int8 at batch 32 for the last two, benchmarks/layer_time.py). The budget holds at 90 %
+# from its trained student, else 0.19 from the float model. Two levels of 420 s of distillation each, with
+# their int8 candidates in three runtimes, fit the default 1800 s soft limit on 2 cores, for any budget; the
+# second is always the last the search can try, and it trains on into the time the job has to spare
+# (last_level_seconds: about 150 s for MiniLM, whose two-level jobs ended 300 s before the limit). A level is
+# a share of the float model's time to remove (shape "mixed"): 0.19, 0.22 and 0.4 keep 5 of 6 layers with
+# 1,344 or 1,216 FFN neurons, or 4 with 1,024 (measured 1.28x and 1.64x faster than the whole model in
+# OpenVINO int8 at batch 32 for the last two, benchmarks/layer_time.py). 0.19, not 0.18: against NNCF's int8
+# of the uncut model at b32, 0.18 (5 of 1,408) measured 1.24x and 0.2 (5 of 1,280) 1.32x, and issue 22's goal
+# is 1.25x at cosine 0.98 (0.18 scored 0.9810 on the reported rows, 0.2 0.9794). The budget holds at 90 %
 # confidence on the validation rows (a bootstrap bound, choose.Selection): MiniLM's level-0.2 student scored
 # 0.9813 on 60 validation rows and 0.9794 on the 240 reported ones, and its bound was 0.9794. Measured
 # on all-MiniLM-L6-v2 (150 s of distillation, 5 layers of 1,280 neurons, validation cosine): lr 1e-4 0.972,
@@ -575,7 +589,7 @@ register_builtin_recipe({
     "name": "prune-distill-int8",
     "steps": [{"type": "prune", "level": 0.4, "shape": "mixed"}, dict(_DISTILL), dict(_INT8_TOPPED_UP)],
     "runtime": "auto",
-    "search": {"levels": [0.4, 0.22, 0.18]},
+    "search": {"levels": [0.4, 0.22, 0.19], "last_level_seconds": 600},
     "budget": {"max_drop": 0.02, "max_float_layers": 0, "confidence": 0.9},
 })
 # Layer-dropped students: a transformer keeps its embeddings and the layers whose loss costs least, then learns

@@ -4,9 +4,11 @@ The levels are bisected: the middle one of those not yet ruled out is tried next
 first). A level that keeps the budget rules out every level less cut than it, and the next, deeper level is cut
 from its trained student (iterative pruning: each student inherits the training of the one before). A level
 that misses it rules out every deeper level (a deeper cut would miss too), and the next, shallower level is cut
-from the float model again, or from the most cut student that kept the budget. So with levels 0.18, 0.22 and
-0.4, a job tries 0.22 first, then 0.4 from its student when 0.22 kept the budget, else 0.18: two levels' time
-for any budget, where trying them in order would spend three to reach 0.4. Each level's candidates are built
+from the float model again, or from the most cut student that kept the budget. So with levels 0.19, 0.22 and
+0.4, a job tries 0.22 first, then 0.4 from its student when 0.22 kept the budget, else 0.19: two levels' time
+for any budget, where trying them in order would spend three to reach 0.4. The last level the search can try
+(none is left after it) may train on into the job's spare time (``search.last_level_seconds``,
+``_lengthen_training``). Each level's candidates are built
 (by the caller's ``build``, one per runtime and variant) and judged on the selection rows. The search stops
 when no level is left, or:
 
@@ -95,7 +97,8 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
     previous: _Level | None = None
     last: _Level | None = None  # the level tried last: what a level costs, for the time check
     while lo <= hi:
-        level = levels[(lo + hi) // 2]
+        idx = (lo + hi) // 2
+        level = levels[idx]
         if last is not None and (why := _no_time_for(plan, last)):
             log(f"search: level {level} not tried: {why}")
             extra["search_unfinished"] = {"level": level, "reason": why}
@@ -105,6 +108,9 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
         steps = tuple(s.model_copy(update={"level": level, "from_level": cut_from})
                       if isinstance(s, PruneConfig) else s for s in torch_steps)
         log(f"search: level {level}" + (f", from the level-{cut_from} student" if previous is not None else ""))
+        more = 0.0
+        if lo == hi and last is not None and recipe.search.last_level_seconds > 0:  # no level is left after it
+            steps, more = _lengthen_training(plan, steps, last, recipe.search.last_level_seconds)
         # Each level trains its own student: its checkpoints live apart from the other levels'.
         ckpt = plan.checkpoint_dir / f"level-{level}"
         # A deeper level than one that kept the budget may stop training once the budget is out of its reach
@@ -127,23 +133,23 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
             why = (f"training stopped at {g['seconds']:.0f} s: validation {g['validation_best']:.4f} would not "
                    f"reach {target:.4f}")
             log(f"search: level {level} not built: {why}")
-            frontier.append({**_frontier_row(level, [], chain), "abandoned": why})
-            hi = levels.index(level) - 1
+            frontier.append({**_frontier_row(level, [], chain, more), "abandoned": why})
+            hi = idx - 1
             continue
         t_cand = time.monotonic()
         built, error = build(chain, ctx, steps, workdir / f"level-{level}", level)
         first_error = first_error or error
         candidates += built
-        frontier.append(_frontier_row(level, built, chain))
+        frontier.append(_frontier_row(level, built, chain, more))
         tried[level] = last = _Level(level, chain, steps, built, ctx, steps_s, time.monotonic() - t_cand,
                                      _training_seconds(chain.metas[start:]))
         if frontier[-1]["within_budget_on_selection"]:
-            previous, lo = last, levels.index(level) + 1
+            previous, lo = last, idx + 1
         else:
             # Every deeper level would miss too; a shallower one is cut from the float model again, or from the
             # most cut student that kept the budget.
             log(f"search: level {level} misses the budget on {sel.rows} rows; deeper cuts would miss too")
-            hi = levels.index(level) - 1
+            hi = idx - 1
     # Least cut first, whatever the order they were tried in.
     frontier.sort(key=lambda f: f["level"])
     if recipe.search.polish_seconds > 0 and frontier:
@@ -172,10 +178,34 @@ def _no_time_for(plan: JobPlan, previous: _Level) -> str | None:
     return f"about {need:.0f} s needed and {max(left, 0):.0f} s left before the job's soft time limit"
 
 
-def _frontier_row(level: float, built: list[dict[str, Any]], chain: StepChain) -> dict[str, Any]:
+def _lengthen_training(plan: JobPlan, steps: tuple[StepConfig, ...], last: _Level,
+                       most: float) -> tuple[tuple[StepConfig, ...], float]:
+    """``steps`` with their last time-bounded training step given up to ``most`` seconds more, from the time the
+    job can spare (``search.last_level_seconds``), and the seconds given (0: none, or too few to be worth it).
+
+    Kept back: what the level before took for everything but training (set-up and candidates, with a quarter to
+    spare), this level's own training bound, and the job's last measurements.
+    """
+    at = [i for i, s in enumerate(steps) if isinstance(getattr(s, "max_seconds", None), (int, float))]
+    if not at:
+        return steps, 0.0
+    step = steps[at[-1]]
+    bound = float(getattr(step, "max_seconds"))
+    left = plan.seconds_left()
+    spare = most if left is None else min(most, left - last.again(training=False) - bound - last.finish_reserve())
+    if spare < MIN_POLISH_SECONDS:  # a longer schedule for a few seconds more is not worth a different run
+        plan.log(f"search: the last level trains as its step says: {max(spare, 0.0):.0f} s to spare")
+        return steps, 0.0
+    longer = step.model_copy(update={"max_seconds": bound + spare})
+    plan.log(f"search: the last level's {step.type} may train {spare:.0f} s more ({bound + spare:.0f} s): "
+             "no level is left after it")
+    return steps[:at[-1]] + (longer,) + steps[at[-1] + 1:], spare
+
+
+def _frontier_row(level: float, built: list[dict[str, Any]], chain: StepChain, more: float = 0.0) -> dict[str, Any]:
     ok = [c for c in built if c.get("status") == "built"]
     best = max(ok, key=lambda c: c["selection_metric"], default=None)
-    return {"level": level, "candidates_built": len(ok),
+    return {"level": level, "candidates_built": len(ok), **({"extra_training_seconds": round(more, 1)} if more else {}),
             "within_budget_on_selection": any(c["within_budget_on_selection"] for c in ok),
             "best_selection_metric": best["selection_metric"] if best else None,
             "best_runtime": best["runtime"] if best else None,
@@ -243,7 +273,7 @@ def _polish(plan: JobPlan, seconds: float, tried: dict[float, _Level], frontier:
 def _step_summary(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The figures of each torch step a frontier row shows (structure and history left to the artifact)."""
     keep = ("level", "params_before", "params_after", "layers_after", "heads_per_layer_after", "ffn_per_layer_after",
-            "steps_run", "stopped_by", "seconds", "validation_before", "validation_best", "peak_rss_mb", "flops_ratio")
+            "steps_run", "stopped_by", "max_seconds", "seconds", "validation_before", "validation_best", "peak_rss_mb", "flops_ratio")
     out = []
     for m in metas:
         flat = {**m, **(m.get("delegate_meta") or {})}

@@ -465,6 +465,8 @@ class DistillFloatHandler:
                 "labels_used": labels is not None, "train_rows": n, "matched_layers": points,
                 "precision": precision, "attention_float32": attention_fp32, "frozen_params": n_frozen,
                 "trained_through": view_note, "steps_run": step, "stopped_by": stopped_by, "target": ctx.target,
+                # The bounds as run: a search's last level may have had more time than its recipe says.
+                "max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds,
                 "seconds": round(elapsed, 1), "setup_seconds": round(t0 - started, 1),
                 "teacher_cache_mb": round(cache.nbytes / 2**20, 1) if cache is not None else None,
                 "peak_rss_mb": round(_peak_rss_mb(), 1), "resumed_from_step": resumed_from,
