@@ -182,6 +182,27 @@ def test_the_last_level_a_search_can_try_trains_longer_with_the_jobs_spare_time(
     assert last["steps_meta"][-1]["max_seconds"] == 105.0
 
 
+def test_a_level_bounded_in_time_is_counted_at_its_bound_when_the_search_checks_the_next_fits() -> None:
+    from types import SimpleNamespace
+
+    from modelpress.optimize.search import _Level, _no_time_for
+
+    # MiniLM's budget-0.05 job: level 0.22 took 20 s of set-up, its 420 s of distillation and 330 s of
+    # candidates, and left 1,028 s. The next level needs 1.25 × (330 + 20) + 420 + max(60, 82.5) = 940 s.
+    lv = _Level(0.22, None, (), [], None, steps_s=440.0, candidates_s=330.0, training_s=420.0,  # type: ignore[arg-type]
+                bound_s=420.0)
+
+    def why(left: float) -> str | None:
+        return _no_time_for(SimpleNamespace(seconds_left=lambda: left), lv)  # type: ignore[arg-type]
+
+    assert why(1028.0) is None and why(941.0) is None
+    assert why(939.0) == "about 940 s needed and 939 s left before the job's soft time limit"
+    # A level whose training had no time bound (it ran to its steps) is spared a quarter of what it took.
+    unbounded = _Level(0.22, None, (), [], None,  # type: ignore[arg-type]
+                       steps_s=440.0, candidates_s=330.0, training_s=420.0)
+    assert _no_time_for(SimpleNamespace(seconds_left=lambda: 1028.0), unbounded) is not None  # type: ignore[arg-type]
+
+
 def test_the_last_levels_extra_time_is_what_the_job_can_spare_before_its_soft_limit() -> None:
     import time
     from types import SimpleNamespace

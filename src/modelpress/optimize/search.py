@@ -63,6 +63,8 @@ class _Level:
     steps_s: float
     candidates_s: float
     training_s: float
+    #: The time bound of the level's own training steps (their ``max_seconds``; 0: none has one).
+    bound_s: float = 0.0
 
     def finish_reserve(self) -> float:
         """What the job needs after its candidates are built: the choice (a runoff re-times the closest), the
@@ -72,9 +74,23 @@ class _Level:
 
     def again(self, *, training: bool) -> float:
         """About what a level like this one takes (its steps, or only their set-up without ``training``, then its
-        candidates), with a quarter to spare: one MiniLM job built the same candidates in 135 s, then 170 s."""
-        steps = self.steps_s if training else max(0.0, self.steps_s - self.training_s)
-        return 1.25 * (self.candidates_s + steps)
+        candidates), with a quarter to spare: one MiniLM job built the same candidates in 135 s, then 170 s.
+        Training with a time bound takes at most that bound, so the bound is counted as it is, not spared for:
+        with a quarter on top of MiniLM's 420 s of distillation, one job found 1,035 s needed for its second
+        level and 1,028 s left, and did not try it; it would have ended 150 s before the limit.
+
+        Example:
+            >>> lv = _Level(0.2, None, (), [], None, steps_s=440.0, candidates_s=280.0, training_s=420.0,
+            ...             bound_s=420.0)
+            >>> lv.again(training=False), lv.again(training=True)
+            (375.0, 795.0)
+        """
+        setup = max(0.0, self.steps_s - self.training_s)
+        if not training:
+            return 1.25 * (self.candidates_s + setup)
+        if self.bound_s > 0:
+            return 1.25 * (self.candidates_s + setup) + max(self.bound_s, self.training_s)
+        return 1.25 * (self.candidates_s + setup + self.training_s)
 
 
 def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selection, build: BuildLevel,
@@ -142,7 +158,7 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
         candidates += built
         frontier.append(_frontier_row(level, built, chain, more))
         tried[level] = last = _Level(level, chain, steps, built, ctx, steps_s, time.monotonic() - t_cand,
-                                     _training_seconds(chain.metas[start:]))
+                                     _training_seconds(chain.metas[start:]), _time_bound(steps[start:]))
         if frontier[-1]["within_budget_on_selection"]:
             previous, lo = last, idx + 1
         else:
@@ -163,6 +179,12 @@ def search_levels(plan: JobPlan, torch_steps: tuple[StepConfig, ...], sel: Selec
 def _training_seconds(metas: list[dict[str, Any]]) -> float:
     """Seconds of a chain's training steps spent training (the rest of their time is set-up, pruning, ...)."""
     return sum(float(m.get("seconds") or 0.0) for m in metas if "steps_run" in m)
+
+
+def _time_bound(steps: tuple[StepConfig, ...]) -> float:
+    """The seconds that bound ``steps``' training (the sum of their ``max_seconds``; 0: none has one)."""
+    return sum(float(getattr(s, "max_seconds")) for s in steps
+               if isinstance(getattr(s, "max_seconds", None), (int, float)))
 
 
 def _no_time_for(plan: JobPlan, previous: _Level) -> str | None:
