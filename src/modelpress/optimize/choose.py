@@ -176,7 +176,11 @@ def runoff(job: Any, candidates: Sequence[dict[str, Any]], objective: str,
     are reloaded from their files and timed in alternating rounds (``measure.interleaved_latency``) under
     the host timing lock, with as many runs in all as the first timing. Their entry for the objective's
     batch is replaced by the pooled one (``"interleaved": true``; the first kept as ``latency_first``), so
-    ``choose`` uses the sturdier number. ``job`` gives ``load(runtime, path)``, ``runs``, ``warmup``,
+    ``choose`` uses the sturdier number. Candidates of different search levels (``level``) were timed a
+    level's training apart, where drift is not a few per cent: MiniLM's level-0.22 OpenVINO candidate timed
+    79 ms at batch 32 in one job and 122 to 143 ms in three others, and that job kept it over the level-0.4
+    candidate (104 ms). So the fastest of each level that keeps the budget joins the run-off whatever the
+    margin. ``job`` gives ``load(runtime, path)``, ``runs``, ``warmup``,
     ``threads``, ``lock_dir``, ``timings``, ``log`` and ``spec``. The run-off's record, or None.
     """
     margin = RUNOFF_MARGIN if margin is None else margin
@@ -188,6 +192,11 @@ def runoff(job: Any, candidates: Sequence[dict[str, Any]], objective: str,
     best = min(objective_value(c, objective) for c in keeping)
     near = sorted((c for c in keeping if objective_value(c, objective) <= best * (1 + margin)),
                   key=lambda c: objective_value(c, objective))[:RUNOFF_MAX]
+    level_best: dict[Any, dict[str, Any]] = {}
+    for c in sorted(keeping, key=lambda c: objective_value(c, objective)):
+        level_best.setdefault(c.get("level"), c)
+    if len(level_best) > 1:
+        near += [c for c in level_best.values() if not any(c is n for n in near)]
     if len(near) < 2:
         return None
     lats = sorted(near[0]["latency"], key=lambda s: s["batch_size"])

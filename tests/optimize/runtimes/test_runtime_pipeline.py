@@ -272,6 +272,36 @@ def test_near_tied_candidates_are_timed_again_side_by_side_and_the_run_off_decid
     assert rp.runoff(job, [cand("honest", 4.0), cand("far", 9.0)], "latency_bN", margin=0.10) is None
 
 
+def test_each_search_levels_fastest_candidate_joins_the_run_off_however_far_its_first_timing(tmp_path: Path) -> None:
+    import time
+    from types import SimpleNamespace
+
+    import modelpress.optimize.choose as rp
+
+    # The shallow level was timed in a quiet minute and looked 25 % faster than the deep one; it is slower.
+    truth = {"shallow": 0.004, "deep": 0.002, "deep-far": 0.002, "shallow-slow": 0.004}
+
+    def cand(name: str, level: float, first_ms: float) -> dict:
+        return {"runtime": "openvino", "status": "built", "within_budget_on_selection": True, "bytes": 10,
+                "selection_metric": 0.9, "path": name, "level": level,
+                "latency": [{"batch_size": 1, "median_ms": 0.5}, {"batch_size": 32, "median_ms": first_ms}]}
+
+    job = SimpleNamespace(load=lambda rt, path: (lambda x: time.sleep(truth[str(path)]) or x), runs=10, warmup=5,
+                          threads=1, lock_dir=tmp_path, timings=[], log=lambda m: None,
+                          spec=SimpleNamespace(make_input=lambda b: torch.randn(b, 3)))
+    cands = [cand("shallow", 0.22, 79.0), cand("deep", 0.4, 104.0), cand("deep-far", 0.4, 130.0),
+             cand("shallow-slow", 0.22, 120.0)]
+    rec = rp.runoff(job, cands, "latency_bN", margin=0.10)
+    # Each level's fastest, not the others far behind their own level's.
+    assert rec["contenders"] == ["0: openvino", "1: openvino"]
+    assert cands[0]["latency"][1]["interleaved"] and cands[1]["latency"][1]["interleaved"]
+    assert "latency_first" not in cands[2] and "latency_first" not in cands[3]
+    assert rp.choose(cands, "latency_bN") is cands[1]
+    # One level: the margin alone decides, as before.
+    assert rp.runoff(job, [cand("shallow", 0.22, 79.0), cand("shallow-slow", 0.22, 104.0)], "latency_bN",
+                     margin=0.10) is None
+
+
 def test_a_real_job_runs_off_its_near_tied_variants_and_records_it(mlp, tmp_path: Path, monkeypatch) -> None:
     import modelpress.optimize.choose as rp
 
