@@ -555,18 +555,14 @@ register_builtin_recipe({
 })
 # Issue 22: deep compression of a team's own models. Prune (structured: a transformer's layers and FFN neurons,
 # a CNN's channels), distil from the float model on the job's train rows, then int8 in the runtime `auto`
-# picks. The search bisects the levels: 0.22 first; when it keeps the budget on validation rows, 0.4 is cut
-# from its trained student, else 0.19 from the float model. Two levels of 420 s of distillation each, with
-# their int8 candidates in three runtimes, fit the default 1800 s soft limit on 2 cores, for any budget; the
-# second is always the last the search can try, and it trains on into the time the job has to spare
-# (last_level_seconds: about 150 s for MiniLM, whose two-level jobs ended 300 s before the limit). A level is
-# a share of the float model's time to remove (shape "mixed"): 0.19, 0.22 and 0.4 keep 5 of 6 layers with
-# 1,344 or 1,216 FFN neurons, or 4 with 1,024 (measured 1.28x and 1.64x faster than the whole model in
-# OpenVINO int8 at batch 32 for the last two, benchmarks/layer_time.py). 0.19, not 0.18: against NNCF's int8
-# of the uncut model at b32, 0.18 (5 of 1,408) measured 1.24x and 0.2 (5 of 1,280) 1.32x, and issue 22's goal
-# is 1.25x at cosine 0.98 (0.18 scored 0.9810 on the reported rows, 0.2 0.9794). The budget holds at 90 %
-# confidence on the validation rows (a bootstrap bound, choose.Selection): MiniLM's level-0.2 student scored
-# 0.9813 on 60 validation rows and 0.9794 on the 240 reported ones, and its bound was 0.9794. Measured
+# picks. The search bisects: 0.22 first, then 0.4 from its student when it kept the budget, else 0.19 from the
+# float model. Two levels of 420 s of distillation with their int8 candidates in three runtimes fit the default
+# 1800 s soft limit on 2 cores; the second is always the last, and trains on into the job's spare time
+# (last_level_seconds: 112 to 226 s in MiniLM's jobs). A level is a share of the float model's time to remove
+# (shape "mixed"): 0.19, 0.22 and 0.4 keep 5 of 6 layers with 1,344 or 1,216 FFN neurons, or 4 with 1,024.
+# 0.19, not 0.18: against NNCF's int8 of the uncut model at b32 on a Xeon without AMX, 0.18 (5 of 1,408)
+# measured 1.24x at cosine 0.9810 and 0.2 (5 of 1,280) 1.32x at 0.9794, and issue 22 asks 1.25x at 0.98.
+# The budget holds at 90 % confidence on the validation rows (a bootstrap bound, choose.Selection). Measured
 # on all-MiniLM-L6-v2 (150 s of distillation, 5 layers of 1,280 neurons, validation cosine): lr 1e-4 0.972,
 # 2e-4 0.975, 5e-4 0.974; hidden-state matching at weight 0 0.971, 1 0.975, 4 0.976. Embedding tables frozen
 # (the teacher's; with AdamW fused): 420 s at 2 threads ran 1,422 steps instead of 1,008, validation 0.9796
