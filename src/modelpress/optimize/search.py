@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -208,13 +209,14 @@ def _lengthen_training(plan: JobPlan, steps: tuple[StepConfig, ...], last: _Leve
     Kept back: what the level before took for everything but training (set-up and candidates, with a quarter to
     spare), this level's own training bound, and the job's last measurements.
     """
-    at = [i for i, s in enumerate(steps) if isinstance(getattr(s, "max_seconds", None), (int, float))]
+    at = [i for i, s in enumerate(steps) if _time_bound((s,)) > 0]
     if not at:
         return steps, 0.0
     step = steps[at[-1]]
     bound = float(getattr(step, "max_seconds"))
     left = plan.seconds_left()
     spare = most if left is None else min(most, left - last.again(training=False) - bound - last.finish_reserve())
+    spare = float(math.floor(spare))  # whole seconds: the bound is recorded with the artifact
     if spare < MIN_POLISH_SECONDS:  # a longer schedule for a few seconds more is not worth a different run
         plan.log(f"search: the last level trains as its step says: {max(spare, 0.0):.0f} s to spare")
         return steps, 0.0
@@ -227,7 +229,8 @@ def _lengthen_training(plan: JobPlan, steps: tuple[StepConfig, ...], last: _Leve
 def _frontier_row(level: float, built: list[dict[str, Any]], chain: StepChain, more: float = 0.0) -> dict[str, Any]:
     ok = [c for c in built if c.get("status") == "built"]
     best = max(ok, key=lambda c: c["selection_metric"], default=None)
-    return {"level": level, "candidates_built": len(ok), **({"extra_training_seconds": round(more, 1)} if more else {}),
+    return {"level": level, "candidates_built": len(ok),
+            **({"extra_training_seconds": round(more, 1)} if more else {}),
             "within_budget_on_selection": any(c["within_budget_on_selection"] for c in ok),
             "best_selection_metric": best["selection_metric"] if best else None,
             "best_runtime": best["runtime"] if best else None,
@@ -295,7 +298,8 @@ def _polish(plan: JobPlan, seconds: float, tried: dict[float, _Level], frontier:
 def _step_summary(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The figures of each torch step a frontier row shows (structure and history left to the artifact)."""
     keep = ("level", "params_before", "params_after", "layers_after", "heads_per_layer_after", "ffn_per_layer_after",
-            "steps_run", "stopped_by", "max_seconds", "seconds", "validation_before", "validation_best", "peak_rss_mb", "flops_ratio")
+            "steps_run", "stopped_by", "max_seconds", "seconds", "validation_before", "validation_best", "peak_rss_mb",
+            "flops_ratio")
     out = []
     for m in metas:
         flat = {**m, **(m.get("delegate_meta") or {})}
