@@ -558,7 +558,7 @@ register_builtin_recipe({
 # picks. The search bisects: 0.22 first, then 0.4 from its student when it kept the budget, else 0.19 from the
 # float model. Two levels of 420 s of distillation with their int8 candidates in three runtimes fit the default
 # 1800 s soft limit on 2 cores; the second is always the last, and trains on into the job's spare time
-# (last_level_seconds: 112 to 285 s in MiniLM's jobs). A level is a share of the float model's time to remove
+# (last_level_seconds: 112 to 447 s in MiniLM's jobs). A level is a share of the float model's time to remove
 # (shape "mixed"): 0.19, 0.22 and 0.4 keep 5 of 6 layers with 1,344 or 1,216 FFN neurons, or 4 with 1,024.
 # 0.19, not 0.18: against NNCF's int8 of the uncut model at b32 on a Xeon without AMX, 0.18 (5 of 1,408)
 # measured 1.24x at cosine 0.9810 and 0.2 (5 of 1,280) 1.32x at 0.9794, and issue 22 asks 1.25x at 0.98.
