@@ -54,7 +54,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "stability": ["--repeats", "3", "--runs", "5", "--warmup", "1"],
     "peers": ["--models", "mlp", "--quick"],
     "deep_compression": ["--quick", "--subjects", "minilm_hf", "--budgets", "0.05", "--runtime", "openvino",
-                         "--rounds", "1", "--runs", "3"],
+                         "--rounds", "2", "--runs", "3"],
     "coverage_matrix": ["--families", "multi-output CNN", "--runtimes", "torch"],
     "lm_weight_only": ["--quick"],
     "layer_time": ["--quick"],

@@ -125,6 +125,10 @@ def test_run_all_smoke_writes_every_benchmark_and_the_docs(tmp_path: Path, redis
     assert float_row["cosine"] == 1.0 and nncf_row["label"].startswith("NNCF quantize") and 0.9 < nncf_row["cosine"] < 1
     assert ours["budget"] == 0.05 and ours["goal_met"] in (True, False) and ours["bytes_vs_float"] < 0.5
     assert ours["b1_ms"] > 0 and ours["b32_ms"] > 0 and 0 < ours["retrieval_top1_agreement"] <= 1
+    # The ratio round by round, beside the pooled one the goal is judged on: one per interleaved round.
+    spread = ours["speedup_vs_peer_b32_rounds"]
+    assert len(spread) == deep["args"]["rounds"] and all(v > 0 for v in spread)
+    assert f"({min(spread):.2f}×–{max(spread):.2f}×)" in (out / "deep_compression.md").read_text()
     (job,) = sub["jobs"]
     assert [f["level"] for f in job["frontier"]] == [0.5] and job["distill_seconds"] and job["peak_rss_mb"][0] > 0
 
